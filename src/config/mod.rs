@@ -1,0 +1,394 @@
+//! Configuration: gobetween's TOML/JSON schema, read, parsed and validated into an immutable
+//! [`Config`].
+//!
+//! Loading happens in three steps, one module each, so that every problem in a file is reported
+//! at once and names the file, the server and the key:
+//! 1. [`source`] reads the text and, with `-e`, substitutes `${NAME}` from the environment;
+//! 2. [`raw`] deserialises it into [`raw::RawConfig`], a serde mirror of the file that records
+//!    unknown keys instead of failing on them (gobetween ignores them, real configs carry them);
+//! 3. [`validate`] turns the raw form into a typed [`Config`]: defaults merged into servers,
+//!    durations in Go syntax ([`duration`]), backends in gobetween's `static_list` grammar
+//!    ([`static_list`]), and features betwixt does not implement refused by name.
+//!
+//! A [`Config`] is plain data; the supervisor builds a runtime snapshot from it and a reload
+//! builds a new one from a new `Config`.
+
+pub mod duration;
+pub mod raw;
+pub mod source;
+pub mod static_list;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use crate::balance::BalanceKind;
+pub use source::{Format, LoadOptions, Loaded, load_file, load_str};
+
+/// The whole validated configuration of one betwixt process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub logging: LoggingConfig,
+    pub api: ApiConfig,
+    pub metrics: MetricsConfig,
+    /// betwixt's own process-wide settings, the `[betwixt]` table.
+    pub runtime: RuntimeConfig,
+    /// One entry per `[servers.NAME]`, ordered by name.
+    pub servers: BTreeMap<String, ServerConfig>,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// Default `info`. gobetween's logrus names `panic`, `fatal` map to `error`, `warning` to `warn`.
+    pub level: LogLevel,
+    /// Default stdout.
+    pub output: LogOutput,
+    /// Default text.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stdout,
+    Stderr,
+    /// Appended to; created when missing.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[api]`: gobetween's REST API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Default false.
+    pub enabled: bool,
+    /// Default `:8888`.
+    pub bind: String,
+    /// Default false.
+    pub cors: bool,
+    pub basic_auth: Option<BasicAuth>,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub login: String,
+    pub password: String,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Default false.
+    pub enabled: bool,
+    /// Default `:9284`.
+    pub bind: String,
+}
+
+/// `[betwixt]`: settings gobetween does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// `shutdown_timeout`, default 30s: how long SIGTERM waits for sessions to finish.
+    pub shutdown_timeout: Duration,
+    /// `forwarding`, default auto (splice where the kernel allows it).
+    pub forwarding: ForwardingMode,
+    /// `pipe_size`, default 65536 bytes: the splice pipe capacity per active direction.
+    pub pipe_size: usize,
+    /// `copy_buffer_size`, default 65536 bytes: the user-space buffer per active direction.
+    pub copy_buffer_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardingMode {
+    Auto,
+    Splice,
+    Copy,
+}
+
+/// One `[servers.NAME]` listener with `[defaults]` merged in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub name: String,
+    pub bind: BindAddr,
+    /// Default weight.
+    pub balance: BalanceKind,
+    /// `max_connections`; `None` when 0 (unlimited).
+    pub max_connections: Option<u32>,
+    /// `client_idle_timeout`: close when the client sent nothing for this long. `None` when "0".
+    pub client_idle_timeout: Option<Duration>,
+    /// `backend_idle_timeout`: close when the backend sent nothing for this long. `None` when "0".
+    pub backend_idle_timeout: Option<Duration>,
+    /// `backend_connection_timeout`. Unset in the file: 5s (gobetween: none). `None` only when the
+    /// file says "0", which a validation warning points out.
+    pub backend_connection_timeout: Option<Duration>,
+    /// betwixt's `connect_attempts`: how many backends one client connection may try. `None`
+    /// (the default, or 0) tries every candidate once.
+    pub connect_attempts: Option<u32>,
+    /// betwixt's `close_sessions_on_backend_down`, default true: sessions on a backend marked
+    /// down are closed so their clients reconnect through the balancer at once.
+    pub close_sessions_on_backend_down: bool,
+    /// betwixt's `close_sessions_on_backend_removal`, default false: when a reload removes a
+    /// backend its sessions drain; true closes them instead.
+    pub close_sessions_on_backend_removal: bool,
+    /// `[proxy_protocol] version = "1"`.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// `[access]`; `None` allows everyone.
+    pub access: Option<AccessConfig>,
+    /// From `discovery.static_list`, in file order.
+    pub backends: Vec<BackendSpec>,
+    pub healthcheck: HealthcheckConfig,
+}
+
+/// A listen address as written (`"0.0.0.0:6443"`, `":6443"`, `"[::1]:6443"`, `"localhost:6443"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindAddr {
+    /// The text from the file, for messages and `/dump`.
+    pub text: String,
+    /// The resolved address. An empty host or `0.0.0.0` resolves to `0.0.0.0:PORT`.
+    pub addr: SocketAddr,
+    /// True for an empty host or `0.0.0.0`: like gobetween (Go), betwixt then listens on `[::]`
+    /// with IPV6_V6ONLY off, accepting IPv4 and IPv6, and falls back to IPv4 when the host has
+    /// no IPv6.
+    pub dual_stack: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    V1,
+}
+
+/// `[access]`: first matching rule wins, then `default`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessConfig {
+    pub default: AccessAction,
+    pub rules: Vec<AccessRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessRule {
+    pub action: AccessAction,
+    /// A single address in the file becomes a /32 or /128 network.
+    pub network: IpNet,
+}
+
+/// One backend from a `static_list` entry: `host:port[ weight=N][ priority=N][ max_connections=N][ sni=NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendSpec {
+    /// An IP address (without brackets) or a DNS name, resolved when connecting.
+    pub host: String,
+    pub port: u16,
+    /// Default 1.
+    pub weight: u32,
+    /// Default 1; lower numbers are preferred.
+    pub priority: u32,
+    /// `None` when 0 (unlimited).
+    pub max_connections: Option<u32>,
+    pub sni: Option<String>,
+}
+
+impl BackendSpec {
+    /// `host:port`, with an IPv6 host in brackets: the backend's identity across reloads and
+    /// its name in logs and the API.
+    pub fn target(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[servers.NAME.healthcheck]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthcheckConfig {
+    pub kind: CheckKind,
+    /// Required when kind is not none.
+    pub interval: Duration,
+    /// `None` when "0": the runtime caps the check at `interval`.
+    pub timeout: Option<Duration>,
+    /// Consecutive failures that mark a live backend down. Default 1.
+    pub fails: u32,
+    /// Consecutive successes that bring a down backend back. Default 1.
+    pub passes: u32,
+    /// Default healthy.
+    pub initial_status: InitialStatus,
+    /// betwixt's `passive_fails`, default 3: consecutive failed connects of client traffic that
+    /// mark a backend down before the next active check; 0 disables. Only used with an active
+    /// check (something must bring the backend back).
+    pub passive_fails: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialStatus {
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    None,
+    /// TCP connect, then close.
+    Ping,
+    Probe(ProbeCheck),
+    Exec(ExecCheck),
+    /// betwixt: a complete TLS handshake, then close_notify.
+    Tls(TlsCheck),
+    /// betwixt: an HTTPS GET whose status must be one of `expected_statuses`.
+    Https(HttpsCheck),
+}
+
+/// gobetween's `probe` kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeCheck {
+    pub protocol: ProbeProtocol,
+    pub strategy: ProbeStrategy,
+    /// `probe_send` with Go escapes (`\n`, `\r`, `\t`, `\\`, `\xNN`) decoded.
+    pub send: Vec<u8>,
+    /// `probe_recv` with Go escapes decoded; for regexp, the pattern text.
+    pub recv: Vec<u8>,
+    /// `probe_recv_len`: bytes to read. 0 with starts_with means `recv.len()`.
+    pub recv_len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeProtocol {
+    Tcp,
+    Udp,
+    Tls(TlsCheck),
+}
+
+#[derive(Debug, Clone)]
+pub enum ProbeStrategy {
+    StartsWith,
+    Regexp(regex::bytes::Regex),
+}
+
+impl PartialEq for ProbeStrategy {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::StartsWith, Self::StartsWith) => true,
+            (Self::Regexp(a), Self::Regexp(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// gobetween's `exec` kind: `COMMAND HOST PORT`, its output compared after trimming the trailing
+/// newline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecCheck {
+    /// `exec_command`, split on whitespace into program and arguments.
+    pub command: Vec<String>,
+    /// `exec_expected_positive_output`, default "1".
+    pub positive_output: String,
+    /// `exec_expected_negative_output`, default "0".
+    pub negative_output: String,
+}
+
+/// TLS client settings of a check (betwixt keys `tls_*` in the healthcheck table).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsCheck {
+    /// `tls_ca_cert_path`: PEM roots to verify the backend against. Neither this nor
+    /// `skip_verify`: the system roots.
+    pub ca_cert_path: Option<PathBuf>,
+    /// `tls_skip_verify`, default false.
+    pub skip_verify: bool,
+    /// `tls_server_name`: the SNI name and the name verified. Default: the backend's `sni`, or
+    /// its host.
+    pub server_name: Option<String>,
+    /// `tls_cert_path` and `tls_key_path`: a client certificate to present.
+    pub client_cert: Option<TlsFiles>,
+}
+
+/// betwixt's `https` kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsCheck {
+    pub tls: TlsCheck,
+    /// `https_path`, default `/ping` (k3s's supervisor answers it without credentials).
+    pub path: String,
+    /// `https_expected_status`, default `[200]`.
+    pub expected_statuses: Vec<u16>,
+}
+
+/// A problem that stops a config from loading. Every variant names the file; `Invalid` also the
+/// full key path (`servers.k3s.discovery.static_list[1]`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the configuration: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Every error found in one config, in the order found.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Something in a config worth a look that does not stop it from loading: an unknown key, an
+/// accepted-but-ignored table, a risky value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.message)
+    }
+}
