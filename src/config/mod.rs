@@ -17,7 +17,11 @@ pub mod duration;
 pub mod raw;
 pub mod source;
 pub mod static_list;
+pub mod summary;
 pub mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,100 @@
+//! A readable summary of a validated config, printed by `betwixt check`.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::{CheckKind, Config, ServerConfig};
+
+/// Displays each server with its listener, algorithm, limits, check and backends.
+pub struct Summary<'a>(pub &'a Config);
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.servers.is_empty() {
+            writeln!(f, "no servers")?;
+        }
+        for server in self.0.servers.values() {
+            write_server(f, server)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_server(f: &mut fmt::Formatter<'_>, server: &ServerConfig) -> fmt::Result {
+    let family = if server.bind.dual_stack {
+        " (IPv4 and IPv6)"
+    } else {
+        ""
+    };
+    writeln!(f, "server {}", server.name)?;
+    writeln!(
+        f,
+        "  listen {}{family}, balance {}, max_connections {}",
+        server.bind.text,
+        server.balance,
+        server
+            .max_connections
+            .map_or("unlimited".to_owned(), |n| n.to_string())
+    )?;
+    writeln!(
+        f,
+        "  connect timeout {}, client idle timeout {}, backend idle timeout {}",
+        duration(server.backend_connection_timeout),
+        duration(server.client_idle_timeout),
+        duration(server.backend_idle_timeout)
+    )?;
+    let check = &server.healthcheck;
+    match &check.kind {
+        CheckKind::None => writeln!(f, "  healthcheck none")?,
+        kind => writeln!(
+            f,
+            "  healthcheck {} every {:?}, timeout {}, down after {} failures, up after {} passes",
+            kind_name(kind),
+            check.interval,
+            duration(check.timeout),
+            check.fails,
+            check.passes
+        )?,
+    }
+    if let Some(access) = &server.access {
+        writeln!(
+            f,
+            "  access default {:?}, {} rules",
+            access.default,
+            access.rules.len()
+        )?;
+    }
+    writeln!(f, "  backends ({}):", server.backends.len())?;
+    for backend in &server.backends {
+        write!(
+            f,
+            "    {:<24} weight {} priority {}",
+            backend.target(),
+            backend.weight,
+            backend.priority
+        )?;
+        if let Some(max) = backend.max_connections {
+            write!(f, " max_connections {max}")?;
+        }
+        if let Some(sni) = &backend.sni {
+            write!(f, " sni {sni}")?;
+        }
+        writeln!(f)?;
+    }
+    Ok(())
+}
+
+fn kind_name(kind: &CheckKind) -> &'static str {
+    match kind {
+        CheckKind::None => "none",
+        CheckKind::Ping => "ping",
+        CheckKind::Probe(_) => "probe",
+        CheckKind::Exec(_) => "exec",
+        CheckKind::Tls(_) => "tls",
+        CheckKind::Https(_) => "https",
+    }
+}
+
+fn duration(value: Option<Duration>) -> String {
+    value.map_or("none".to_owned(), |d| format!("{d:?}"))
+}

@@ -1,0 +1,143 @@
+//! `[servers.NAME.discovery]`: only kind static is implemented; its `static_list` becomes the
+//! server's backends. The other gobetween kinds are refused by name.
+
+use super::value::{self, choice, given_keys, text};
+use super::{Key, Report};
+use crate::config::BackendSpec;
+use crate::config::raw::RawDiscovery;
+use crate::config::static_list::parse_backend;
+
+/// Every discovery kind gobetween has, in its documentation's order.
+const KINDS: [&str; 8] = [
+    "static",
+    "srv",
+    "docker",
+    "json",
+    "exec",
+    "plaintext",
+    "consul",
+    "lxd",
+];
+
+/// Keys every kind uses.
+const COMMON_KEYS: [&str; 4] = ["kind", "failpolicy", "interval", "timeout"];
+
+/// The server's backends from its discovery table; empty when something failed.
+pub(super) fn backends(
+    report: &mut Report<'_>,
+    server: &Key,
+    raw: Option<&RawDiscovery>,
+) -> Vec<BackendSpec> {
+    let key = server.child("discovery");
+    let Some(raw) = raw else {
+        report.error(
+            &key,
+            format!("missing; add a [{key}] table with kind = \"static\" and a static_list"),
+        );
+        return Vec::new();
+    };
+    check_common(report, &key, raw);
+    let kind_key = key.child("kind");
+    match text(&raw.kind) {
+        Some("static") => {
+            warn_foreign_keys(report, &key, raw);
+            static_list(report, &key, raw)
+        }
+        None => {
+            report.error(&kind_key, "missing; expected kind = \"static\"");
+            Vec::new()
+        }
+        Some(kind) if KINDS.contains(&kind) => {
+            report.error(
+                &kind_key,
+                format!(
+                    "discovery kind {kind:?} is not supported by betwixt yet (supported: static)"
+                ),
+            );
+            Vec::new()
+        }
+        Some(kind) => {
+            report.error(
+                &kind_key,
+                format!(
+                    "unknown discovery kind {kind:?}; gobetween has {} (betwixt supports static)",
+                    KINDS.join(", ")
+                ),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// `failpolicy`, `interval` and `timeout`, checked for every kind (static ignores them).
+fn check_common(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery) {
+    let policies = [("keeplast", ()), ("setempty", ())];
+    choice(
+        report,
+        &key.child("failpolicy"),
+        &raw.failpolicy,
+        (),
+        &policies,
+    );
+    for (name, value) in [("interval", &raw.interval), ("timeout", &raw.timeout)] {
+        if let Some(text) = text(value) {
+            value::duration(report, &key.child(name), text);
+        }
+    }
+}
+
+/// Warns about keys of other discovery kinds in a static table.
+fn warn_foreign_keys(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery) {
+    for name in given_keys(raw) {
+        if name != "static_list" && !COMMON_KEYS.contains(&name.as_str()) {
+            report.warn(&key.child(&name), "ignored for kind static");
+        }
+    }
+}
+
+/// Each entry parsed; a malformed or repeated entry is an error under its index.
+fn static_list(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery) -> Vec<BackendSpec> {
+    let list_key = key.child("static_list");
+    let entries = raw.static_list.as_deref().unwrap_or_default();
+    if entries.is_empty() {
+        let problem = if raw.static_list.is_none() {
+            "missing"
+        } else {
+            "empty"
+        };
+        report.error(
+            &list_key,
+            format!(
+                "{problem}; kind static needs at least one backend, such as [\"10.0.0.1:6443\"]"
+            ),
+        );
+        return Vec::new();
+    }
+    let mut backends: Vec<BackendSpec> = Vec::with_capacity(entries.len());
+    let mut positions = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let entry_key = list_key.index(index);
+        let backend = match parse_backend(entry) {
+            Ok(backend) => backend,
+            Err(error) => {
+                report.error(&entry_key, error.to_string());
+                continue;
+            }
+        };
+        let target = backend.target();
+        match backends.iter().position(|other| other.target() == target) {
+            Some(first) => report.error(
+                &entry_key,
+                format!(
+                    "{entry:?} repeats backend {target}, already at static_list[{}]",
+                    positions[first]
+                ),
+            ),
+            None => {
+                backends.push(backend);
+                positions.push(index);
+            }
+        }
+    }
+    backends
+}

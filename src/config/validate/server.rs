@@ -1,0 +1,346 @@
+//! One `[servers.NAME]` table: bind, protocol, balance, the connection options merged with
+//! `[defaults]`, access rules and PROXY protocol; discovery and healthcheck have their own files.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::value::{self, Given, choice, text};
+use super::{Key, Report, bind, discovery, healthcheck};
+use crate::config::duration::parse_duration;
+use crate::config::raw::{RawAccess, RawDefaults, RawProxyProtocol, RawServer};
+use crate::config::{
+    AccessAction, AccessConfig, AccessRule, BalanceKind, BindAddr, ProxyProtocolVersion,
+    ServerConfig,
+};
+
+/// `backend_connection_timeout` when neither the server nor `[defaults]` sets it. gobetween
+/// has none, so a powered-off backend takes the kernel's SYN retries (minutes) to fail over.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `[defaults]`-inheritable keys of one server, resolved.
+struct ConnectionOptions {
+    max_connections: Option<u32>,
+    client_idle_timeout: Option<Duration>,
+    backend_idle_timeout: Option<Duration>,
+    backend_connection_timeout: Option<Duration>,
+    connect_attempts: Option<u32>,
+    close_sessions_on_backend_down: bool,
+    close_sessions_on_backend_removal: bool,
+}
+
+/// The server's `bind`, required. Validated apart from the rest so that listener conflicts
+/// are found even between servers with other errors.
+pub(super) fn bind(report: &mut Report<'_>, name: &str, raw: &RawServer) -> Option<BindAddr> {
+    let bind_key = Key::server(name).child("bind");
+    let Some(text) = text(&raw.bind) else {
+        report.error(
+            &bind_key,
+            "missing; expected \"host:port\", such as \":6443\"",
+        );
+        return None;
+    };
+    bind::parse_bind(report, &bind_key, text)
+}
+
+/// Validates the rest of one server, given its [`bind()`]; `None` when something failed (the
+/// report has it).
+pub(super) fn server(
+    report: &mut Report<'_>,
+    name: &str,
+    raw: &RawServer,
+    defaults: &RawDefaults,
+    bind: Option<BindAddr>,
+) -> Option<ServerConfig> {
+    let key = Key::server(name);
+    check_protocol(report, &key, raw);
+    let balance = balance(report, &key, raw);
+    let options = connection_options(report, &key, raw, defaults);
+    let access = raw
+        .access
+        .as_ref()
+        .map(|access| self::access(report, &key.child("access"), access));
+    let proxy_protocol = raw
+        .proxy_protocol
+        .as_ref()
+        .and_then(|proxy| proxy_protocol(report, &key.child("proxy_protocol"), proxy));
+    let backends = discovery::backends(report, &key, raw.discovery.as_ref());
+    let healthcheck =
+        healthcheck::healthcheck(report, &key.child("healthcheck"), raw.healthcheck.as_ref());
+    Some(ServerConfig {
+        name: name.to_owned(),
+        bind: bind?,
+        balance,
+        max_connections: options.max_connections,
+        client_idle_timeout: options.client_idle_timeout,
+        backend_idle_timeout: options.backend_idle_timeout,
+        backend_connection_timeout: options.backend_connection_timeout,
+        connect_attempts: options.connect_attempts,
+        close_sessions_on_backend_down: options.close_sessions_on_backend_down,
+        close_sessions_on_backend_removal: options.close_sessions_on_backend_removal,
+        proxy_protocol,
+        access,
+        backends,
+        healthcheck,
+    })
+}
+
+/// Validates `[defaults]` on its own, so its errors show even with no server inheriting them.
+pub(super) fn check_defaults(report: &mut Report<'_>, defaults: &RawDefaults) {
+    connection_options(
+        report,
+        &Key::root("defaults"),
+        &RawServer::default(),
+        defaults,
+    );
+}
+
+/// Only tcp is implemented; the tables of the other protocols and of TLS/SNI are refused.
+fn check_protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) {
+    let protocol_key = key.child("protocol");
+    match text(&raw.protocol) {
+        None | Some("tcp") => {}
+        Some(protocol @ ("tls" | "udp")) => report.error(
+            &protocol_key,
+            format!("protocol {protocol:?} is not supported by betwixt yet (supported: tcp)"),
+        ),
+        Some(protocol) => report.error(
+            &protocol_key,
+            format!("unknown protocol {protocol:?}; expected tcp (gobetween also has tls, udp)"),
+        ),
+    }
+    let tables = [
+        ("tls", raw.tls.is_some(), "TLS termination"),
+        (
+            "backends_tls",
+            raw.backends_tls.is_some(),
+            "TLS to the backends",
+        ),
+        ("sni", raw.sni.is_some(), "SNI-based backend selection"),
+        ("udp", raw.udp.is_some(), "UDP"),
+    ];
+    for (table, present, feature) in tables {
+        if present {
+            let table_key = key.child(table);
+            let message =
+                format!("[{table_key}] ({feature}) is not supported by betwixt yet; remove it");
+            report.error(&table_key, message);
+        }
+    }
+}
+
+fn balance(report: &mut Report<'_>, key: &Key, raw: &RawServer) -> BalanceKind {
+    let Some(name) = text(&raw.balance) else {
+        return BalanceKind::default();
+    };
+    BalanceKind::from_str(name).unwrap_or_else(|error| {
+        report.error(&key.child("balance"), error.to_string());
+        BalanceKind::default()
+    })
+}
+
+/// The server's own value if it has one, else the `[defaults]` one, with the key it came from.
+fn pick<'a, T>(
+    server: &Key,
+    own: &'a Option<T>,
+    default: &'a Option<T>,
+    name: &str,
+) -> (Option<&'a T>, Key) {
+    match (own, default) {
+        (Some(value), _) => (Some(value), server.child(name)),
+        (None, Some(value)) => (Some(value), Key::root("defaults").child(name)),
+        (None, None) => (None, server.child(name)),
+    }
+}
+
+fn connection_options(
+    report: &mut Report<'_>,
+    key: &Key,
+    raw: &RawServer,
+    defaults: &RawDefaults,
+) -> ConnectionOptions {
+    let (max, max_key) = pick(
+        key,
+        &raw.max_connections,
+        &defaults.max_connections,
+        "max_connections",
+    );
+    let max_connections = value::limit(report, &max_key, max.copied());
+    let (idle, idle_key) = pick(
+        key,
+        &raw.client_idle_timeout,
+        &defaults.client_idle_timeout,
+        "client_idle_timeout",
+    );
+    let client_idle_timeout = value::timeout(report, &idle_key, idle.map(String::as_str), None);
+    let (idle, idle_key) = pick(
+        key,
+        &raw.backend_idle_timeout,
+        &defaults.backend_idle_timeout,
+        "backend_idle_timeout",
+    );
+    let backend_idle_timeout = value::timeout(report, &idle_key, idle.map(String::as_str), None);
+    let backend_connection_timeout = connect_timeout(report, key, raw, defaults);
+    let (attempts, attempts_key) = pick(
+        key,
+        &raw.connect_attempts,
+        &defaults.connect_attempts,
+        "connect_attempts",
+    );
+    let connect_attempts = value::limit(report, &attempts_key, attempts.copied());
+    let (down, _) = pick(
+        key,
+        &raw.close_sessions_on_backend_down,
+        &defaults.close_sessions_on_backend_down,
+        "",
+    );
+    let (removal, _) = pick(
+        key,
+        &raw.close_sessions_on_backend_removal,
+        &defaults.close_sessions_on_backend_removal,
+        "",
+    );
+    ConnectionOptions {
+        max_connections,
+        client_idle_timeout,
+        backend_idle_timeout,
+        backend_connection_timeout,
+        connect_attempts,
+        close_sessions_on_backend_down: down.copied().unwrap_or(true),
+        close_sessions_on_backend_removal: removal.copied().unwrap_or(false),
+    }
+}
+
+/// `backend_connection_timeout`: 5s when unset; an explicit "0" disables it, with a warning.
+fn connect_timeout(
+    report: &mut Report<'_>,
+    key: &Key,
+    raw: &RawServer,
+    defaults: &RawDefaults,
+) -> Option<Duration> {
+    let name = "backend_connection_timeout";
+    let (value, at) = pick(
+        key,
+        &raw.backend_connection_timeout,
+        &defaults.backend_connection_timeout,
+        name,
+    );
+    let text = value.map(String::as_str).filter(|text| !text.is_empty());
+    if text.and_then(|text| parse_duration(text).ok()) == Some(Duration::ZERO) {
+        report.warn(
+            &at,
+            "\"0\" disables the connect timeout: a powered-off backend then takes minutes (the \
+             kernel's SYN retries) to fail over; betwixt's default is 5s",
+        );
+    }
+    value::timeout(report, &at, text, Some(DEFAULT_CONNECT_TIMEOUT))
+}
+
+/// `[access]`: default allow; rules `"allow CIDR"` or `"deny IP"`, first match wins.
+fn access(report: &mut Report<'_>, key: &Key, raw: &RawAccess) -> AccessConfig {
+    let actions = [("allow", AccessAction::Allow), ("deny", AccessAction::Deny)];
+    let default = choice(
+        report,
+        &key.child("default"),
+        &raw.default,
+        AccessAction::Allow,
+        &actions,
+    );
+    let mut rules = Vec::new();
+    for (index, rule) in raw.rules.iter().flatten().enumerate() {
+        match parse_rule(rule) {
+            Ok(parsed) => rules.push(parsed),
+            Err(problem) => report.error(
+                &key.child("rules").index(index),
+                format!(
+                    "{rule:?} is not a valid rule; expected \"allow ADDRESS\" or \"deny ADDRESS\" \
+                     with an IP address or CIDR network, such as \"allow 10.0.0.0/8\" ({problem})"
+                ),
+            ),
+        }
+    }
+    if default == AccessAction::Deny && !raw.rules.given() {
+        report.warn(
+            key,
+            "default = \"deny\" and no rules: every client is refused",
+        );
+    }
+    AccessConfig { default, rules }
+}
+
+fn parse_rule(rule: &str) -> Result<AccessRule, String> {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    let [action, target] = words[..] else {
+        return Err(match words.len() {
+            0 => "it is empty".to_owned(),
+            1 => "the address is missing".to_owned(),
+            _ => "it has more than two words".to_owned(),
+        });
+    };
+    let action = match action {
+        "allow" => AccessAction::Allow,
+        "deny" => AccessAction::Deny,
+        other => return Err(format!("{other:?} is neither allow nor deny")),
+    };
+    let network = match target.parse::<IpAddr>() {
+        Ok(ip) => IpNet::from(ip),
+        Err(_) => target
+            .parse::<IpNet>()
+            .map_err(|_| format!("{target:?} is not an IP address or CIDR network"))?
+            .trunc(),
+    };
+    Ok(AccessRule { action, network })
+}
+
+/// `[proxy_protocol]`: `version = "1"`, the only version gobetween supports.
+fn proxy_protocol(
+    report: &mut Report<'_>,
+    key: &Key,
+    raw: &RawProxyProtocol,
+) -> Option<ProxyProtocolVersion> {
+    let version_key = key.child("version");
+    match text(&raw.version) {
+        Some("1") => return Some(ProxyProtocolVersion::V1),
+        None => report.error(&version_key, "missing; the supported version is \"1\""),
+        Some(version) => report.error(
+            &version_key,
+            format!("unsupported version {version:?}; only \"1\" is supported, as in gobetween"),
+        ),
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_rules() {
+        let rule =
+            |text: &str| parse_rule(text).map(|rule| (rule.action, rule.network.to_string()));
+        assert_eq!(
+            rule("allow 10.0.0.0/8"),
+            Ok((AccessAction::Allow, "10.0.0.0/8".into()))
+        );
+        assert_eq!(
+            rule("deny 1.2.3.4"),
+            Ok((AccessAction::Deny, "1.2.3.4/32".into()))
+        );
+        assert_eq!(rule("deny ::1"), Ok((AccessAction::Deny, "::1/128".into())));
+        assert_eq!(
+            rule("allow 10.1.2.3/8"),
+            Ok((AccessAction::Allow, "10.0.0.0/8".into()))
+        );
+        assert_eq!(
+            rule("allow  fd00::/8"),
+            Ok((AccessAction::Allow, "fd00::/8".into()))
+        );
+        assert!(rule("permit 10.0.0.0/8").is_err());
+        assert!(rule("allow").is_err());
+        assert!(rule("allow 10.0.0.0/33").is_err());
+        assert!(rule("allow 10.0.0.0/8 extra").is_err());
+        assert!(rule("allow example.com").is_err());
+    }
+}
