@@ -1,0 +1,244 @@
+//! A backend: its configured spec, its live state and its counters.
+//!
+//! [`Backend`] belongs to one snapshot (a reload builds new ones); its [`BackendState`] is shared
+//! by every snapshot that keeps the backend, so health and counters survive reloads. Everything
+//! the per-connection path touches is an atomic: accept tasks pick and count without locks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BackendSpec;
+use crate::health::state::Streaks;
+use crate::logging::RateLimit;
+use crate::stats::{ActiveCount, BackendStats, Slot};
+
+/// One backend as configured in the current snapshot.
+#[derive(Debug)]
+pub struct Backend {
+    pub spec: BackendSpec,
+    /// `host:port`: the backend's identity across reloads and its name in logs.
+    pub target: Arc<str>,
+    /// The address to dial when the host is an IP literal; DNS names are resolved per connect.
+    pub resolved: Option<SocketAddr>,
+    pub state: Arc<BackendState>,
+    /// One "connect failed" line a second, however many clients hit a dead backend.
+    pub connect_failures_log: RateLimit,
+}
+
+impl Backend {
+    /// Builds a backend around existing state (carried over from the previous snapshot) or a
+    /// fresh one.
+    pub fn new(spec: BackendSpec, state: Arc<BackendState>) -> Self {
+        let resolved = spec
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, spec.port));
+        Self {
+            target: spec.target().into(),
+            spec,
+            resolved,
+            state,
+            connect_failures_log: RateLimit::per_second(),
+        }
+    }
+
+    /// Whether a new session may be sent here when health is considered: admin-enabled, healthy
+    /// and below its `max_connections`.
+    pub fn is_candidate(&self) -> bool {
+        self.is_healthy() && self.accepts_new_sessions() && self.has_capacity()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.state.health() == Health::Up
+    }
+
+    /// False while the backend is drained or disabled by an operator.
+    pub fn accepts_new_sessions(&self) -> bool {
+        self.state.admin() == Admin::Enabled
+    }
+
+    pub fn has_capacity(&self) -> bool {
+        match self.spec.max_connections {
+            None => true,
+            Some(max) => self.state.stats.active.load(Ordering::Relaxed) < u64::from(max),
+        }
+    }
+
+    /// Reserves one session place, respecting `max_connections`; released when the slot drops.
+    pub fn try_acquire(&self) -> Option<Slot<BackendState>> {
+        Slot::try_acquire(&self.state, self.spec.max_connections)
+    }
+}
+
+/// Probe health of a backend, as decided by the health checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    Up = 0,
+    Down = 1,
+}
+
+/// Operator state of a backend, set through the API; independent of health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Admin {
+    /// Takes new sessions.
+    Enabled = 0,
+    /// No new sessions; established ones stay.
+    Draining = 1,
+    /// No new sessions; established ones are closed.
+    Disabled = 2,
+}
+
+/// The part of a backend that outlives snapshots: health, admin state, counters, and the
+/// signal that closes its sessions.
+#[derive(Debug)]
+pub struct BackendState {
+    health: AtomicU8,
+    admin: AtomicU8,
+    pub stats: BackendStats,
+    /// Consecutive check and connect results behind `health`.
+    pub streaks: Streaks,
+    /// Cancelled (and replaced) to close every session established so far.
+    closer: ArcSwap<CancellationToken>,
+}
+
+impl BackendState {
+    pub fn new(health: Health) -> Self {
+        Self {
+            health: AtomicU8::new(health as u8),
+            admin: AtomicU8::new(Admin::Enabled as u8),
+            stats: BackendStats::default(),
+            streaks: Streaks::default(),
+            closer: ArcSwap::from_pointee(CancellationToken::new()),
+        }
+    }
+
+    /// The token a new session watches: it fires when [`close_sessions`](Self::close_sessions)
+    /// is called.
+    pub fn session_closer(&self) -> CancellationToken {
+        CancellationToken::clone(&self.closer.load())
+    }
+
+    /// Closes every session established until now; later sessions are not affected.
+    ///
+    /// A session that fetched its token just before the swap is closed too: it was connecting
+    /// to a backend being closed, so that is the right outcome.
+    pub fn close_sessions(&self) {
+        self.closer
+            .swap(Arc::new(CancellationToken::new()))
+            .cancel();
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Acquire) {
+            0 => Health::Up,
+            _ => Health::Down,
+        }
+    }
+
+    /// Stores a new health value and returns the previous one, so the caller can tell a flip.
+    pub fn set_health(&self, health: Health) -> Health {
+        match self.health.swap(health as u8, Ordering::AcqRel) {
+            0 => Health::Up,
+            _ => Health::Down,
+        }
+    }
+
+    pub fn admin(&self) -> Admin {
+        match self.admin.load(Ordering::Acquire) {
+            0 => Admin::Enabled,
+            1 => Admin::Draining,
+            _ => Admin::Disabled,
+        }
+    }
+
+    pub fn set_admin(&self, admin: Admin) {
+        self.admin.store(admin as u8, Ordering::Release);
+    }
+}
+
+impl ActiveCount for BackendState {
+    fn active(&self) -> &AtomicU64 {
+        &self.stats.active
+    }
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        Self::new(Health::Up)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_connections: Option<u32>) -> BackendSpec {
+        BackendSpec {
+            host: "127.0.0.1".into(),
+            port: 6443,
+            weight: 1,
+            priority: 1,
+            max_connections,
+            sni: None,
+        }
+    }
+
+    #[test]
+    fn slots_respect_max_connections_and_release_on_drop() {
+        let backend = Backend::new(spec(Some(2)), Arc::default());
+        let first = backend.try_acquire();
+        let second = backend.try_acquire();
+        assert!(first.is_some() && second.is_some());
+        assert!(backend.try_acquire().is_none());
+        assert!(!backend.has_capacity());
+        drop(first);
+        assert!(backend.has_capacity());
+        assert!(backend.try_acquire().is_some());
+    }
+
+    #[test]
+    fn ip_literals_are_resolved_once_and_names_are_not() {
+        let backend = Backend::new(spec(None), Arc::default());
+        assert_eq!(backend.resolved, Some("127.0.0.1:6443".parse().unwrap()));
+        let mut named = spec(None);
+        named.host = "master-1.example".into();
+        assert_eq!(Backend::new(named, Arc::default()).resolved, None);
+    }
+
+    #[test]
+    fn v6_target_is_bracketed() {
+        let mut v6 = spec(None);
+        v6.host = "::1".into();
+        let backend = Backend::new(v6, Arc::default());
+        assert_eq!(&*backend.target, "[::1]:6443");
+        assert_eq!(backend.resolved, Some("[::1]:6443".parse().unwrap()));
+    }
+
+    #[test]
+    fn closing_sessions_fires_old_tokens_only() {
+        let state = BackendState::default();
+        let established = state.session_closer();
+        state.close_sessions();
+        let later = state.session_closer();
+        assert!(established.is_cancelled());
+        assert!(!later.is_cancelled());
+    }
+
+    #[test]
+    fn candidate_needs_health_admin_and_capacity() {
+        let backend = Backend::new(spec(None), Arc::default());
+        assert!(backend.is_candidate());
+        backend.state.set_health(Health::Down);
+        assert!(!backend.is_candidate());
+        backend.state.set_health(Health::Up);
+        backend.state.set_admin(Admin::Draining);
+        assert!(!backend.is_candidate());
+    }
+}

@@ -1,0 +1,125 @@
+//! A server's backends and its balancer, and the order in which one connection tries them.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::balance::{BalanceKind, Balancer, Candidates, Tried};
+
+/// The backends of one server in one snapshot, sorted by `host:port` (gobetween's order for
+/// roundrobin and iphash), with the balancer built for them.
+#[derive(Debug)]
+pub struct Pool {
+    backends: Vec<Arc<Backend>>,
+    balancer: Balancer,
+}
+
+impl Pool {
+    pub fn new(kind: BalanceKind, mut backends: Vec<Arc<Backend>>) -> Self {
+        backends.sort_by(|a, b| a.target.cmp(&b.target));
+        let balancer = Balancer::new(kind, &backends);
+        Self { backends, balancer }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    pub fn find(&self, target: &str) -> Option<&Arc<Backend>> {
+        self.backends
+            .iter()
+            .find(|backend| &*backend.target == target)
+    }
+
+    /// True when at least one backend both passes its checks and takes new sessions.
+    pub fn any_healthy(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|backend| backend.is_healthy() && backend.accepts_new_sessions())
+    }
+
+    /// The backends a connection from `client` should try, best first, each at most once.
+    pub fn attempts(&self, client: IpAddr) -> Attempts<'_> {
+        Attempts {
+            pool: self,
+            client,
+            tried: Tried::new(self.backends.len()),
+        }
+    }
+}
+
+/// One connection's walk through the pool: each call picks among the backends not tried yet.
+///
+/// When no backend passes its checks the walk considers them all, like k3s's own client load
+/// balancer: a check that fails under load must not turn into a total outage.
+#[derive(Debug)]
+pub struct Attempts<'a> {
+    pool: &'a Pool,
+    client: IpAddr,
+    tried: Tried,
+}
+
+impl<'a> Attempts<'a> {
+    pub fn next_backend(&mut self) -> Option<&'a Arc<Backend>> {
+        let ignore_health = !self.pool.any_healthy();
+        let candidates = Candidates::new(&self.pool.backends, &self.tried, ignore_health);
+        let index = self.pool.balancer.select(&candidates, self.client)?;
+        self.tried.insert(index);
+        self.pool.backends.get(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Health;
+    use crate::balance::tests::{pool, spec};
+
+    #[test]
+    fn each_backend_is_tried_once_in_every_algorithm() {
+        for name in BalanceKind::NAMES {
+            let kind: BalanceKind = name.parse().unwrap();
+            let pool = Pool::new(kind, pool(&[spec(3, 1, 1), spec(1, 2, 1), spec(2, 1, 2)]));
+            let mut attempts = pool.attempts("192.0.2.1".parse().unwrap());
+            let mut seen: Vec<_> = std::iter::from_fn(|| attempts.next_backend())
+                .map(|backend| backend.target.to_string())
+                .collect();
+            assert_eq!(seen.len(), 3, "{name}: {seen:?}");
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), 3, "{name} tried a backend twice");
+        }
+    }
+
+    #[test]
+    fn backends_are_sorted_by_target() {
+        let pool = Pool::new(
+            BalanceKind::RoundRobin,
+            pool(&[spec(3, 1, 1), spec(1, 1, 1)]),
+        );
+        let targets: Vec<_> = pool.backends().iter().map(|b| &*b.target).collect();
+        assert_eq!(targets, ["10.0.0.1:6443", "10.0.0.3:6443"]);
+    }
+
+    #[test]
+    fn down_backends_are_tried_only_when_all_are_down() {
+        let pool = Pool::new(
+            BalanceKind::RoundRobin,
+            pool(&[spec(1, 1, 1), spec(2, 1, 1)]),
+        );
+        pool.backends()[0].state.set_health(Health::Down);
+        let mut attempts = pool.attempts("192.0.2.1".parse().unwrap());
+        assert_eq!(&*attempts.next_backend().unwrap().target, "10.0.0.2:6443");
+        assert!(attempts.next_backend().is_none());
+
+        pool.backends()[1].state.set_health(Health::Down);
+        let mut attempts = pool.attempts("192.0.2.1".parse().unwrap());
+        assert!(attempts.next_backend().is_some());
+        assert!(attempts.next_backend().is_some());
+        assert!(attempts.next_backend().is_none());
+    }
+}
