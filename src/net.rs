@@ -1,0 +1,173 @@
+//! Sockets: listeners bound the way gobetween binds them, and the TCP options both sides of a
+//! session get.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::config::BindAddr;
+
+/// Pending connections the kernel queues per listener (capped by `net.core.somaxconn`): large,
+/// because a restarting master sends all its clients over at once.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Keepalive probes start after this much silence...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// ...are sent this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and this many unanswered probes close the connection: a vanished peer is noticed within
+/// about a minute instead of the kernel's default of two hours.
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Sent data unacknowledged for this long closes the connection (instead of about 15 minutes
+/// of retransmissions). A peer that is alive but not reading keeps acknowledging window
+/// probes, so it is not affected.
+const USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Binds a listening socket for `bind`: SO_REUSEADDR, SO_REUSEPORT, a large backlog,
+/// non-blocking.
+///
+/// SO_REUSEPORT lets a reload that changes a bind (`0.0.0.0:6443` to `10.0.0.5:6443`) open the
+/// new listener before closing the old one, so no client is refused in between. Like HAProxy,
+/// it also means a second betwixt on the same address would share the port instead of failing.
+///
+/// An empty host or `0.0.0.0` listens on `[::]` with IPV6_V6ONLY off, so IPv4 and IPv6 clients
+/// are both accepted as with gobetween; on a host without IPv6 it falls back to `0.0.0.0`.
+///
+/// # Errors
+/// The bind or listen error, e.g. the address is in use or not local.
+pub fn bind_listener(bind: &BindAddr) -> io::Result<std::net::TcpListener> {
+    if bind.dual_stack {
+        let any_v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), bind.addr.port());
+        match listen(any_v6, true) {
+            Ok(listener) => return Ok(listener),
+            Err(error) if ipv6_unavailable(&error) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    listen(bind.addr, false)
+}
+
+fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+fn ipv6_unavailable(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
+}
+
+/// Applies the session options to an accepted client socket.
+///
+/// # Errors
+/// A setsockopt failure; the socket is unusable.
+pub fn tune_client(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    apply_liveness(&SockRef::from(stream))
+}
+
+/// Opens a connection to a backend with the session options already set. No timeout: the
+/// caller bounds it.
+///
+/// # Errors
+/// The connect error (refused, unreachable, ...) or a setsockopt failure.
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_nodelay(true)?;
+    apply_liveness(&SockRef::from(&socket))?;
+    socket.connect(addr).await
+}
+
+/// Connects to `host:port`: straight to `resolved` when the host is an IP address, otherwise
+/// to each address the name resolves to, in order, until one accepts. No timeout: the caller
+/// bounds it.
+///
+/// # Errors
+/// The resolver's error, or the last connect error.
+pub async fn connect_host(
+    resolved: Option<SocketAddr>,
+    host: &str,
+    port: u16,
+) -> io::Result<TcpStream> {
+    if let Some(addr) = resolved {
+        return connect(addr).await;
+    }
+    let mut last_error = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{host} resolves to no address"),
+    );
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+/// Keepalive and user timeout, so a silently vanished peer frees its session.
+fn apply_liveness(socket: &SockRef<'_>) -> io::Result<()> {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind_addr(text: &str, addr: &str, dual_stack: bool) -> BindAddr {
+        BindAddr {
+            text: text.into(),
+            addr: addr.parse().unwrap(),
+            dual_stack,
+        }
+    }
+
+    #[tokio::test]
+    async fn dual_stack_listener_accepts_v4_and_v6() {
+        let listener = bind_listener(&bind_addr(":0", "0.0.0.0:0", true)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        for client in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+            let Ok(addr) = client.parse::<SocketAddr>() else {
+                continue;
+            };
+            if addr.is_ipv6() && !listener.local_addr().unwrap().is_ipv6() {
+                continue; // no IPv6 on this host: the IPv4 fallback was used
+            }
+            let _client = connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            tune_client(&stream).unwrap();
+            assert!(stream.nodelay().unwrap());
+            assert!(SockRef::from(&stream).keepalive().unwrap());
+        }
+    }
+
+    #[test]
+    fn an_address_held_by_another_program_is_an_error() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = other.local_addr().unwrap();
+        let error = bind_listener(&bind_addr("", &taken.to_string(), false)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
+    }
+}

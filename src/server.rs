@@ -1,0 +1,340 @@
+//! One listener: accept, check access and limits, pick a backend, connect with retry, forward.
+//!
+//! Each `[servers.NAME]` has one accept task running [`accept_loop`]. It looks the server up in
+//! the current snapshot for every connection, so a reload changes the pool of new connections at
+//! once, and spawns one session task per admitted client. The accept loop never dies: transient
+//! errors are retried, resource exhaustion (EMFILE, ENFILE) backs off and is logged once a
+//! second. A session's errors end at the task boundary with one log line.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::backend::{Backend, BackendState};
+use crate::config::ProxyProtocolVersion;
+use crate::forward::{self, ForwardError};
+use crate::health::monitor;
+use crate::snapshot::{Server, Snapshot};
+use crate::stats::{ServerStats, SessionMeter, Slot};
+use crate::{access, net, proxy_protocol};
+
+/// What every listener and session of the process shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The current snapshot; loaded once per accepted connection.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Every session task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    /// Cancelled when the shutdown grace period is over: remaining sessions close.
+    pub close_sessions: CancellationToken,
+}
+
+/// Pause after an accept error that is not about the connection itself.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Accepts connections for server `name` until `stop` is cancelled, then serves the connections
+/// already queued on the listener and closes it; established sessions go on.
+pub async fn accept_loop(
+    name: Arc<str>,
+    listener: TcpListener,
+    shared: Shared,
+    stop: CancellationToken,
+) {
+    let local = listener.local_addr().ok();
+    let Some(mut server) = shared.snapshot.load().server(&name).cloned() else {
+        error!(server = %name, "listener started for a server missing from the config");
+        return;
+    };
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                // A server removed by a reload keeps serving what it accepts until its listener
+                // is stopped.
+                if let Some(current) = shared.snapshot.load().server(&name) {
+                    server = Arc::clone(current);
+                }
+                admit(&server, client, peer, local, &shared);
+            }
+            Err(error) if is_connection_error(&error) => {
+                debug!(server = %name, %error, "accept: connection lost before it was accepted");
+            }
+            Err(error) => {
+                if let Some(suppressed) = server.log_limits.accept.check() {
+                    warn!(server = %name, %error, suppressed, pause = ?backoff, "accept failed; pausing");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    let queued = match listener.into_std() {
+        Ok(listener) => drain_backlog(&listener, &server, local, &shared),
+        Err(error) => {
+            warn!(server = %name, %error, "cannot drain the listener's queue");
+            0
+        }
+    };
+    info!(server = %name, queued, "listener closed");
+}
+
+/// Admits the connections the kernel had already completed for a listener being closed, so a
+/// reload that stops it refuses nobody. Returns how many there were.
+fn drain_backlog(
+    listener: &std::net::TcpListener,
+    server: &Arc<Server>,
+    local: Option<SocketAddr>,
+    shared: &Shared,
+) -> usize {
+    let mut admitted = 0;
+    // Bounded by the backlog size: the loop cannot outrun a flood of new connections forever.
+    for _ in 0..net::LISTEN_BACKLOG {
+        let Ok((client, peer)) = listener.accept() else {
+            break;
+        };
+        let client = client
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(client));
+        match client {
+            Ok(client) => {
+                admit(server, client, peer, local, shared);
+                admitted += 1;
+            }
+            Err(error) => debug!(server = server.name(), %error, "queued connection unusable"),
+        }
+    }
+    admitted
+}
+
+/// Errors that concern one pending connection, not the listener: accept the next one at once.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::EINTR
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::ETIMEDOUT
+        )
+    )
+}
+
+/// Applies `[access]` and `max_connections`, then spawns the session.
+fn admit(
+    server: &Arc<Server>,
+    client: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    shared: &Shared,
+) {
+    if let Some(rules) = &server.config.access
+        && !access::allows(rules, peer.ip())
+    {
+        server.stats.denied.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = server.log_limits.denied.check() {
+            info!(server = server.name(), client = %peer, suppressed, "client denied by access rules");
+        }
+        return;
+    }
+    let Some(slot) = Slot::try_acquire(&server.stats, server.config.max_connections) else {
+        server.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = server.log_limits.over_limit.check() {
+            warn!(
+                server = server.name(),
+                client = %peer,
+                max_connections = server.config.max_connections,
+                suppressed,
+                "client refused: server at max_connections"
+            );
+        }
+        return;
+    };
+    server.stats.total.fetch_add(1, Ordering::Relaxed);
+    let session = Session {
+        server: Arc::clone(server),
+        client,
+        peer,
+        local: local.unwrap_or(peer),
+        _slot: slot,
+    };
+    let close = shared.close_sessions.clone();
+    shared.sessions.spawn(session.run(close));
+}
+
+/// One admitted client, from connect to close.
+struct Session {
+    server: Arc<Server>,
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    _slot: Slot<ServerStats>,
+}
+
+impl Session {
+    async fn run(self, close: CancellationToken) {
+        let server = &self.server;
+        if let Err(error) = net::tune_client(&self.client) {
+            debug!(server = server.name(), client = %self.peer, %error, "client socket unusable");
+            return;
+        }
+        let connect = connect_with_retry(server, self.peer);
+        let connected = tokio::select! {
+            connected = connect => connected,
+            () = close.cancelled() => return,
+        };
+        let Some(connected) = connected else {
+            server.stats.unserved.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = server.log_limits.unserved.check() {
+                error!(
+                    server = server.name(),
+                    client = %self.peer,
+                    backends = server.pool.backends().len(),
+                    suppressed,
+                    "no backend could be connected; client closed"
+                );
+            }
+            return;
+        };
+        let meter = SessionMeter {
+            backend: &connected.backend.state.stats.traffic,
+            server: &server.stats.traffic,
+        };
+        let outcome = tokio::select! {
+            outcome = self.forward(&connected, &meter) => outcome,
+            () = close.cancelled() => {
+                debug!(server = server.name(), client = %self.peer, backend = %connected.backend.target, "session closed by shutdown");
+                return;
+            }
+            () = connected.backend_closer.cancelled() => {
+                debug!(server = server.name(), client = %self.peer, backend = %connected.backend.target, "session closed with its backend");
+                return;
+            }
+        };
+        match outcome {
+            Ok(transferred) => debug!(
+                server = server.name(),
+                client = %self.peer,
+                backend = %connected.backend.target,
+                tx = transferred.to_backend,
+                rx = transferred.to_client,
+                "session ended"
+            ),
+            Err(error) => debug!(
+                server = server.name(),
+                client = %self.peer,
+                backend = %connected.backend.target,
+                %error,
+                "session ended"
+            ),
+        }
+    }
+
+    async fn forward(
+        &self,
+        connected: &Connected,
+        meter: &SessionMeter<'_>,
+    ) -> Result<forward::Transferred, ForwardError> {
+        if let Some(ProxyProtocolVersion::V1) = self.server.config.proxy_protocol {
+            let header = proxy_protocol::v1_header(self.peer, self.local);
+            forward::write_all(&connected.stream, header.as_bytes())
+                .await
+                .map_err(|source| ForwardError::Io {
+                    side: forward::Side::Backend,
+                    source,
+                })?;
+        }
+        forward::bidirectional(&self.client, &connected.stream, &self.server.forward, meter).await
+    }
+}
+
+/// A session's backend connection and the place it holds on that backend.
+struct Connected {
+    stream: TcpStream,
+    backend: Arc<Backend>,
+    /// Fires when the backend's sessions are closed (marked down, removed, disabled).
+    backend_closer: CancellationToken,
+    _slot: Slot<BackendState>,
+}
+
+/// Tries backends in the balancer's order, each at most once (and at most `connect_attempts`
+/// in all), until one accepts. `None` when every one failed.
+async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Connected> {
+    let max_attempts = server.config.connect_attempts.unwrap_or(u32::MAX);
+    let mut attempts = server.pool.attempts(client.ip());
+    let mut made = 0;
+    while made < max_attempts {
+        let backend = attempts.next_backend()?;
+        // Full since the pick (another session took the last place): try the next one.
+        let Some(slot) = backend.try_acquire() else {
+            continue;
+        };
+        made += 1;
+        // Taken before connecting: a backend closed while we connect closes this session too.
+        let backend_closer = backend.state.session_closer();
+        match connect_backend(backend, server.config.backend_connection_timeout).await {
+            Ok(stream) => {
+                monitor::observe_connect(server, backend, None);
+                backend.state.stats.total.fetch_add(1, Ordering::Relaxed);
+                return Some(Connected {
+                    stream,
+                    backend: Arc::clone(backend),
+                    backend_closer,
+                    _slot: slot,
+                });
+            }
+            Err(error) => {
+                backend.state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                monitor::observe_connect(server, backend, Some(&error));
+                if let Some(suppressed) = backend.connect_failures_log.check() {
+                    warn!(
+                        server = server.name(),
+                        client = %client,
+                        backend = %backend.target,
+                        %error,
+                        suppressed,
+                        "connect to backend failed; trying the next one"
+                    );
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Connects to one backend within `timeout`.
+async fn connect_backend(backend: &Backend, timeout: Option<Duration>) -> io::Result<TcpStream> {
+    let attempt = net::connect_host(backend.resolved, &backend.spec.host, backend.spec.port);
+    match timeout {
+        None => attempt.await,
+        Some(timeout) => tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                ))
+            }),
+    }
+}

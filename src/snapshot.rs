@@ -1,0 +1,109 @@
+//! The immutable runtime view of a config: servers with their pools and balancers.
+//!
+//! The supervisor publishes one [`Snapshot`] through an `ArcSwap`; each accepted connection
+//! loads it once and keeps the `Arc<Server>` it found for its whole life, so a reload never
+//! changes a session under its feet. A new snapshot is built from a new config and the previous
+//! snapshot: servers and backends that stay keep their counters and health (their state `Arc`s
+//! are carried over, keyed by server name and backend target).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendState, Health};
+use crate::config::{CheckKind, Config, InitialStatus, RuntimeConfig, ServerConfig};
+use crate::forward;
+use crate::logging::RateLimit;
+use crate::pool::Pool;
+use crate::stats::ServerStats;
+
+/// Everything a connection needs to know, as of one config generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    servers: BTreeMap<String, Arc<Server>>,
+}
+
+impl Snapshot {
+    /// Builds the runtime view of `config`, carrying state over from `previous`.
+    pub fn new(config: Config, previous: Option<&Snapshot>) -> Self {
+        let servers = config
+            .servers
+            .iter()
+            .map(|(name, server)| {
+                let previous = previous
+                    .and_then(|snapshot| snapshot.server(name))
+                    .map(Arc::as_ref);
+                let server = Server::new(server.clone(), &config.runtime, previous);
+                (name.clone(), Arc::new(server))
+            })
+            .collect();
+        Self {
+            config: Arc::new(config),
+            servers,
+        }
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Arc<Server>> {
+        self.servers.get(name)
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &Arc<Server>> {
+        self.servers.values()
+    }
+}
+
+/// One `[servers.NAME]` of a snapshot.
+#[derive(Debug)]
+pub struct Server {
+    pub config: ServerConfig,
+    pub pool: Pool,
+    /// Shared with the previous and next snapshots that keep this server.
+    pub stats: Arc<ServerStats>,
+    pub forward: forward::Options,
+    pub log_limits: ServerLogLimits,
+}
+
+/// Rate limits for the per-client events of one server.
+#[derive(Debug, Default)]
+pub struct ServerLogLimits {
+    pub accept: RateLimit,
+    pub denied: RateLimit,
+    pub over_limit: RateLimit,
+    pub unserved: RateLimit,
+}
+
+impl Server {
+    pub fn new(config: ServerConfig, runtime: &RuntimeConfig, previous: Option<&Server>) -> Self {
+        let initial_health = match (&config.healthcheck.kind, config.healthcheck.initial_status) {
+            (CheckKind::None, _) | (_, InitialStatus::Healthy) => Health::Up,
+            (_, InitialStatus::Unhealthy) => Health::Down,
+        };
+        let backends = config
+            .backends
+            .iter()
+            .map(|spec| {
+                let state = previous
+                    .and_then(|server| server.pool.find(&spec.target()))
+                    .map(|backend| Arc::clone(&backend.state))
+                    .unwrap_or_else(|| Arc::new(BackendState::new(initial_health)));
+                Arc::new(Backend::new(spec.clone(), state))
+            })
+            .collect();
+        let forward = forward::Options {
+            client_idle_timeout: config.client_idle_timeout,
+            backend_idle_timeout: config.backend_idle_timeout,
+            copy_buffer_size: runtime.copy_buffer_size,
+        };
+        Self {
+            pool: Pool::new(config.balance, backends),
+            stats: previous.map_or_else(Arc::default, |server| Arc::clone(&server.stats)),
+            forward,
+            log_limits: ServerLogLimits::default(),
+            config,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
