@@ -1,0 +1,194 @@
+//! TLS for checks: the `tls` kind (a complete handshake, then close_notify) and the client
+//! settings shared with `https` and `probe_protocol = "tls"`.
+//!
+//! A k3s or Kubernetes API server uses a private CA, so a check verifies against
+//! `tls_ca_cert_path` or skips verification (`tls_skip_verify`); without either it uses the
+//! system roots, as gobetween's tls probe did. The handshake is finished and closed with
+//! close_notify, so the masters do not log "TLS handshake error" for every check.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::{CheckError, Target};
+use crate::config::TlsCheck;
+
+/// A TLS client configuration and the server name a check presents and verifies.
+#[derive(Clone)]
+pub struct Client {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("tls::Client")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Loads the CA, client certificate and key named in `settings`. The server name is
+    /// `tls_server_name`, else the backend's `sni=`, else its host.
+    ///
+    /// # Errors
+    /// A file cannot be read or holds no usable certificate or key.
+    pub fn new(settings: &TlsCheck, target: &Target) -> Result<Self, CheckError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|error| CheckError::TlsSetup(error.to_string()))?;
+        let builder = if settings.skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate {
+                    algorithms: provider.signature_verification_algorithms,
+                }))
+        } else {
+            builder.with_root_certificates(roots(settings.ca_cert_path.as_deref())?)
+        };
+        let config = match &settings.client_cert {
+            None => builder.with_no_client_auth(),
+            Some(files) => {
+                let chain = load_certificates(&files.cert_path)?;
+                let key = PrivateKeyDer::from_pem_file(&files.key_path).map_err(|error| {
+                    CheckError::TlsSetup(format!("{}: {error}", files.key_path.display()))
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|error| CheckError::TlsSetup(error.to_string()))?
+            }
+        };
+        let name = settings
+            .server_name
+            .clone()
+            .or_else(|| target.sni.clone())
+            .unwrap_or_else(|| target.host.clone());
+        let server_name = match name.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(name.clone()).map_err(|_| {
+                CheckError::TlsSetup(format!("{name:?} is not a valid server name"))
+            })?,
+        };
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    /// The name sent as SNI and verified, also the HTTP `Host` of an https check.
+    pub fn server_name(&self) -> String {
+        match &self.server_name {
+            ServerName::DnsName(name) => name.as_ref().to_owned(),
+            ServerName::IpAddress(ip) => IpAddr::from(*ip).to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn handshake(&self, target: &Target) -> Result<TlsStream<TcpStream>, CheckError> {
+        let tcp = target.connect().await?;
+        self.connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(CheckError::Handshake)
+    }
+}
+
+/// The `tls` kind: passes when the handshake completes (and the certificate verifies).
+pub async fn check(client: &Client, target: &Target) -> Result<(), CheckError> {
+    let mut stream = client.handshake(target).await?;
+    close(&mut stream).await;
+    Ok(())
+}
+
+/// Sends close_notify and closes. A peer that already left is not a failure: the check's
+/// verdict was reached.
+pub async fn close(stream: &mut TlsStream<TcpStream>) {
+    let _ = stream.shutdown().await;
+}
+
+fn roots(ca_cert_path: Option<&Path>) -> Result<RootCertStore, CheckError> {
+    let mut roots = RootCertStore::empty();
+    match ca_cert_path {
+        Some(path) => {
+            for certificate in load_certificates(path)? {
+                roots.add(certificate).map_err(|error| {
+                    CheckError::TlsSetup(format!("{}: {error}", path.display()))
+                })?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    Ok(roots)
+}
+
+fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CheckError> {
+    let setup_error = |error: &dyn std::fmt::Display| {
+        CheckError::TlsSetup(format!("{}: {error}", path.display()))
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| setup_error(&error))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| setup_error(&error))?;
+    if certificates.is_empty() {
+        return Err(setup_error(&"no PEM certificate in the file"));
+    }
+    Ok(certificates)
+}
+
+/// `tls_skip_verify`: accepts any certificate, but still checks that the server holds its
+/// key (the handshake signatures), so the check proves a working TLS server.
+#[derive(Debug)]
+struct AcceptAnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
