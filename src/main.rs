@@ -1,1 +1,243 @@
-fn main() {}
+//! betwixt's command line: gobetween's surface (`-c FILE`, `from-file`, `-f`, `-e`, `-p`, `-v`,
+//! the `GOBETWEEN` environment variable) plus `check` and `demo`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use betwixt::config::{self, Format, LoadOptions, Loaded};
+use betwixt::daemon::{self, ConfigSource, DaemonOptions};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+/// L4 TCP load balancer for Kubernetes/k3s API servers; a drop-in replacement for gobetween.
+#[derive(Debug, Parser)]
+#[command(name = "betwixt", version, disable_version_flag = true)]
+struct Cli {
+    /// Path to the configuration file (gobetween's `-c`).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Configuration format.
+    #[arg(short = 'f', long, global = true, value_enum, default_value_t = FormatArg::Toml)]
+    format: FormatArg,
+    /// Write the process id to this file once listening; removed on a clean exit.
+    #[arg(short = 'p', long, global = true, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
+    /// Replace every ${NAME} in the configuration text with the environment variable NAME.
+    #[arg(short = 'e', long = "use-config-env-vars", global = true)]
+    use_config_env_vars: bool,
+    /// Print the version.
+    #[arg(short = 'v', long, action = ArgAction::Version)]
+    version: Option<bool>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Toml,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start using the configuration in FILE.
+    FromFile {
+        #[arg(value_name = "FILE")]
+        path: PathBuf,
+    },
+    /// Start using configuration fetched from URL (gobetween; not supported by betwixt yet).
+    FromUrl {
+        #[arg(value_name = "URL")]
+        url: String,
+    },
+    /// Start using configuration stored in Consul (gobetween; not supported by betwixt yet).
+    FromConsul {
+        #[arg(value_name = "HOST:PORT")]
+        address: String,
+        #[arg(short = 'k', long)]
+        key: Option<String>,
+        #[arg(short = 's', long)]
+        scheme: Option<String>,
+    },
+    /// Validate a configuration and print its servers and backends (like `haproxy -c`).
+    Check {
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        path: Option<PathBuf>,
+        /// Treat unknown keys as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run the balancer in front of three local demo backends, to watch it balance and fail over.
+    Demo {
+        /// Port the demo balancer listens on (127.0.0.1).
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("betwixt: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("betwixt: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the arguments, or gobetween's `GOBETWEEN` variable holding them as a JSON array.
+fn parse_cli() -> anyhow::Result<Cli> {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(from_env) = std::env::var_os("GOBETWEEN") {
+        if args.len() > 1 {
+            bail!(
+                "GOBETWEEN is set: pass the arguments either there or on the command line, not both"
+            );
+        }
+        let from_env = from_env
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("GOBETWEEN is not valid UTF-8"))?;
+        let extra: Vec<String> = serde_json::from_str(&from_env).context(
+            "GOBETWEEN must hold a JSON array of strings, e.g. [\"-c\", \"/etc/gobetween.toml\"]",
+        )?;
+        args.extend(extra.into_iter().map(OsString::from));
+    }
+    Ok(Cli::parse_from(args))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let options = LoadOptions {
+        format: match cli.format {
+            FormatArg::Toml => Format::Toml,
+            FormatArg::Json => Format::Json,
+        },
+        substitute_env: cli.use_config_env_vars,
+        strict: false,
+    };
+    let path = match cli.command {
+        None => cli.config,
+        Some(Command::FromFile { path }) => Some(path),
+        Some(Command::FromUrl { .. }) => {
+            bail!("from-url is not supported by betwixt yet; download the file and use -c FILE")
+        }
+        Some(Command::FromConsul { .. }) => {
+            bail!(
+                "from-consul is not supported by betwixt yet; export the key to a file and use -c FILE"
+            )
+        }
+        Some(Command::Check {
+            config,
+            path,
+            strict,
+        }) => {
+            let Some(path) = config.or(path) else {
+                bail!("check needs a configuration: betwixt check -c FILE");
+            };
+            return Ok(check(path, LoadOptions { strict, ..options }));
+        }
+        Some(Command::Demo { port }) => return demo(port),
+    };
+    let Some(path) = path else {
+        use clap::CommandFactory;
+        Cli::command().print_help()?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    serve(ConfigSource { path, options }, cli.pidfile)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+fn serve(source: ConfigSource, pidfile: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let Loaded { config, warnings } = match source.load() {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let log_control = betwixt::logging::init(&config.logging).with_context(|| {
+        format!(
+            "{}: logging.output: cannot open the log file",
+            source.path.display()
+        )
+    })?;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let options = DaemonOptions {
+        source,
+        pidfile,
+        log_control: Some(log_control),
+    };
+    match runtime.block_on(daemon::run(config, options)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            tracing::error!("{error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `betwixt check`: validates and prints a summary; exit status 0 or 1.
+fn check(path: PathBuf, options: LoadOptions) -> ExitCode {
+    match config::load_file(&path, &options) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", config::summary::Summary(&loaded.config));
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: configuration is invalid", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(port: u16) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(betwixt::demo::run(port))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn gobetween_forms_parse() {
+        let cli = Cli::try_parse_from(["betwixt", "-c", "/etc/gobetween.toml", "-f", "json", "-e"])
+            .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("/etc/gobetween.toml")));
+        assert!(matches!(cli.format, FormatArg::Json) && cli.use_config_env_vars);
+        let cli =
+            Cli::try_parse_from(["betwixt", "from-file", "g.toml", "-p", "/run/g.pid"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::FromFile { .. })));
+        assert_eq!(cli.pidfile, Some(PathBuf::from("/run/g.pid")));
+    }
+}

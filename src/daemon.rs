@@ -1,0 +1,178 @@
+//! The process around the supervisor: pidfile, signals, reload from the config source, drain.
+//!
+//! Runs on the main task: starts the supervisor (on sockets passed by systemd where there are
+//! some), tells systemd it is ready, then waits for signals. SIGHUP re-reads the config from
+//! the same source and flags; an invalid config is logged, reported to systemd, and the old
+//! one keeps serving. SIGTERM or SIGINT stops accepting and drains; a second one exits at once.
+
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, ConfigErrors, LoadOptions, Loaded};
+use crate::logging::LogControl;
+use crate::signal::{Command, Signals};
+use crate::supervisor::{StartError, Supervisor};
+use crate::systemd::{self, InheritedSockets};
+
+/// Where the configuration comes from, so a reload reads it again the same way.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub options: LoadOptions,
+}
+
+impl ConfigSource {
+    /// Reads, parses and validates the file.
+    ///
+    /// # Errors
+    /// Every problem found, each naming the file and key.
+    pub fn load(&self) -> Result<Loaded, ConfigErrors> {
+        config::load_file(&self.path, &self.options)
+    }
+}
+
+/// Settings of the daemon that are not in the config file.
+#[derive(Debug)]
+pub struct DaemonOptions {
+    pub source: ConfigSource,
+    /// Written once every listener is bound, removed on a clean exit.
+    pub pidfile: Option<PathBuf>,
+    /// Applies a reloaded `[logging] level`.
+    pub log_control: Option<LogControl>,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot write pidfile {path}: {source}")]
+    Pidfile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the balancer for `config` until SIGTERM or SIGINT.
+///
+/// # Errors
+/// A listener cannot be bound, signal handlers cannot be installed, or the pidfile cannot be
+/// written. Reload failures are not errors: they are logged and the old config stays.
+pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonError> {
+    let mut signals = Signals::install().map_err(DaemonError::Signals)?;
+    let mut grace = config.runtime.shutdown_timeout;
+    let inherited = InheritedSockets::from_environment();
+    let supervisor = Supervisor::start_with_sockets(config, inherited).await?;
+    if let Some(path) = &options.pidfile {
+        write_pidfile(path)?;
+    }
+    let watchdog = CancellationToken::new();
+    systemd::spawn_watchdog(watchdog.clone());
+    info!(version = env!("CARGO_PKG_VERSION"), "betwixt ready");
+    systemd::ready(&status_line(&supervisor));
+    while let Command::Reload = signals.next().await {
+        systemd::reloading();
+        match reload(&supervisor, &options).await {
+            Some(new_grace) => {
+                grace = new_grace;
+                systemd::ready(&status_line(&supervisor));
+            }
+            None => systemd::ready(&format!(
+                "reload refused (see the log); {}",
+                status_line(&supervisor)
+            )),
+        }
+    }
+    let open = supervisor.open_sessions();
+    info!(
+        sessions = open,
+        ?grace,
+        "shutting down: no new connections; draining sessions"
+    );
+    systemd::stopping(&format!("draining {open} sessions"));
+    tokio::select! {
+        summary = supervisor.shutdown(grace) => {
+            info!(closed_by_force = summary.closed_by_force, "shutdown complete");
+        }
+        _ = signals.next() => {
+            warn!(sessions = supervisor.open_sessions(), "second signal: exiting now");
+        }
+    }
+    watchdog.cancel();
+    if let Some(path) = &options.pidfile {
+        remove_pidfile(path);
+    }
+    Ok(())
+}
+
+/// The one-line state `systemctl status` shows.
+fn status_line(supervisor: &Supervisor) -> String {
+    let snapshot = supervisor.snapshot();
+    let (mut backends, mut up) = (0, 0);
+    for server in snapshot.servers() {
+        backends += server.pool.backends().len();
+        up += server
+            .pool
+            .backends()
+            .iter()
+            .filter(|b| b.is_healthy())
+            .count();
+    }
+    format!(
+        "serving {} servers, {up}/{backends} backends up, {} sessions",
+        snapshot.servers().count(),
+        supervisor.open_sessions()
+    )
+}
+
+/// Re-reads the config and applies it; returns the new shutdown grace period when applied.
+async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> Option<std::time::Duration> {
+    let loaded = match options.source.load() {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            error!(
+                errors = errors.0.len(),
+                "reload refused; still serving the previous config:\n{errors}"
+            );
+            return None;
+        }
+    };
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    let grace = loaded.config.runtime.shutdown_timeout;
+    let level = loaded.config.logging.level;
+    match supervisor.reload(loaded.config).await {
+        Ok(summary) => {
+            if let Some(control) = &options.log_control {
+                control.set_level(level);
+            }
+            info!(%summary, "reload applied");
+            Some(grace)
+        }
+        Err(error) => {
+            error!(%error, "reload refused; still serving the previous config");
+            None
+        }
+    }
+}
+
+fn write_pidfile(path: &Path) -> Result<(), DaemonError> {
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+        DaemonError::Pidfile {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+fn remove_pidfile(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        warn!(path = %path.display(), %error, "cannot remove the pidfile");
+    }
+}

@@ -1,0 +1,411 @@
+//! Owns the listeners and the current snapshot: starts them, and stops them gracefully.
+//!
+//! The supervisor is driven from one task (the daemon's main loop, or a test): it binds every
+//! listener before starting any, publishes the snapshot the accept loops read, keeps the
+//! health-check tasks in step with it, runs the once-a-second statistics task, and on
+//! shutdown stops accepting, waits for sessions to end within a grace period, then closes the
+//! rest.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{BindAddr, Config};
+use crate::health::monitor::Monitor;
+use crate::net;
+use crate::server::{self, Shared};
+use crate::snapshot::Snapshot;
+use crate::systemd::InheritedSockets;
+
+/// A listener that could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("server {server:?}: cannot listen on {bind}: {source}")]
+    Bind {
+        server: String,
+        bind: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub servers_added: Vec<String>,
+    pub servers_removed: Vec<String>,
+    /// Servers whose `bind` changed: a new listener replaced the old one.
+    pub servers_rebound: Vec<String>,
+    /// `server/host:port` of each backend that joined a server that stays.
+    pub backends_added: Vec<String>,
+    /// `server/host:port` of each backend that left a server that stays.
+    pub backends_removed: Vec<String>,
+}
+
+impl ReloadSummary {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no listener or backend changed");
+        }
+        let parts = [
+            ("servers added", &self.servers_added),
+            ("servers removed", &self.servers_removed),
+            ("servers rebound", &self.servers_rebound),
+            ("backends added", &self.backends_added),
+            ("backends removed", &self.backends_removed),
+        ];
+        let mut first = true;
+        for (label, names) in parts.iter().filter(|(_, names)| !names.is_empty()) {
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            write!(f, "{label}: {}", names.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// How a graceful shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownSummary {
+    /// Sessions still open when the grace period ran out, closed by force.
+    pub closed_by_force: usize,
+}
+
+/// The running balancer: listeners, the published snapshot, the session tasks.
+#[derive(Debug)]
+pub struct Supervisor {
+    shared: Shared,
+    listeners: Mutex<BTreeMap<String, RunningListener>>,
+    /// Serialises reloads (signals and API changes), so two never interleave.
+    reloading: tokio::sync::Mutex<()>,
+    /// Sockets from systemd not used yet; a reload adding their server takes them.
+    inherited: Mutex<InheritedSockets>,
+    health: Monitor,
+    background: CancellationToken,
+}
+
+#[derive(Debug)]
+struct RunningListener {
+    bind: BindAddr,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Supervisor {
+    /// Binds one listener per server and starts accepting. Nothing is started unless every
+    /// listener could be bound.
+    ///
+    /// # Errors
+    /// The first listener that could not be bound, naming its server and address.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with_sockets(config, InheritedSockets::default()).await
+    }
+
+    /// Like [`start`](Self::start), using the sockets systemd passed where a server's bind
+    /// matches one.
+    ///
+    /// # Errors
+    /// The first listener that could not be bound, naming its server and address.
+    pub async fn start_with_sockets(
+        config: Config,
+        mut inherited: InheritedSockets,
+    ) -> Result<Self, StartError> {
+        let snapshot = Snapshot::new(config, None);
+        let mut bound = Vec::new();
+        for server in snapshot.servers() {
+            let listener = bind(&server.config.name, &server.config.bind, &mut inherited)?;
+            bound.push((
+                server.config.name.clone(),
+                server.config.bind.clone(),
+                listener,
+            ));
+        }
+        inherited.report_unused();
+        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let supervisor = Self {
+            shared: Shared {
+                snapshot: Arc::clone(&snapshot),
+                sessions: TaskTracker::new(),
+                close_sessions: CancellationToken::new(),
+            },
+            listeners: Mutex::new(BTreeMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
+            inherited: Mutex::new(inherited),
+            health: Monitor::new(snapshot),
+            background: CancellationToken::new(),
+        };
+        supervisor.health.reconcile();
+        for (name, bind, listener) in bound {
+            supervisor.spawn_listener(name, bind, listener)?;
+        }
+        tokio::spawn(sample_rates(
+            Arc::clone(&supervisor.shared.snapshot),
+            supervisor.background.clone(),
+        ));
+        Ok(supervisor)
+    }
+
+    fn spawn_listener(
+        &self,
+        name: String,
+        bind: BindAddr,
+        listener: std::net::TcpListener,
+    ) -> Result<(), StartError> {
+        let bind_error = |source| StartError::Bind {
+            server: name.clone(),
+            bind: bind.text.clone(),
+            source,
+        };
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let listener = TcpListener::from_std(listener).map_err(bind_error)?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server::accept_loop(
+            name.as_str().into(),
+            listener,
+            self.shared.clone(),
+            stop.clone(),
+        ));
+        info!(server = %name, bind = %bind.text, address = %local_addr, "listening");
+        let running = RunningListener {
+            bind,
+            local_addr,
+            stop,
+            task,
+        };
+        if let Some(replaced) = self.lock_listeners().insert(name, running) {
+            replaced.stop.cancel();
+        }
+        Ok(())
+    }
+
+    /// Applies a new config without dropping a connection.
+    ///
+    /// Listeners for new servers and changed binds are bound first; if any fails nothing
+    /// changes. Then the new snapshot is published in one store (new connections use it at
+    /// once), new listeners start, and listeners of removed servers or old binds stop after
+    /// accepting what is already queued. Established sessions keep the snapshot they started
+    /// with: sessions on removed backends drain, unless the server sets
+    /// `close_sessions_on_backend_removal`. Servers and backends that stay keep their health
+    /// and counters.
+    ///
+    /// # Errors
+    /// A new listener could not be bound; the running config is untouched.
+    pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.shared.snapshot.load_full();
+        let next = Snapshot::new(config, Some(&current));
+        let running: BTreeMap<String, BindAddr> = self
+            .lock_listeners()
+            .iter()
+            .map(|(name, listener)| (name.clone(), listener.bind.clone()))
+            .collect();
+
+        let mut summary = ReloadSummary::default();
+        let mut bound = Vec::new();
+        for server in next.servers() {
+            let (name, new_bind) = (&server.config.name, &server.config.bind);
+            match running.get(name) {
+                Some(old_bind) if old_bind == new_bind => continue,
+                Some(_) => summary.servers_rebound.push(name.clone()),
+                None => summary.servers_added.push(name.clone()),
+            }
+            let listener = {
+                let mut inherited = self
+                    .inherited
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                bind(name, new_bind, &mut inherited)?
+            };
+            bound.push((name.clone(), new_bind.clone(), listener));
+        }
+        summary.servers_removed = running
+            .keys()
+            .filter(|name| next.server(name).is_none())
+            .cloned()
+            .collect();
+        compare_backends(&current, &next, &mut summary);
+
+        self.shared.snapshot.store(Arc::new(next));
+        self.health.reconcile();
+        for (name, bind, listener) in bound {
+            self.spawn_listener(name, bind, listener)?;
+        }
+        let removed: Vec<_> = {
+            let mut listeners = self.lock_listeners();
+            summary
+                .servers_removed
+                .iter()
+                .filter_map(|name| listeners.remove(name))
+                .collect()
+        };
+        for listener in removed {
+            listener.stop.cancel();
+        }
+        close_removed_backends(&current, &self.snapshot());
+        Ok(summary)
+    }
+
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningListener>> {
+        // The map holds plain data; a panic elsewhere cannot leave it half-updated.
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The address server `name` listens on (useful with port 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.lock_listeners()
+            .get(name)
+            .map(|listener| listener.local_addr)
+    }
+
+    /// The snapshot new connections use now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Sessions open now, across all servers and generations.
+    pub fn open_sessions(&self) -> usize {
+        self.shared.sessions.len()
+    }
+
+    /// Stops accepting, lets sessions finish for up to `grace`, then closes the rest.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
+        let listeners = std::mem::take(&mut *self.lock_listeners());
+        for (name, listener) in listeners {
+            listener.stop.cancel();
+            if let Err(error) = listener.task.await {
+                warn!(server = %name, %error, "listener task failed");
+            }
+        }
+        self.background.cancel();
+        self.health.stop_all();
+        self.shared.sessions.close();
+        let open = self.shared.sessions.len();
+        if open > 0 {
+            info!(sessions = open, ?grace, "waiting for sessions to finish");
+        }
+        let mut closed_by_force = 0;
+        if tokio::time::timeout(grace, self.shared.sessions.wait())
+            .await
+            .is_err()
+        {
+            closed_by_force = self.shared.sessions.len();
+            warn!(
+                sessions = closed_by_force,
+                "shutdown grace period over; closing the remaining sessions"
+            );
+            self.shared.close_sessions.cancel();
+            self.shared.sessions.wait().await;
+        }
+        ShutdownSummary { closed_by_force }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.background.cancel();
+        self.shared.close_sessions.cancel();
+        for listener in self.lock_listeners().values() {
+            listener.stop.cancel();
+        }
+    }
+}
+
+/// Fills in the backends that joined or left servers present in both snapshots.
+fn compare_backends(current: &Snapshot, next: &Snapshot, summary: &mut ReloadSummary) {
+    for server in next.servers() {
+        let Some(old) = current.server(&server.config.name) else {
+            continue;
+        };
+        let name = &server.config.name;
+        for backend in server.pool.backends() {
+            if old.pool.find(&backend.target).is_none() {
+                summary
+                    .backends_added
+                    .push(format!("{name}/{}", backend.target));
+            }
+        }
+        for backend in old.pool.backends() {
+            if server.pool.find(&backend.target).is_none() {
+                summary
+                    .backends_removed
+                    .push(format!("{name}/{}", backend.target));
+            }
+        }
+    }
+}
+
+/// Closes the sessions of backends that left their server, where the server asks for it
+/// (`close_sessions_on_backend_removal`); otherwise they drain.
+fn close_removed_backends(current: &Snapshot, next: &Snapshot) {
+    for old in current.servers() {
+        let new = next.server(&old.config.name);
+        let close = new.map_or(old.config.close_sessions_on_backend_removal, |server| {
+            server.config.close_sessions_on_backend_removal
+        });
+        if !close {
+            continue;
+        }
+        for backend in old.pool.backends() {
+            let stays = new.is_some_and(|server| server.pool.find(&backend.target).is_some());
+            if !stays {
+                info!(server = %old.config.name, backend = %backend.target, "closing the sessions of a removed backend");
+                backend.state.close_sessions();
+            }
+        }
+    }
+}
+
+/// A passed socket for `bind` if systemd gave one, else a freshly bound one.
+fn bind(
+    name: &str,
+    bind: &BindAddr,
+    inherited: &mut InheritedSockets,
+) -> Result<std::net::TcpListener, StartError> {
+    if let Some(listener) = inherited.take(bind) {
+        return Ok(listener);
+    }
+    net::bind_listener(bind).map_err(|source| StartError::Bind {
+        server: name.to_owned(),
+        bind: bind.text.clone(),
+        source,
+    })
+}
+
+/// Once a second, turns byte counters into the `rx_second`/`tx_second` rates of every server
+/// and backend in the current snapshot.
+async fn sample_rates(snapshot: Arc<ArcSwap<Snapshot>>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        for server in snapshot.load().servers() {
+            server.stats.traffic.sample_rates();
+            for backend in server.pool.backends() {
+                backend.state.stats.traffic.sample_rates();
+            }
+        }
+    }
+}
