@@ -1,0 +1,228 @@
+//! The binary as users run it: gobetween's command line, `check`, the pidfile, exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::util::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_betwixt");
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("betwixt-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn betwixt(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BINARY);
+    command
+        .args(args)
+        .env_remove("GOBETWEEN")
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const K3S: &str = r#"
+[servers.k3s]
+bind = "127.0.0.1:0"
+balance = "roundrobin"
+
+[servers.k3s.discovery]
+kind = "static"
+static_list = ["10.0.0.11:6443", "10.0.0.12:6443 weight=2", "master-3.example:6443"]
+
+[servers.k3s.healthcheck]
+kind = "ping"
+interval = "2s"
+timeout = "1s"
+ping_timeout_duration = "1s"
+"#;
+
+#[test]
+fn check_prints_the_servers_and_warns_about_unknown_keys() {
+    let scratch = Scratch::new("check");
+    let path = scratch.file("gobetween.toml", K3S);
+    let output = betwixt(&["check", "-c", path.to_str().unwrap()], &[]);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("server k3s"), "{stdout}");
+    assert!(stdout.contains("10.0.0.12:6443") && stdout.contains("master-3.example:6443"));
+    assert!(stdout.contains("configuration is valid"));
+    assert!(
+        stderr.contains("servers.k3s.healthcheck.ping_timeout_duration"),
+        "unknown key not named: {stderr}"
+    );
+
+    let strict = betwixt(&["check", "--strict", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(text(&strict.stderr).contains("servers.k3s.healthcheck.ping_timeout_duration"));
+}
+
+#[test]
+fn check_names_the_file_the_server_and_the_key_of_each_error() {
+    let scratch = Scratch::new("check-bad");
+    let bad = K3S
+        .replace("\"roundrobin\"", "\"roundrobbin\"")
+        .replace("\"10.0.0.12:6443 weight=2\"", "\"10.0.0.12:6443 weigth=2\"");
+    let path = scratch.file("gobetween.toml", &bad);
+    let output = betwixt(&["check", "-c", path.to_str().unwrap()], &[]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.contains("gobetween.toml"), "{stderr}");
+    assert!(stderr.contains("servers.k3s.balance"), "{stderr}");
+    assert!(
+        stderr.contains("servers.k3s.discovery.static_list[1]"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_config_stops_start_up_with_status_1() {
+    let scratch = Scratch::new("bad-start");
+    let path = scratch.file(
+        "g.toml",
+        &K3S.replace("interval = \"2s\"", "interval = \"2\""),
+    );
+    let output = betwixt(&["-c", path.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("servers.k3s.healthcheck.interval"));
+}
+
+#[test]
+fn version_help_and_the_gobetween_variable() {
+    let version = betwixt(&["-v"], &[]);
+    assert!(version.status.success());
+    assert!(text(&version.stdout).starts_with("betwixt "));
+
+    let help = betwixt(&[], &[]);
+    assert!(help.status.success());
+    assert!(text(&help.stdout).contains("from-file"));
+
+    let scratch = Scratch::new("env-args");
+    let path = scratch.file("g.toml", K3S);
+    let args = format!("[\"check\", \"-c\", \"{}\"]", path.display());
+    let from_env = betwixt(&[], &[("GOBETWEEN", &args)]);
+    assert!(from_env.status.success(), "{}", text(&from_env.stderr));
+    assert!(text(&from_env.stdout).contains("server k3s"));
+
+    let both = betwixt(&["-v"], &[("GOBETWEEN", &args)]);
+    assert_eq!(both.status.code(), Some(1));
+}
+
+#[test]
+fn env_substitution_and_json_format() {
+    let scratch = Scratch::new("env-json");
+    let path = scratch.file(
+        "g.toml",
+        &K3S.replace("\"10.0.0.11:6443\"", "\"${MASTER_ONE}:6443\""),
+    );
+    let output = betwixt(
+        &["check", "-e", "-c", path.to_str().unwrap()],
+        &[("MASTER_ONE", "10.9.8.7")],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("10.9.8.7:6443"));
+
+    let json = r#"{"servers": {"api": {"bind": "127.0.0.1:0",
+        "discovery": {"kind": "static", "static_list": ["10.0.0.1:6443"]}}}}"#;
+    let path = scratch.file("g.json", json);
+    let output = betwixt(&["check", "-f", "json", "-c", path.to_str().unwrap()], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("server api"));
+}
+
+#[tokio::test]
+async fn the_daemon_serves_writes_its_pidfile_and_drains_on_sigterm() {
+    let backend = name_backend("master-1").await;
+    let scratch = Scratch::new("daemon");
+    let port = free_port();
+    let config = format!(
+        "[logging]\nlevel = \"info\"\noutput = \"stderr\"\n\
+         [servers.k3s]\nbind = \"127.0.0.1:{port}\"\n\
+         [servers.k3s.discovery]\nkind = \"static\"\nstatic_list = [\"{}\"]\n",
+        backend.addr
+    );
+    let path = scratch.file("gobetween.toml", &config);
+    let pidfile = scratch.0.join("betwixt.pid");
+    let mut child = Command::new(BINARY)
+        .args([
+            "-c",
+            path.to_str().unwrap(),
+            "-p",
+            pidfile.to_str().unwrap(),
+        ])
+        .env_remove("GOBETWEEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the pidfile", || pidfile.exists()).await;
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid as u32, child.id());
+
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(fetch_name(addr).await.unwrap(), "master-1");
+
+    signal(pid, libc::SIGTERM);
+    let status = wait_for_exit(&mut child).await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!Path::new(&pidfile).exists(), "pidfile left behind");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) with a pid we spawned; no memory is involved.
+    #[allow(unsafe_code)]
+    let result = unsafe { libc::kill(pid, signal) };
+    assert_eq!(result, 0, "kill failed");
+}
+
+pub async fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,287 @@
+//! The daemon under a (test) service manager: systemd notifications, reloads by SIGHUP that
+//! must not break anything, drain on SIGTERM, socket activation, the unit file.
+
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::cli::{signal, wait_for_exit};
+use crate::util::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_betwixt");
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+    notify: Option<UnixDatagram>,
+}
+
+impl Daemon {
+    fn dir(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("betwixt-daemon-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Starts `betwixt -c CONFIG` with NOTIFY_SOCKET pointing at a socket this test reads.
+    fn start(test: &str, config_text: &str) -> Self {
+        let dir = Self::dir(test);
+        let config = dir.join("betwixt.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let socket_path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&socket_path);
+        let notify = UnixDatagram::bind(&socket_path).unwrap();
+        notify.set_read_timeout(Some(PATIENCE)).unwrap();
+        let child = Command::new(BINARY)
+            .args(["-c", config.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env_remove("GOBETWEEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            dir,
+            config,
+            notify: Some(notify),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The next notification datagram, as text.
+    fn next_message(&self) -> String {
+        let mut buffer = [0u8; 4096];
+        let socket = self.notify.as_ref().unwrap();
+        let read = socket
+            .recv(&mut buffer)
+            .expect("a notification within the patience");
+        String::from_utf8_lossy(&buffer[..read]).into_owned()
+    }
+
+    fn rewrite(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn daemon_config(port: u16, backends: &[SocketAddr], extra_top: &str) -> String {
+    let list: Vec<_> = backends.iter().map(|addr| format!("\"{addr}\"")).collect();
+    format!(
+        "{extra_top}\n[servers.k3s]\nbind = \"127.0.0.1:{port}\"\nbalance = \"roundrobin\"\n\
+         [servers.k3s.discovery]\nkind = \"static\"\nstatic_list = [{}]\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_and_reloads_good_and_bad() {
+    let (a, b) = (name_backend("a").await, name_backend("b").await);
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let good = daemon_config(port, &[a.addr], "");
+    let daemon = Daemon::start("notify", &good);
+
+    let ready = daemon.next_message();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(ready.contains("STATUS=serving 1 servers"), "{ready}");
+    assert_eq!(fetch_name(addr).await.unwrap(), "a");
+
+    let port_taken = free_port();
+    let bad_configs = [
+        (
+            "syntax error",
+            good.replace("[servers.k3s]", "[servers.k3s"),
+        ),
+        ("unknown balance", good.replace("roundrobin", "roundrobbin")),
+        (
+            "duplicate bind",
+            format!(
+                "{good}\n{}",
+                daemon_config(port, &[a.addr], "").replace("servers.k3s", "servers.other")
+            ),
+        ),
+        ("a port in use", daemon_config(port_taken, &[a.addr], "")),
+    ];
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", port_taken)).unwrap();
+    for (what, text) in &bad_configs {
+        daemon.rewrite(text);
+        signal(daemon.pid(), libc::SIGHUP);
+        let reloading = daemon.next_message();
+        assert!(
+            reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+            "{what}: {reloading}"
+        );
+        let after = daemon.next_message();
+        assert!(
+            after.contains("READY=1") && after.contains("reload refused"),
+            "{what}: {after}"
+        );
+        assert_eq!(
+            fetch_name(addr).await.unwrap(),
+            "a",
+            "{what}: no longer serving the old config"
+        );
+    }
+    // A missing file is refused the same way.
+    std::fs::remove_file(&daemon.config).unwrap();
+    signal(daemon.pid(), libc::SIGHUP);
+    assert!(daemon.next_message().contains("RELOADING=1"));
+    assert!(daemon.next_message().contains("reload refused"));
+    assert_eq!(fetch_name(addr).await.unwrap(), "a");
+
+    // The next valid reload is applied: b joins.
+    daemon.rewrite(&daemon_config(port, &[a.addr, b.addr], ""));
+    signal(daemon.pid(), libc::SIGHUP);
+    assert!(daemon.next_message().contains("RELOADING=1"));
+    let applied = daemon.next_message();
+    assert!(
+        applied.contains("READY=1") && !applied.contains("refused"),
+        "{applied}"
+    );
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(fetch_name(addr).await.unwrap());
+    }
+    assert!(
+        names.contains(&"a".to_owned()) && names.contains(&"b".to_owned()),
+        "{names:?}"
+    );
+
+    signal(daemon.pid(), libc::SIGTERM);
+    assert!(daemon.next_message().contains("STOPPING=1"));
+    let mut daemon = daemon;
+    assert!(wait_for_exit(&mut daemon.child).await.success());
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_a_second_sigterm_exits_at_once() {
+    let backend = silent_backend().await;
+    let port = free_port();
+    let config = daemon_config(
+        port,
+        &[backend.addr],
+        "[betwixt]\nshutdown_timeout = \"60s\"",
+    );
+    let mut daemon = Daemon::start("drain", &config);
+    assert!(daemon.next_message().contains("READY=1"));
+    let mut session = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    eventually("the session reaches the backend", || {
+        backend.accepted() == 1
+    })
+    .await;
+
+    signal(daemon.pid(), libc::SIGTERM);
+    assert!(daemon.next_message().contains("STOPPING=1"));
+    // Still draining: the session is open and the process alive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "exited without draining"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "still accepting while draining"
+    );
+
+    signal(daemon.pid(), libc::SIGTERM);
+    let started = tokio::time::Instant::now();
+    let status = wait_for_exit(&mut daemon.child).await;
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, session.read_to_end(&mut rest)).await;
+}
+
+#[tokio::test]
+async fn socket_activation_serves_the_connection_that_started_it() {
+    let backend = name_backend("master").await;
+    let port = free_port();
+    let dir = Daemon::dir("activate");
+    let config = dir.join("betwixt.toml");
+    std::fs::write(&config, daemon_config(port, &[backend.addr], "")).unwrap();
+    // systemd-socket-activate listens, and starts betwixt with the socket on the first
+    // connection, as systemd does with betwixt.socket.
+    let mut activator = Command::new("systemd-socket-activate")
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            BINARY,
+            "-c",
+            config.to_str().unwrap(),
+        ])
+        .env_remove("GOBETWEEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate is installed (package systemd)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Refused only until systemd-socket-activate listens; the first connection it queues
+    // starts betwixt, which must serve it.
+    let mut first = fetch_name(addr).await;
+    for _ in 0..200 {
+        match &first {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                first = fetch_name(addr).await;
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(first.unwrap(), "master");
+    assert_eq!(fetch_name(addr).await.unwrap(), "master");
+    signal(activator.id() as i32, libc::SIGTERM);
+    assert!(wait_for_exit(&mut activator).await.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_unit_files_pass_systemd_analyze_verify() {
+    let dir = Daemon::dir("unit");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for unit in ["betwixt.service", "betwixt.socket"] {
+        let text = std::fs::read_to_string(root.join("systemd").join(unit)).unwrap();
+        // verify checks that ExecStart exists: point it at the binary under test.
+        let text = text.replace("/usr/local/bin/betwixt", BINARY);
+        std::fs::write(dir.join(unit), text).unwrap();
+    }
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("betwixt.service"))
+        .arg(dir.join("betwixt.socket"))
+        .output()
+        .expect("systemd-analyze is installed (package systemd)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let problems: Vec<_> = stderr
+        .lines()
+        // The test sandbox may lack a running systemd; only findings about our units count.
+        .filter(|line| line.contains("betwixt"))
+        .collect();
+    assert!(output.status.success() && problems.is_empty(), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,294 @@
+//! Bytes arrive intact both ways, half-close and reset behave, idle timeouts cut.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+const STREAMS: usize = 6;
+const BYTES_PER_STREAM: usize = 24 * 1024 * 1024;
+
+/// Sends `len` pseudo-random bytes while reading the echo; returns (sent, received) digests.
+async fn echo_round_trip(addr: SocketAddr, seed: u64, len: usize) -> ([u8; 32], [u8; 32], usize) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let send = tokio::spawn(async move {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut hash = Sha256::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len() - (rng.usize(..1024)));
+            rng.fill(&mut chunk[..n]);
+            hash.update(&chunk[..n]);
+            writer.write_all(&chunk[..n]).await.unwrap();
+            left -= n;
+        }
+        writer.shutdown().await.unwrap();
+        <[u8; 32]>::from(hash.finalize())
+    });
+    let mut hash = Sha256::new();
+    let mut buffer = vec![0u8; 48 * 1024];
+    let mut received = 0;
+    loop {
+        let n = reader.read(&mut buffer).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&buffer[..n]);
+        received += n;
+    }
+    (send.await.unwrap(), hash.finalize().into(), received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_arrive_intact_both_ways() {
+    let backends = [echo_backend().await, echo_backend().await];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let balancer = start_balancer(&server_config(
+        "bulk",
+        "balance = \"roundrobin\"",
+        &addrs,
+        "",
+    ))
+    .await;
+    let addr = balancer.local_addr("bulk").unwrap();
+
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|seed| tokio::spawn(echo_round_trip(addr, seed as u64, BYTES_PER_STREAM)))
+        .collect();
+    for stream in streams {
+        let (sent, received, len) = tokio::time::timeout(PATIENCE * 6, stream)
+            .await
+            .expect("streams finish")
+            .unwrap();
+        assert_eq!(len, BYTES_PER_STREAM);
+        assert_eq!(sent, received, "echoed bytes differ from the bytes sent");
+    }
+
+    let snapshot = balancer.snapshot();
+    let server = snapshot.server("bulk").unwrap();
+    let total = (STREAMS * BYTES_PER_STREAM) as u64;
+    assert_eq!(server.stats.traffic.tx.load(Ordering::Relaxed), total);
+    assert_eq!(server.stats.traffic.rx.load(Ordering::Relaxed), total);
+    for backend in server.pool.backends() {
+        let stats = &backend.state.stats;
+        assert_eq!(stats.total.load(Ordering::Relaxed), (STREAMS / 2) as u64);
+        assert_eq!(
+            stats.traffic.tx.load(Ordering::Relaxed),
+            (STREAMS / 2 * BYTES_PER_STREAM) as u64
+        );
+    }
+    eventually("sessions end", || {
+        server.stats.active.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn client_half_close_still_gets_the_whole_reply() {
+    // Reads the whole request until EOF, then answers with its length and a 1 MiB body.
+    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), |mut stream| async move {
+        let mut request = Vec::new();
+        stream.read_to_end(&mut request).await.unwrap();
+        let reply = format!("got {} bytes\n", request.len());
+        stream.write_all(reply.as_bytes()).await.unwrap();
+        stream.write_all(&vec![b'x'; 1 << 20]).await.unwrap();
+    })
+    .await;
+    let balancer = start_balancer(&server_config("half", "", &[backend.addr], "")).await;
+    let mut client = TcpStream::connect(balancer.local_addr("half").unwrap())
+        .await
+        .unwrap();
+    client.write_all(&[7u8; 300_000]).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(PATIENCE, client.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reply.starts_with(b"got 300000 bytes\n"));
+    assert_eq!(reply.len(), "got 300000 bytes\n".len() + (1 << 20));
+}
+
+#[tokio::test]
+async fn backend_half_close_lets_the_client_keep_sending() {
+    let (received_tx, received_rx) = tokio::sync::oneshot::channel();
+    let received_tx = std::sync::Mutex::new(Some(received_tx));
+    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), move |mut stream| {
+        let sender = received_tx.lock().unwrap().take();
+        async move {
+            stream.write_all(b"greeting\n").await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut request = Vec::new();
+            stream.read_to_end(&mut request).await.unwrap();
+            if let Some(sender) = sender {
+                let _ = sender.send(request);
+            }
+        }
+    })
+    .await;
+    let balancer = start_balancer(&server_config("half", "", &[backend.addr], "")).await;
+    let mut client = TcpStream::connect(balancer.local_addr("half").unwrap())
+        .await
+        .unwrap();
+    let mut greeting = Vec::new();
+    tokio::time::timeout(PATIENCE, client.read_to_end(&mut greeting))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(greeting, b"greeting\n");
+    client
+        .write_all(b"still talking after your EOF")
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    let request = tokio::time::timeout(PATIENCE, received_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(request, b"still talking after your EOF");
+}
+
+#[tokio::test]
+async fn backend_reset_resets_the_client() {
+    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), |mut stream| async move {
+        let mut first = [0u8; 5];
+        let _ = stream.read_exact(&mut first).await;
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(stream);
+    })
+    .await;
+    let balancer = start_balancer(&server_config("rst", "", &[backend.addr], "")).await;
+    let mut client = TcpStream::connect(balancer.local_addr("rst").unwrap())
+        .await
+        .unwrap();
+    client.write_all(b"hello").await.unwrap();
+    let mut buffer = [0u8; 16];
+    let result = tokio::time::timeout(PATIENCE, client.read(&mut buffer))
+        .await
+        .unwrap();
+    let error = result.expect_err("a reset backend must reset the client, not close cleanly");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+}
+
+#[tokio::test]
+async fn client_idle_timeout_counts_only_client_bytes() {
+    // The backend talks every 50 ms; the client says nothing: gobetween's per-direction
+    // semantics cut the session after client_idle_timeout anyway.
+    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), |mut stream| async move {
+        for _ in 0..400 {
+            if stream.write_all(b".").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let config = server_config(
+        "idle",
+        "client_idle_timeout = \"400ms\"",
+        &[backend.addr],
+        "",
+    );
+    let balancer = start_balancer(&config).await;
+    let mut client = TcpStream::connect(balancer.local_addr("idle").unwrap())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert!(
+        closed_by_peer(&mut client).await,
+        "idle client was never cut"
+    );
+    // Far less than the 20 s the backend would keep talking.
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn backend_idle_timeout_cuts_a_silent_backend() {
+    let backend = silent_backend().await;
+    let config = server_config(
+        "idle",
+        "backend_idle_timeout = \"300ms\"",
+        &[backend.addr],
+        "",
+    );
+    let balancer = start_balancer(&config).await;
+    let mut client = TcpStream::connect(balancer.local_addr("idle").unwrap())
+        .await
+        .unwrap();
+    // The client keeps talking; the backend never answers.
+    let talk = async {
+        for _ in 0..200 {
+            if client.write_all(b"ping").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), talk).await;
+    assert!(closed_by_peer(&mut client).await);
+}
+
+#[tokio::test]
+async fn no_idle_timeout_keeps_a_quiet_session() {
+    let backend = echo_backend().await;
+    let balancer = start_balancer(&server_config("quiet", "", &[backend.addr], "")).await;
+    let mut client = TcpStream::connect(balancer.local_addr("quiet").unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client.write_all(b"still here").await.unwrap();
+    let mut reply = [0u8; 10];
+    tokio::time::timeout(PATIENCE, client.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&reply, b"still here");
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_header_precedes_client_bytes() {
+    let (header_tx, header_rx) = tokio::sync::oneshot::channel();
+    let header_tx = std::sync::Mutex::new(Some(header_tx));
+    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), move |mut stream| {
+        let sender = header_tx.lock().unwrap().take();
+        async move {
+            let mut received = Vec::new();
+            let _ = stream.read_to_end(&mut received).await;
+            if let Some(sender) = sender {
+                let _ = sender.send(received);
+            }
+        }
+    })
+    .await;
+    let config = server_config(
+        "pp",
+        "",
+        &[backend.addr],
+        "[servers.pp.proxy_protocol]\nversion = \"1\"",
+    );
+    let balancer = start_balancer(&config).await;
+    let listen = balancer.local_addr("pp").unwrap();
+    let mut client = TcpStream::connect(listen).await.unwrap();
+    let local = client.local_addr().unwrap();
+    client.write_all(b"payload").await.unwrap();
+    client.shutdown().await.unwrap();
+    let received = tokio::time::timeout(PATIENCE, header_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\npayload",
+        local.port(),
+        listen.port()
+    );
+    assert_eq!(String::from_utf8_lossy(&received), expected);
+}

@@ -1,0 +1,202 @@
+//! Shared pieces of the end-to-end tests: a balancer started from TOML text, and small
+//! backends on ephemeral loopback ports.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use betwixt::config::{self, LoadOptions};
+use betwixt::supervisor::Supervisor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Upper bound for anything a test waits for; generous because CI machines are shared.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Starts a balancer from config text (servers should bind `127.0.0.1:0`).
+pub async fn start_balancer(toml: &str) -> Supervisor {
+    let loaded = config::load_str("test.toml", toml, &LoadOptions::default())
+        .unwrap_or_else(|errors| panic!("test config invalid:\n{errors}"));
+    Supervisor::start(loaded.config)
+        .await
+        .expect("balancer starts")
+}
+
+/// A one-server config: `[servers.NAME]` with `extra` lines, static backends, then `tail`
+/// (further tables such as a healthcheck).
+pub fn server_config(name: &str, extra: &str, backends: &[SocketAddr], tail: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|addr| format!("\"{addr}\"")).collect();
+    format!(
+        "[servers.{name}]\nbind = \"127.0.0.1:0\"\n{extra}\n\
+         [servers.{name}.discovery]\nkind = \"static\"\nstatic_list = [{}]\n{tail}\n",
+        list.join(", ")
+    )
+}
+
+/// A backend task that can be stopped (its port then refuses connections).
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TestBackend {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener; the port refuses new connections. Established ones stay.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn spawn_backend<F, Fut>(handler: F) -> TestBackend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    spawn_backend_on("127.0.0.1:0".parse().unwrap(), handler).await
+}
+
+pub async fn spawn_backend_on<F, Fut>(addr: SocketAddr, handler: F) -> TestBackend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await.expect("backend binds");
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            connections.spawn(handler(stream));
+        }
+    });
+    TestBackend {
+        addr,
+        accepted,
+        task,
+    }
+}
+
+/// Answers every connection with `name\n`, then waits for the client to close.
+pub async fn name_backend(name: &'static str) -> TestBackend {
+    spawn_backend(move |mut stream| async move {
+        let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+/// Echoes everything; closes its write side after the client's EOF.
+pub async fn echo_backend() -> TestBackend {
+    spawn_backend(|mut stream| async move {
+        let (mut reader, mut writer) = stream.split();
+        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        let _ = writer.shutdown().await;
+    })
+    .await
+}
+
+/// Holds connections open and never sends anything.
+pub async fn silent_backend() -> TestBackend {
+    spawn_backend(|mut stream| async move {
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+/// A port that refuses connections: bound, then closed.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Connects to the balancer and reads the backend's name line.
+pub async fn fetch_name(addr: SocketAddr) -> std::io::Result<String> {
+    let stream = TcpStream::connect(addr).await?;
+    read_name(stream).await
+}
+
+/// Connects from a chosen loopback source address (127.0.0.0/8 is all local).
+pub async fn fetch_name_from(source: [u8; 4], addr: SocketAddr) -> std::io::Result<String> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    read_name(socket.connect(addr).await?).await
+}
+
+async fn read_name(mut stream: TcpStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        loop {
+            let n = stream.read(&mut byte).await?;
+            if n == 0 || byte[0] == b'\n' {
+                return Ok::<_, std::io::Error>(());
+            }
+            line.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without a name",
+        ));
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Waits until `condition` holds, checking every 20 ms, for at most [`PATIENCE`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads until EOF or error; true when the peer closed (EOF or reset) within [`PATIENCE`].
+pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 4096];
+    let drained = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, drained).await.is_ok()
+}
