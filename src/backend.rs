@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BackendSpec;
 use crate::health::state::Streaks;
 use crate::logging::RateLimit;
-use crate::stats::{ActiveCount, BackendStats, Slot};
+use crate::stats::{ActiveCount, BackendStats, SessionEnd, Slot};
 
 /// One backend as configured in the current snapshot.
 #[derive(Debug)]
@@ -106,6 +106,8 @@ pub struct BackendState {
     pub streaks: Streaks,
     /// Cancelled (and replaced) to close every session established so far.
     closer: ArcSwap<CancellationToken>,
+    /// Why the last [`close_sessions`](Self::close_sessions) happened, as a `SessionEnd`.
+    close_reason: AtomicU8,
 }
 
 impl BackendState {
@@ -116,6 +118,7 @@ impl BackendState {
             stats: BackendStats::default(),
             streaks: Streaks::default(),
             closer: ArcSwap::from_pointee(CancellationToken::new()),
+            close_reason: AtomicU8::new(SessionEnd::BackendDown as u8),
         }
     }
 
@@ -125,14 +128,21 @@ impl BackendState {
         CancellationToken::clone(&self.closer.load())
     }
 
-    /// Closes every session established until now; later sessions are not affected.
+    /// Closes every session established until now, for `reason`; later sessions are not
+    /// affected.
     ///
     /// A session that fetched its token just before the swap is closed too: it was connecting
     /// to a backend being closed, so that is the right outcome.
-    pub fn close_sessions(&self) {
+    pub fn close_sessions(&self, reason: SessionEnd) {
+        self.close_reason.store(reason as u8, Ordering::Release);
         self.closer
             .swap(Arc::new(CancellationToken::new()))
             .cancel();
+    }
+
+    /// The reason given to the last [`close_sessions`](Self::close_sessions).
+    pub fn close_reason(&self) -> SessionEnd {
+        SessionEnd::from_u8(self.close_reason.load(Ordering::Acquire))
     }
 
     pub fn health(&self) -> Health {
@@ -225,7 +235,7 @@ mod tests {
     fn closing_sessions_fires_old_tokens_only() {
         let state = BackendState::default();
         let established = state.session_closer();
-        state.close_sessions();
+        state.close_sessions(SessionEnd::BackendDown);
         let later = state.session_closer();
         assert!(established.is_cancelled());
         assert!(!later.is_cancelled());

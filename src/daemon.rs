@@ -135,6 +135,7 @@ async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> Option<std:
     let loaded = match options.source.load() {
         Ok(loaded) => loaded,
         Err(errors) => {
+            supervisor.record_refused_reload();
             error!(
                 errors = errors.0.len(),
                 "reload refused; still serving the previous config:\n{errors}"

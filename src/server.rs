@@ -23,7 +23,7 @@ use crate::config::ProxyProtocolVersion;
 use crate::forward::{self, ForwardError};
 use crate::health::monitor;
 use crate::snapshot::{Server, Snapshot};
-use crate::stats::{ServerStats, SessionMeter, Slot};
+use crate::stats::{ServerStats, SessionEnd, SessionMeter, Slot};
 use crate::{access, net, proxy_protocol};
 
 /// What every listener and session of the process shares.
@@ -199,75 +199,97 @@ impl Session {
             debug!(server = server.name(), client = %self.peer, %error, "client socket unusable");
             return;
         }
-        let connect = connect_with_retry(server, self.peer);
         let connected = tokio::select! {
-            connected = connect => connected,
+            connected = connect_with_retry(server, self.peer) => connected,
             () = close.cancelled() => return,
         };
         let Some(connected) = connected else {
-            server.stats.unserved.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = server.log_limits.unserved.check() {
-                error!(
-                    server = server.name(),
-                    client = %self.peer,
-                    backends = server.pool.backends().len(),
-                    suppressed,
-                    "no backend could be connected; client closed"
-                );
-            }
+            self.report_unserved();
             return;
         };
+        let end = self.relay(&connected, &close).await;
+        server.stats.ended.record(end);
+    }
+
+    fn report_unserved(&self) {
+        let server = &self.server;
+        server.stats.unserved.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = server.log_limits.unserved.check() {
+            error!(
+                server = server.name(),
+                client = %self.peer,
+                backends = server.pool.backends().len(),
+                suppressed,
+                "no backend could be connected; client closed"
+            );
+        }
+    }
+
+    /// Forwards until the session ends by itself or is closed (shutdown, backend closed).
+    async fn relay(&self, connected: &Connected, close: &CancellationToken) -> SessionEnd {
         let meter = SessionMeter {
             backend: &connected.backend.state.stats.traffic,
-            server: &server.stats.traffic,
+            server: &self.server.stats.traffic,
         };
         let outcome = tokio::select! {
-            outcome = self.forward(&connected, &meter) => outcome,
-            () = close.cancelled() => {
-                debug!(server = server.name(), client = %self.peer, backend = %connected.backend.target, "session closed by shutdown");
-                return;
-            }
+            outcome = self.forward(connected, &meter) => outcome,
+            () = close.cancelled() => Err(Closed(SessionEnd::Shutdown)),
             () = connected.backend_closer.cancelled() => {
-                debug!(server = server.name(), client = %self.peer, backend = %connected.backend.target, "session closed with its backend");
-                return;
+                Err(Closed(connected.backend.state.close_reason()))
             }
         };
-        match outcome {
-            Ok(transferred) => debug!(
-                server = server.name(),
-                client = %self.peer,
-                backend = %connected.backend.target,
-                tx = transferred.to_backend,
-                rx = transferred.to_client,
-                "session ended"
+        let (end, detail) = match outcome {
+            Ok(transferred) => (
+                SessionEnd::Completed,
+                format!("tx {} rx {}", transferred.to_backend, transferred.to_client),
             ),
-            Err(error) => debug!(
-                server = server.name(),
-                client = %self.peer,
-                backend = %connected.backend.target,
-                %error,
-                "session ended"
-            ),
-        }
+            Err(Closed(end)) => (end, String::new()),
+            Err(Failed(error @ ForwardError::Idle { .. })) => {
+                (SessionEnd::IdleTimeout, error.to_string())
+            }
+            Err(Failed(error)) => (SessionEnd::Error, error.to_string()),
+        };
+        debug!(
+            server = self.server.name(),
+            client = %self.peer,
+            backend = %connected.backend.target,
+            end = end.as_str(),
+            detail,
+            "session ended"
+        );
+        end
     }
 
     async fn forward(
         &self,
         connected: &Connected,
         meter: &SessionMeter<'_>,
-    ) -> Result<forward::Transferred, ForwardError> {
+    ) -> Result<forward::Transferred, Interrupted> {
         if let Some(ProxyProtocolVersion::V1) = self.server.config.proxy_protocol {
             let header = proxy_protocol::v1_header(self.peer, self.local);
             forward::write_all(&connected.stream, header.as_bytes())
                 .await
-                .map_err(|source| ForwardError::Io {
-                    side: forward::Side::Backend,
-                    source,
+                .map_err(|source| {
+                    Failed(ForwardError::Io {
+                        side: forward::Side::Backend,
+                        source,
+                    })
                 })?;
         }
-        forward::bidirectional(&self.client, &connected.stream, &self.server.forward, meter).await
+        forward::bidirectional(&self.client, &connected.stream, &self.server.forward, meter)
+            .await
+            .map_err(Failed)
     }
 }
+
+/// Why forwarding stopped before both sides closed.
+enum Interrupted {
+    /// The balancer closed the session.
+    Closed(SessionEnd),
+    Failed(ForwardError),
+}
+
+use Interrupted::{Closed, Failed};
 
 /// A session's backend connection and the place it holds on that backend.
 struct Connected {
@@ -290,11 +312,20 @@ async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Conne
         let Some(slot) = backend.try_acquire() else {
             continue;
         };
+        if made > 0 {
+            server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
+        }
         made += 1;
         // Taken before connecting: a backend closed while we connect closes this session too.
         let backend_closer = backend.state.session_closer();
+        let started = tokio::time::Instant::now();
         match connect_backend(backend, server.config.backend_connection_timeout).await {
             Ok(stream) => {
+                backend
+                    .state
+                    .stats
+                    .connect_latency
+                    .observe(started.elapsed());
                 monitor::observe_connect(server, backend, None);
                 backend.state.stats.total.fetch_add(1, Ordering::Relaxed);
                 return Some(Connected {

@@ -51,7 +51,7 @@ impl Traffic {
     }
 }
 
-/// gobetween's per-backend counters.
+/// gobetween's per-backend counters, plus betwixt's latencies.
 #[derive(Debug, Default)]
 pub struct BackendStats {
     /// Sessions open now.
@@ -61,6 +61,10 @@ pub struct BackendStats {
     /// Connects that failed (refused, timed out, unreachable).
     pub refused: AtomicU64,
     pub traffic: Traffic,
+    /// Time to establish each successful connection.
+    pub connect_latency: Histogram,
+    /// Duration of each active health check, passed or failed.
+    pub check_duration: Histogram,
 }
 
 /// A server's counters; they outlive reloads that keep the server.
@@ -76,7 +80,155 @@ pub struct ServerStats {
     pub over_limit: AtomicU64,
     /// Clients closed because no backend could be connected.
     pub unserved: AtomicU64,
+    /// Connects tried after a failed one, for clients the balancer kept from seeing a failure.
+    pub connect_retries: AtomicU64,
+    /// How established sessions ended.
+    pub ended: SessionEnds,
     pub traffic: Traffic,
+}
+
+/// Why an established session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SessionEnd {
+    /// Both sides closed.
+    Completed = 0,
+    /// A socket error or reset on either side.
+    Error = 1,
+    /// `client_idle_timeout` or `backend_idle_timeout`.
+    IdleTimeout = 2,
+    /// Its backend was marked down.
+    BackendDown = 3,
+    /// A reload removed its backend (with `close_sessions_on_backend_removal`).
+    BackendRemoved = 4,
+    /// An operator disabled its backend.
+    BackendDisabled = 5,
+    /// The shutdown grace period ran out.
+    Shutdown = 6,
+}
+
+impl SessionEnd {
+    pub const ALL: [SessionEnd; 7] = [
+        Self::Completed,
+        Self::Error,
+        Self::IdleTimeout,
+        Self::BackendDown,
+        Self::BackendRemoved,
+        Self::BackendDisabled,
+        Self::Shutdown,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Error => "error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::BackendDown => "backend_down",
+            Self::BackendRemoved => "backend_removed",
+            Self::BackendDisabled => "backend_disabled",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn from_u8(value: u8) -> Self {
+        Self::ALL
+            .get(usize::from(value))
+            .copied()
+            .unwrap_or(Self::Error)
+    }
+}
+
+/// A counter per [`SessionEnd`].
+#[derive(Debug, Default)]
+pub struct SessionEnds([AtomicU64; 7]);
+
+impl SessionEnds {
+    pub fn record(&self, end: SessionEnd) {
+        self.0[end as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, end: SessionEnd) -> u64 {
+        self.0[end as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// A latency histogram with fixed buckets, lock-free: one atomic per bucket, a count and a
+/// sum. Shaped for Prometheus (cumulative buckets in seconds at scrape time).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; Histogram::BOUNDS_MICROS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in microseconds: 0.5 ms to 10 s.
+    pub const BOUNDS_MICROS: [u64; 14] = [
+        500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+        2_500_000, 5_000_000, 10_000_000,
+    ];
+
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if let Some(bucket) = Self::BOUNDS_MICROS
+            .iter()
+            .position(|&bound| micros <= bound)
+        {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (`le`), as Prometheus wants them; `+Inf` is [`count`].
+    pub fn cumulative(&self) -> [(u64, u64); Histogram::BOUNDS_MICROS.len()] {
+        let mut running = 0;
+        std::array::from_fn(|i| {
+            running += self.buckets[i].load(Ordering::Relaxed);
+            (Self::BOUNDS_MICROS[i], running)
+        })
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.sum_micros.load(Ordering::Relaxed))
+    }
+}
+
+/// Process-wide counters: reloads and when the running config was loaded.
+#[derive(Debug)]
+pub struct ProcessStats {
+    pub started_at: std::time::SystemTime,
+    pub reloads_applied: AtomicU64,
+    pub reloads_refused: AtomicU64,
+    /// Seconds since the Unix epoch at which the running config was applied.
+    pub config_applied_at: AtomicU64,
+}
+
+impl ProcessStats {
+    pub fn config_applied_now(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        self.config_applied_at.store(now, Ordering::Relaxed);
+    }
+}
+
+impl Default for ProcessStats {
+    fn default() -> Self {
+        let stats = Self {
+            started_at: std::time::SystemTime::now(),
+            reloads_applied: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
+            config_applied_at: AtomicU64::new(0),
+        };
+        stats.config_applied_now();
+        stats
+    }
 }
 
 /// Something with an active-session count that a [`Slot`] can reserve.
@@ -152,6 +304,27 @@ mod tests {
         assert_eq!(traffic.rx_second.load(Ordering::Relaxed), 5);
         assert_eq!(traffic.tx_second.load(Ordering::Relaxed), 0);
         assert_eq!(traffic.rx.load(Ordering::Relaxed), 1005);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let histogram = Histogram::default();
+        histogram.observe(std::time::Duration::from_micros(300));
+        histogram.observe(std::time::Duration::from_millis(3));
+        histogram.observe(std::time::Duration::from_secs(60));
+        let cumulative = histogram.cumulative();
+        assert_eq!(cumulative[0], (500, 1));
+        assert_eq!(cumulative[3], (5_000, 2));
+        assert_eq!(cumulative[13], (10_000_000, 2));
+        assert_eq!(histogram.count(), 3);
+        assert_eq!(histogram.sum().as_micros(), 60_003_300);
+    }
+
+    #[test]
+    fn session_ends_round_trip() {
+        for end in SessionEnd::ALL {
+            assert_eq!(SessionEnd::from_u8(end as u8), end);
+        }
     }
 
     #[test]

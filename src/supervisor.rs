@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::health::monitor::Monitor;
 use crate::net;
 use crate::server::{self, Shared};
 use crate::snapshot::Snapshot;
+use crate::stats::{ProcessStats, SessionEnd};
 use crate::systemd::InheritedSockets;
 
 /// A listener that could not be opened.
@@ -98,6 +100,7 @@ pub struct Supervisor {
     /// Sockets from systemd not used yet; a reload adding their server takes them.
     inherited: Mutex<InheritedSockets>,
     health: Monitor,
+    stats: ProcessStats,
     background: CancellationToken,
 }
 
@@ -150,6 +153,7 @@ impl Supervisor {
             reloading: tokio::sync::Mutex::new(()),
             inherited: Mutex::new(inherited),
             health: Monitor::new(snapshot),
+            stats: ProcessStats::default(),
             background: CancellationToken::new(),
         };
         supervisor.health.reconcile();
@@ -210,6 +214,28 @@ impl Supervisor {
     /// A new listener could not be bound; the running config is untouched.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let _one_at_a_time = self.reloading.lock().await;
+        let result = self.apply(config);
+        match &result {
+            Ok(_) => {
+                self.stats.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                self.stats.config_applied_now();
+            }
+            Err(_) => self.record_refused_reload(),
+        }
+        result
+    }
+
+    /// Counts a reload refused before it reached the supervisor (the file did not load).
+    pub fn record_refused_reload(&self) {
+        self.stats.reloads_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reload counters and start time.
+    pub fn process_stats(&self) -> &ProcessStats {
+        &self.stats
+    }
+
+    fn apply(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let current = self.shared.snapshot.load_full();
         let next = Snapshot::new(config, Some(&current));
         let running: BTreeMap<String, BindAddr> = self
@@ -369,7 +395,7 @@ fn close_removed_backends(current: &Snapshot, next: &Snapshot) {
             let stays = new.is_some_and(|server| server.pool.find(&backend.target).is_some());
             if !stays {
                 info!(server = %old.config.name, backend = %backend.target, "closing the sessions of a removed backend");
-                backend.state.close_sessions();
+                backend.state.close_sessions(SessionEnd::BackendRemoved);
             }
         }
     }

@@ -259,6 +259,12 @@ async fn a_frozen_master_loses_its_sessions_and_comes_back_after_passes() {
         closed += 1;
     }
     assert_eq!(closed, on_doomed as usize);
+    let snapshot = balancer.snapshot();
+    let ended = &snapshot.server("api").unwrap().stats.ended;
+    eventually("the closes are counted", || {
+        ended.get(betwixt::stats::SessionEnd::BackendDown) == on_doomed
+    })
+    .await;
 
     // New connections all reach the steady backend, with no failure.
     for _ in 0..20 {

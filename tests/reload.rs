@@ -292,6 +292,12 @@ async fn removed_backend_sessions_can_be_closed_instead_of_drained() {
         }
     }
     assert_eq!((alive, closed), (2, 2));
+    let snapshot = balancer.snapshot();
+    let ended = &snapshot.server("k3s").unwrap().stats.ended;
+    eventually("the closes are counted", || {
+        ended.get(betwixt::stats::SessionEnd::BackendRemoved) == 2
+    })
+    .await;
 }
 
 #[tokio::test]

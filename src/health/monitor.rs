@@ -18,6 +18,7 @@ use super::{Check, CheckError, Target};
 use crate::backend::{Backend, BackendState, Health};
 use crate::config::{CheckKind, HealthcheckConfig};
 use crate::snapshot::{Server, Snapshot};
+use crate::stats::SessionEnd;
 
 /// The check tasks of every backend in the current snapshot.
 #[derive(Debug)]
@@ -151,11 +152,13 @@ impl CheckTask {
                 () = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
+            let started = tokio::time::Instant::now();
             let result = match &check {
                 Ok(Some(check)) => check.run(&self.spec.target, timeout).await,
                 Ok(None) => return,
                 Err(error) => Err(CheckError::TlsSetup(error.to_string())),
             };
+            self.state.stats.check_duration.observe(started.elapsed());
             if stop.is_cancelled() {
                 return;
             }
@@ -220,7 +223,7 @@ fn after_marked_down(server: &Server, state: &BackendState, close_sessions: bool
                 "closing the sessions of a backend marked down"
             );
         }
-        state.close_sessions();
+        state.close_sessions(SessionEnd::BackendDown);
     }
     if !server.pool.any_healthy() {
         error!(
