@@ -70,6 +70,8 @@ pub struct ServerLogLimits {
     pub denied: RateLimit,
     pub over_limit: RateLimit,
     pub unserved: RateLimit,
+    /// Backend connects failing for lack of local descriptors or memory.
+    pub exhausted: RateLimit,
 }
 
 impl Server {
@@ -92,6 +94,8 @@ impl Server {
         let forward = forward::Options {
             client_idle_timeout: config.client_idle_timeout,
             backend_idle_timeout: config.backend_idle_timeout,
+            mode: runtime.forwarding,
+            pipe_size: runtime.pipe_size,
             copy_buffer_size: runtime.copy_buffer_size,
         };
         Self {

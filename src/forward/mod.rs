@@ -7,9 +7,13 @@
 //! complete. Bytes are reported to a [`Meter`] as they move, so counters stay live and nothing is
 //! lost when a session is cancelled.
 //!
-//! The strategy lives in [`copy`] (user space, a buffer per active direction).
+//! Two strategies move the bytes: [`splice`] (zero copy through a pipe, the default on Linux)
+//! and [`copy`] (user space, a buffer per active direction), which is also the fallback when
+//! splice cannot be used. Either holds its pipe or buffer only while data is in flight.
 
 mod copy;
+#[allow(unsafe_code)]
+mod splice;
 
 use std::io;
 use std::net::Shutdown;
@@ -17,6 +21,8 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
+
+use crate::config::ForwardingMode;
 
 /// Which way bytes flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,16 +45,21 @@ pub struct Options {
     pub client_idle_timeout: Option<Duration>,
     /// Close the session when the backend sent nothing for this long.
     pub backend_idle_timeout: Option<Duration>,
-    /// Size of the user-space buffer a direction holds while data is in flight.
+    pub mode: ForwardingMode,
+    /// Capacity of the pipe a splicing direction holds while data is in flight.
+    pub pipe_size: usize,
+    /// Size of the user-space buffer a copying direction holds while data is in flight.
     pub copy_buffer_size: usize,
 }
 
 impl Default for Options {
-    /// No idle timeouts, 64 KiB buffers.
+    /// No idle timeouts, splice where possible, 64 KiB pipes and buffers.
     fn default() -> Self {
         Self {
             client_idle_timeout: None,
             backend_idle_timeout: None,
+            mode: ForwardingMode::Auto,
+            pipe_size: 64 * 1024,
             copy_buffer_size: 64 * 1024,
         }
     }
@@ -115,24 +126,24 @@ pub async fn bidirectional(
     options: &Options,
     meter: &impl Meter,
 ) -> Result<Transferred, ForwardError> {
-    let to_backend = copy::forward(
+    let to_backend = forward(
         Leg::new(
             client,
             backend,
             Direction::ToBackend,
             options.client_idle_timeout,
         ),
-        options.copy_buffer_size,
+        options,
         meter,
     );
-    let to_client = copy::forward(
+    let to_client = forward(
         Leg::new(
             backend,
             client,
             Direction::ToClient,
             options.backend_idle_timeout,
         ),
-        options.copy_buffer_size,
+        options,
         meter,
     );
     match tokio::try_join!(to_backend, to_client) {
@@ -148,6 +159,16 @@ pub async fn bidirectional(
             // Best effort: the socket may already be gone.
             let _ = SockRef::from(peer).set_linger(Some(Duration::ZERO));
             Err(error)
+        }
+    }
+}
+
+/// One direction with the configured strategy.
+async fn forward(leg: Leg<'_>, options: &Options, meter: &impl Meter) -> Result<u64, ForwardError> {
+    match options.mode {
+        ForwardingMode::Copy => copy::forward(leg, options.copy_buffer_size, meter).await,
+        ForwardingMode::Auto | ForwardingMode::Splice => {
+            splice::forward(leg, options.pipe_size, options.copy_buffer_size, meter).await
         }
     }
 }

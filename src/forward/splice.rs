@@ -1,0 +1,254 @@
+//! Zero-copy forwarding with splice(2): socket -> pipe -> socket, bytes never enter user space.
+//!
+//! The invariant that keeps this correct: a direction splices from its source socket into its
+//! pipe only when the pipe is empty, and drains the pipe completely into the sink before
+//! reading again. So an EAGAIN from the source splice always means "the socket has no data"
+//! (the pipe had room), and an EAGAIN from the sink splice always means "the socket's send
+//! buffer is full" (the pipe had data): clearing that socket's readiness is then safe. Break
+//! it, and an EAGAIN caused by a full pipe would clear the socket's read readiness while data
+//! waits in its receive queue, and the session would stall forever.
+//!
+//! An idle direction holds no pipe: it takes one from a per-thread pool when data arrives and
+//! gives it back once drained. A pipe that still holds data (the session was cut mid-drain)
+//! is closed on drop, never pooled.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::Interest;
+use tracing::warn;
+
+use super::{ForwardError, Leg, Meter, copy};
+
+/// Idle pipes kept per worker thread: enough to absorb bursts without holding many
+/// descriptors on a mostly idle balancer.
+const POOL_PER_THREAD: usize = 16;
+
+/// Forwards one direction until the source's EOF; returns the bytes moved.
+///
+/// Falls back to the copy path for the rest of this direction when no pipe can be had
+/// (EMFILE, ENFILE, ENOMEM) or the kernel cannot splice these sockets (EINVAL).
+pub(super) async fn forward(
+    leg: Leg<'_>,
+    pipe_size: usize,
+    copy_buffer_size: usize,
+    meter: &impl Meter,
+) -> Result<u64, ForwardError> {
+    let mut total = 0u64;
+    loop {
+        leg.source_readable().await?;
+        let pipe = match Pipe::take(pipe_size) {
+            Ok(pipe) => pipe,
+            Err(error) => {
+                log_fallback_once("cannot create a pipe", &error);
+                return Ok(total + copy::forward(leg, copy_buffer_size, meter).await?);
+            }
+        };
+        match pump(&leg, pipe, meter, &mut total).await? {
+            Pumped::SourceDrained => {}
+            Pumped::SourceEnded => {
+                leg.finish()?;
+                return Ok(total);
+            }
+            Pumped::Unsupported(error) => {
+                log_fallback_once("splice is not supported for these sockets", &error);
+                return Ok(total + copy::forward(leg, copy_buffer_size, meter).await?);
+            }
+        }
+    }
+}
+
+/// How a pump round ended.
+enum Pumped {
+    /// The source would block: wait for readiness again (the pipe went back to the pool).
+    SourceDrained,
+    /// The source sent EOF.
+    SourceEnded,
+    /// splice(2) refused these descriptors before anything was moved.
+    Unsupported(io::Error),
+}
+
+/// Moves data source -> pipe -> sink until the source would block or ends.
+async fn pump(
+    leg: &Leg<'_>,
+    mut pipe: Pipe,
+    meter: &impl Meter,
+    total: &mut u64,
+) -> Result<Pumped, ForwardError> {
+    let source = leg.source.as_raw_fd();
+    loop {
+        // The pipe is empty here (invariant): an EAGAIN can only come from the socket.
+        let spliced = leg.source.try_io(Interest::READABLE, || {
+            splice(source, pipe.write.as_raw_fd(), pipe.capacity)
+        });
+        match spliced {
+            Ok(0) => {
+                pipe.give_back();
+                return Ok(Pumped::SourceEnded);
+            }
+            Ok(moved) => {
+                pipe.len = moved;
+                drain(leg, &mut pipe).await?;
+                *total += moved as u64;
+                meter.record(leg.direction, moved as u64);
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                pipe.give_back();
+                return Ok(Pumped::SourceDrained);
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) && *total == 0 => {
+                pipe.give_back();
+                return Ok(Pumped::Unsupported(error));
+            }
+            Err(error) => return Err(leg.source_error(error)),
+        }
+    }
+}
+
+/// Writes everything in the pipe to the sink. On error the pipe, still holding data, is
+/// dropped (closed) by the caller's unwinding of `pump`.
+async fn drain(leg: &Leg<'_>, pipe: &mut Pipe) -> Result<(), ForwardError> {
+    let sink = leg.sink.as_raw_fd();
+    while pipe.len > 0 {
+        leg.sink
+            .writable()
+            .await
+            .map_err(|error| leg.sink_error(error))?;
+        let spliced = leg.sink.try_io(Interest::WRITABLE, || {
+            splice(pipe.read.as_raw_fd(), sink, pipe.len)
+        });
+        match spliced {
+            Ok(moved) => pipe.len -= moved.min(pipe.len),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(error) => return Err(leg.sink_error(error)),
+        }
+    }
+    Ok(())
+}
+
+/// splice(2) of up to `len` bytes, non-blocking, moving pages where the kernel can.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are open for the duration of the call (borrowed from a live
+    // TcpStream or Pipe); null offsets are required for sockets and pipes; no memory of this
+    // process is read or written by the kernel.
+    let moved = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    usize::try_from(moved).map_err(|_| io::Error::last_os_error())
+}
+
+fn log_fallback_once(why: &str, error: &io::Error) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        warn!(%error, "{why}; falling back to user-space copy for such sessions (logged once)");
+    }
+}
+
+/// A pipe with both ends; closes them on drop. `len` is how many bytes it holds.
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+    len: usize,
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pipe {
+    /// An empty pipe of `size` bytes from this thread's pool, or a new one.
+    fn take(size: usize) -> io::Result<Self> {
+        let pooled = POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            // A reload may have changed the pipe size: pooled pipes of another size go.
+            pool.retain(|pipe| pipe.capacity == size);
+            pool.pop()
+        });
+        match pooled {
+            Some(pipe) => Ok(pipe),
+            None => Self::create(size),
+        }
+    }
+
+    /// Returns an empty pipe to this thread's pool (or closes it when the pool is full).
+    fn give_back(self) {
+        debug_assert_eq!(self.len, 0, "only empty pipes may be pooled");
+        if self.len != 0 {
+            return;
+        }
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOL_PER_THREAD {
+                pool.push(self);
+            }
+        });
+    }
+
+    fn create(size: usize) -> io::Result<Self> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let capacity = resize(&write, size);
+        Ok(Self {
+            read,
+            write,
+            capacity,
+            len: 0,
+        })
+    }
+}
+
+/// Asks for a pipe of `size` bytes; returns the size it really has. The kernel refuses
+/// (EPERM) past the per-user pipe limit: then the pipe keeps its smaller default size.
+fn resize(pipe: &OwnedFd, size: usize) -> usize {
+    let fd = pipe.as_raw_fd();
+    let requested = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl on an open pipe descriptor with integer arguments only.
+    let current = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    if current == requested {
+        return size;
+    }
+    // SAFETY: as above.
+    let granted = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, requested) };
+    let capacity = if granted > 0 { granted } else { current };
+    usize::try_from(capacity).unwrap_or(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipes_are_pooled_per_size() {
+        let pipe = Pipe::take(64 * 1024).unwrap();
+        assert_eq!(pipe.capacity, 64 * 1024);
+        let fd = pipe.read.as_raw_fd();
+        pipe.give_back();
+        let again = Pipe::take(64 * 1024).unwrap();
+        assert_eq!(again.read.as_raw_fd(), fd, "the pooled pipe is reused");
+        again.give_back();
+        let bigger = Pipe::take(128 * 1024).unwrap();
+        assert_eq!(bigger.capacity, 128 * 1024);
+        bigger.give_back();
+    }
+}
