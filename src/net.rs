@@ -121,6 +121,16 @@ pub async fn connect_host(
     Err(last_error)
 }
 
+/// True when an error says this process or host ran out of a resource (descriptors, socket
+/// buffers, memory) rather than anything about the peer: such a failed connect must not count
+/// against the backend.
+pub fn is_local_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Keepalive and user timeout, so a silently vanished peer frees its session.
 fn apply_liveness(socket: &SockRef<'_>) -> io::Result<()> {
     let keepalive = TcpKeepalive::new()

@@ -335,6 +335,13 @@ async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Conne
                     _slot: slot,
                 });
             }
+            Err(error) if net::is_local_exhaustion(&error) => {
+                // Not the backend's fault, and every other backend would fail the same way.
+                if let Some(suppressed) = server.log_limits.exhausted.check() {
+                    error!(server = server.name(), client = %client, %error, suppressed, "cannot open a backend connection: out of local resources");
+                }
+                return None;
+            }
             Err(error) => {
                 backend.state.stats.refused.fetch_add(1, Ordering::Relaxed);
                 monitor::observe_connect(server, backend, Some(&error));
