@@ -198,14 +198,6 @@ async fn the_daemon_serves_writes_its_pidfile_and_drains_on_sigterm() {
     assert!(!Path::new(&pidfile).exists(), "pidfile left behind");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub fn signal(pid: i32, signal: i32) {
     // SAFETY: kill(2) with a pid we spawned; no memory is involved.
     #[allow(unsafe_code)]

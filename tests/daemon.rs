@@ -82,14 +82,6 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn daemon_config(port: u16, backends: &[SocketAddr], extra_top: &str) -> String {
     let list: Vec<_> = backends.iter().map(|addr| format!("\"{addr}\"")).collect();
     format!(

@@ -46,17 +46,29 @@ async fn echo_round_trip(addr: SocketAddr, seed: u64, len: usize) -> ([u8; 32], 
     (send.await.unwrap(), hash.finalize().into(), received)
 }
 
+/// Every forwarding path: splice with the default pipe, splice with the smallest pipe (so the
+/// pipe fills on nearly every read, the case the splice invariant guards), and user-space copy.
+const PATHS: [(&str, usize); 3] = [("splice", 65536), ("splice", 4096), ("copy", 65536)];
+
+/// `[betwixt]` settings selecting one forwarding path, prepended to a server config.
+fn on_path((mode, size): (&str, usize), config: &str) -> String {
+    format!(
+        "[betwixt]\nforwarding = \"{mode}\"\npipe_size = {size}\ncopy_buffer_size = {size}\n{config}"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_arrive_intact_both_ways() {
+    for path in PATHS {
+        concurrent_streams_on(path).await;
+    }
+}
+
+async fn concurrent_streams_on(path: (&str, usize)) {
     let backends = [echo_backend().await, echo_backend().await];
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let balancer = start_balancer(&server_config(
-        "bulk",
-        "balance = \"roundrobin\"",
-        &addrs,
-        "",
-    ))
-    .await;
+    let config = server_config("bulk", "balance = \"roundrobin\"", &addrs, "");
+    let balancer = start_balancer(&on_path(path, &config)).await;
     let addr = balancer.local_addr("bulk").unwrap();
 
     let streams: Vec<_> = (0..STREAMS)
@@ -67,8 +79,11 @@ async fn concurrent_streams_arrive_intact_both_ways() {
             .await
             .expect("streams finish")
             .unwrap();
-        assert_eq!(len, BYTES_PER_STREAM);
-        assert_eq!(sent, received, "echoed bytes differ from the bytes sent");
+        assert_eq!(len, BYTES_PER_STREAM, "{path:?}");
+        assert_eq!(
+            sent, received,
+            "{path:?}: echoed bytes differ from the bytes sent"
+        );
     }
 
     let snapshot = balancer.snapshot();
@@ -92,6 +107,12 @@ async fn concurrent_streams_arrive_intact_both_ways() {
 
 #[tokio::test]
 async fn client_half_close_still_gets_the_whole_reply() {
+    for path in PATHS {
+        client_half_close_on(path).await;
+    }
+}
+
+async fn client_half_close_on(path: (&str, usize)) {
     // Reads the whole request until EOF, then answers with its length and a 1 MiB body.
     let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), |mut stream| async move {
         let mut request = Vec::new();
@@ -101,7 +122,8 @@ async fn client_half_close_still_gets_the_whole_reply() {
         stream.write_all(&vec![b'x'; 1 << 20]).await.unwrap();
     })
     .await;
-    let balancer = start_balancer(&server_config("half", "", &[backend.addr], "")).await;
+    let config = server_config("half", "", &[backend.addr], "");
+    let balancer = start_balancer(&on_path(path, &config)).await;
     let mut client = TcpStream::connect(balancer.local_addr("half").unwrap())
         .await
         .unwrap();
@@ -118,6 +140,12 @@ async fn client_half_close_still_gets_the_whole_reply() {
 
 #[tokio::test]
 async fn backend_half_close_lets_the_client_keep_sending() {
+    for path in PATHS {
+        backend_half_close_on(path).await;
+    }
+}
+
+async fn backend_half_close_on(path: (&str, usize)) {
     let (received_tx, received_rx) = tokio::sync::oneshot::channel();
     let received_tx = std::sync::Mutex::new(Some(received_tx));
     let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), move |mut stream| {
@@ -133,7 +161,8 @@ async fn backend_half_close_lets_the_client_keep_sending() {
         }
     })
     .await;
-    let balancer = start_balancer(&server_config("half", "", &[backend.addr], "")).await;
+    let config = server_config("half", "", &[backend.addr], "");
+    let balancer = start_balancer(&on_path(path, &config)).await;
     let mut client = TcpStream::connect(balancer.local_addr("half").unwrap())
         .await
         .unwrap();
@@ -291,4 +320,54 @@ async fn proxy_protocol_v1_header_precedes_client_bytes() {
         listen.port()
     );
     assert_eq!(String::from_utf8_lossy(&received), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_byte_on_every_path() {
+    // The backend pushes 6 MiB at once; the client reads 8 KiB at a time with pauses, so the
+    // balancer keeps finding its sink full with more data waiting at its source: a stall
+    // (data left in a receive queue with readiness cleared) would hang this test.
+    const SIZE: usize = 6 * 1024 * 1024;
+    for path in PATHS {
+        let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), |mut stream| async move {
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut data = vec![0u8; SIZE];
+            rng.fill(&mut data);
+            let _ = stream.write_all(&data).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+        let config = server_config("slow", "", &[backend.addr], "");
+        let balancer = start_balancer(&on_path(path, &config)).await;
+        let mut client = TcpStream::connect(balancer.local_addr("slow").unwrap())
+            .await
+            .unwrap();
+        let mut hash = Sha256::new();
+        let mut received = 0;
+        let mut chunk = vec![0u8; 8192];
+        let read_all = async {
+            for round in 0..100_000u32 {
+                let n = client.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                hash.update(&chunk[..n]);
+                received += n;
+                if round % 64 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE * 3, read_all)
+            .await
+            .unwrap_or_else(|_| panic!("{path:?}: stalled after {received} bytes"));
+        let mut expected = vec![0u8; SIZE];
+        fastrand::Rng::with_seed(7).fill(&mut expected);
+        assert_eq!(received, SIZE, "{path:?}");
+        assert_eq!(
+            <[u8; 32]>::from(hash.finalize()),
+            <[u8; 32]>::from(Sha256::digest(&expected)),
+            "{path:?}"
+        );
+    }
 }

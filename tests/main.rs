@@ -10,4 +10,5 @@ mod forwarding;
 mod health;
 mod limits;
 mod reload;
+mod resources;
 mod util;

@@ -200,3 +200,11 @@ pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
     };
     tokio::time::timeout(PATIENCE, drained).await.is_ok()
 }
+
+/// A port that was free a moment ago, for processes that must be told a fixed port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("an ephemeral port")
+}
