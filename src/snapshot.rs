@@ -30,10 +30,11 @@ impl Snapshot {
             .servers
             .iter()
             .map(|(name, server)| {
-                let previous = previous
-                    .and_then(|snapshot| snapshot.server(name))
-                    .map(Arc::as_ref);
-                let server = Server::new(server.clone(), &config.runtime, previous);
+                let origin = match previous {
+                    None => Origin::Start,
+                    Some(snapshot) => Origin::Reload(snapshot.server(name).map(Arc::as_ref)),
+                };
+                let server = Server::new(server.clone(), &config.runtime, origin);
                 (name.clone(), Arc::new(server))
             })
             .collect();
@@ -74,11 +75,28 @@ pub struct ServerLogLimits {
     pub exhausted: RateLimit,
 }
 
+/// Where a server's runtime state comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// The process starts: backends begin with the configured `initial_status`.
+    Start,
+    /// A reload, with this server's previous generation if it had one: backends that stay keep
+    /// their state; new ones start down until their first check passes, so a reload never
+    /// sends clients to a backend nobody has checked (gobetween made them live at once).
+    Reload(Option<&'a Server>),
+}
+
 impl Server {
-    pub fn new(config: ServerConfig, runtime: &RuntimeConfig, previous: Option<&Server>) -> Self {
-        let initial_health = match (&config.healthcheck.kind, config.healthcheck.initial_status) {
-            (CheckKind::None, _) | (_, InitialStatus::Healthy) => Health::Up,
-            (_, InitialStatus::Unhealthy) => Health::Down,
+    pub fn new(config: ServerConfig, runtime: &RuntimeConfig, origin: Origin<'_>) -> Self {
+        let checked = !matches!(config.healthcheck.kind, CheckKind::None);
+        let initial_health = match (origin, config.healthcheck.initial_status) {
+            _ if !checked => Health::Up,
+            (Origin::Start, InitialStatus::Healthy) => Health::Up,
+            (Origin::Start, InitialStatus::Unhealthy) | (Origin::Reload(_), _) => Health::Down,
+        };
+        let previous = match origin {
+            Origin::Start => None,
+            Origin::Reload(previous) => previous,
         };
         let backends = config
             .backends

@@ -102,6 +102,14 @@ fn check_names_the_file_the_server_and_the_key_of_each_error() {
 }
 
 #[test]
+fn the_shipped_k3s_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/k3s.toml");
+    let output = betwixt(&["check", "--strict", "-c", path.to_str().unwrap()], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("healthcheck https"));
+}
+
+#[test]
 fn a_bad_config_stops_start_up_with_status_1() {
     let scratch = Scratch::new("bad-start");
     let path = scratch.file(

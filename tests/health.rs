@@ -347,6 +347,54 @@ async fn exec_check_output_is_compared_without_its_newline() {
 }
 
 #[tokio::test]
+async fn an_exec_check_that_hangs_is_killed_with_its_children() {
+    let backend = name_backend("a").await;
+    let dir = scratch("exec-hang");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("hang.sh");
+    let pids = dir.join("pids");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nsleep 30 &\necho $! >> {0}\necho $$ >> {0}\nwait\necho 1\n",
+            pids.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let healthcheck = format!(
+        "kind = \"exec\"\nexec_command = \"{}\"\ninterval = \"300ms\"\ntimeout = \"200ms\"",
+        script.display()
+    );
+    let config = server_config(
+        "api",
+        "",
+        &[backend.addr],
+        &format!("[servers.api.healthcheck]\n{healthcheck}"),
+    );
+    let balancer = start_balancer(&config).await;
+    wait_health(&balancer, "api", backend.addr, Health::Down).await;
+    drop(balancer);
+    // Every process the check started (the script and its sleep) is gone or a zombie.
+    let started = std::fs::read_to_string(&pids).unwrap();
+    for pid in started.split_whitespace() {
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit_once(')')
+                    .unwrap()
+                    .1
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        eventually(&format!("process {pid} to be killed"), || !running()).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn probe_with_go_escapes() {
     // A Redis-like backend: PING\r\n -> +PONG\r\n, anything else -> -ERR.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -415,4 +463,38 @@ async fn all_backends_down_still_tries_them() {
         let name = fetch_name(addr).await.unwrap();
         assert!(name == "a" || name == "b");
     }
+}
+
+#[tokio::test]
+async fn a_backend_added_by_a_reload_gets_no_client_before_its_first_check() {
+    let live = name_backend("live").await;
+    let dead = closed_port().await;
+    let check = "[servers.api.healthcheck]\nkind = \"ping\"\ninterval = \"200ms\"";
+    let balancer = start_balancer(&server_config(
+        "api",
+        "balance = \"roundrobin\"",
+        &[live.addr],
+        check,
+    ))
+    .await;
+    let addr = balancer.local_addr("api").unwrap();
+    let reloaded = server_config("api", "balance = \"roundrobin\"", &[live.addr, dead], check);
+    let loaded = betwixt::config::load_str("test.toml", &reloaded, &Default::default()).unwrap();
+    balancer.reload(loaded.config).await.unwrap();
+    for _ in 0..30 {
+        assert_eq!(fetch_name(addr).await.unwrap(), "live");
+    }
+    let snapshot = balancer.snapshot();
+    let added = snapshot
+        .server("api")
+        .unwrap()
+        .pool
+        .find(&dead.to_string())
+        .unwrap();
+    assert_eq!(
+        added.state.stats.refused.load(Ordering::Relaxed),
+        0,
+        "a client was sent to a backend nobody had checked"
+    );
+    assert_eq!(added.state.health(), Health::Down);
 }
