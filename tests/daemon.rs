@@ -32,6 +32,10 @@ impl Daemon {
 
     /// Starts `betwixt -c CONFIG` with NOTIFY_SOCKET pointing at a socket this test reads.
     fn start(test: &str, config_text: &str) -> Self {
+        Self::start_with_env(test, config_text, &[])
+    }
+
+    fn start_with_env(test: &str, config_text: &str, env: &[(&str, &str)]) -> Self {
         let dir = Self::dir(test);
         let config = dir.join("betwixt.toml");
         std::fs::write(&config, config_text).unwrap();
@@ -42,6 +46,7 @@ impl Daemon {
         let child = Command::new(BINARY)
             .args(["-c", config.to_str().unwrap()])
             .env("NOTIFY_SOCKET", &socket_path)
+            .envs(env.iter().copied())
             .env_remove("GOBETWEEN")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -169,6 +174,23 @@ async fn notifications_and_reloads_good_and_bad() {
     assert!(daemon.next_message().contains("STOPPING=1"));
     let mut daemon = daemon;
     assert!(wait_for_exit(&mut daemon.child).await.success());
+}
+
+#[tokio::test]
+async fn the_watchdog_is_pinged_when_systemd_asks_for_it() {
+    let backend = name_backend("a").await;
+    let config = daemon_config(free_port(), &[backend.addr], "");
+    let daemon = Daemon::start_with_env("watchdog", &config, &[("WATCHDOG_USEC", "200000")]);
+    let mut pings = 0;
+    for _ in 0..20 {
+        if daemon.next_message().contains("WATCHDOG=1") {
+            pings += 1;
+        }
+        if pings == 3 {
+            return;
+        }
+    }
+    panic!("only {pings} watchdog pings in 20 messages");
 }
 
 #[tokio::test]
