@@ -108,22 +108,28 @@ pub struct BackendState {
     closer: ArcSwap<CancellationToken>,
     /// Why the last [`close_sessions`](Self::close_sessions) happened, as a `SessionEnd`.
     close_reason: AtomicU8,
+    /// The process-wide "close every session" token; each `closer` is its child, so one
+    /// future per session waits for both.
+    all_sessions: CancellationToken,
 }
 
 impl BackendState {
-    pub fn new(health: Health) -> Self {
+    /// A backend starting with `health`, whose sessions also close when `all_sessions` is
+    /// cancelled (the end of a shutdown's grace period).
+    pub fn new(health: Health, all_sessions: &CancellationToken) -> Self {
         Self {
             health: AtomicU8::new(health as u8),
             admin: AtomicU8::new(Admin::Enabled as u8),
             stats: BackendStats::default(),
             streaks: Streaks::default(),
-            closer: ArcSwap::from_pointee(CancellationToken::new()),
+            closer: ArcSwap::from_pointee(all_sessions.child_token()),
             close_reason: AtomicU8::new(SessionEnd::BackendDown as u8),
+            all_sessions: all_sessions.clone(),
         }
     }
 
     /// The token a new session watches: it fires when [`close_sessions`](Self::close_sessions)
-    /// is called.
+    /// is called, or when every session of the process is closed.
     pub fn session_closer(&self) -> CancellationToken {
         CancellationToken::clone(&self.closer.load())
     }
@@ -136,12 +142,16 @@ impl BackendState {
     pub fn close_sessions(&self, reason: SessionEnd) {
         self.close_reason.store(reason as u8, Ordering::Release);
         self.closer
-            .swap(Arc::new(CancellationToken::new()))
+            .swap(Arc::new(self.all_sessions.child_token()))
             .cancel();
     }
 
-    /// The reason given to the last [`close_sessions`](Self::close_sessions).
+    /// Why a session's closer fired: shutdown, or the reason given to the last
+    /// [`close_sessions`](Self::close_sessions).
     pub fn close_reason(&self) -> SessionEnd {
+        if self.all_sessions.is_cancelled() {
+            return SessionEnd::Shutdown;
+        }
         SessionEnd::from_u8(self.close_reason.load(Ordering::Acquire))
     }
 
@@ -180,8 +190,9 @@ impl ActiveCount for BackendState {
 }
 
 impl Default for BackendState {
+    /// Healthy, with its own "close every session" token.
     fn default() -> Self {
-        Self::new(Health::Up)
+        Self::new(Health::Up, &CancellationToken::new())
     }
 }
 
@@ -239,6 +250,16 @@ mod tests {
         let later = state.session_closer();
         assert!(established.is_cancelled());
         assert!(!later.is_cancelled());
+    }
+
+    #[test]
+    fn closing_every_session_reaches_each_backend() {
+        let all = CancellationToken::new();
+        let state = BackendState::new(Health::Up, &all);
+        let session = state.session_closer();
+        all.cancel();
+        assert!(session.is_cancelled());
+        assert_eq!(state.close_reason(), SessionEnd::Shutdown);
     }
 
     #[test]

@@ -49,7 +49,6 @@ pub async fn accept_loop(
     shared: Shared,
     stop: CancellationToken,
 ) {
-    let local = listener.local_addr().ok();
     let Some(mut server) = shared.snapshot.load().server(&name).cloned() else {
         error!(server = %name, "listener started for a server missing from the config");
         return;
@@ -69,7 +68,7 @@ pub async fn accept_loop(
                 if let Some(current) = shared.snapshot.load().server(&name) {
                     server = Arc::clone(current);
                 }
-                admit(&server, client, peer, local, &shared);
+                admit(&server, client, peer, &shared);
             }
             Err(error) if is_connection_error(&error) => {
                 debug!(server = %name, %error, "accept: connection lost before it was accepted");
@@ -87,7 +86,7 @@ pub async fn accept_loop(
         }
     }
     let queued = match listener.into_std() {
-        Ok(listener) => drain_backlog(&listener, &server, local, &shared),
+        Ok(listener) => drain_backlog(&listener, &server, &shared),
         Err(error) => {
             warn!(server = %name, %error, "cannot drain the listener's queue");
             0
@@ -98,12 +97,7 @@ pub async fn accept_loop(
 
 /// Admits the connections the kernel had already completed for a listener being closed, so a
 /// reload that stops it refuses nobody. Returns how many there were.
-fn drain_backlog(
-    listener: &std::net::TcpListener,
-    server: &Arc<Server>,
-    local: Option<SocketAddr>,
-    shared: &Shared,
-) -> usize {
+fn drain_backlog(listener: &std::net::TcpListener, server: &Arc<Server>, shared: &Shared) -> usize {
     let mut admitted = 0;
     // Bounded by the backlog size: the loop cannot outrun a flood of new connections forever.
     for _ in 0..net::LISTEN_BACKLOG {
@@ -115,7 +109,7 @@ fn drain_backlog(
             .and_then(|()| TcpStream::from_std(client));
         match client {
             Ok(client) => {
-                admit(server, client, peer, local, shared);
+                admit(server, client, peer, shared);
                 admitted += 1;
             }
             Err(error) => debug!(server = server.name(), %error, "queued connection unusable"),
@@ -142,13 +136,7 @@ fn is_connection_error(error: &io::Error) -> bool {
 }
 
 /// Applies `[access]` and `max_connections`, then spawns the session.
-fn admit(
-    server: &Arc<Server>,
-    client: TcpStream,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-    shared: &Shared,
-) {
+fn admit(server: &Arc<Server>, client: TcpStream, peer: SocketAddr, shared: &Shared) {
     if let Some(rules) = &server.config.access
         && !access::allows(rules, peer.ip())
     {
@@ -176,7 +164,6 @@ fn admit(
         server: Arc::clone(server),
         client,
         peer,
-        local: local.unwrap_or(peer),
         _slot: slot,
     };
     let close = shared.close_sessions.clone();
@@ -188,7 +175,6 @@ struct Session {
     server: Arc<Server>,
     client: TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
     _slot: Slot<ServerStats>,
 }
 
@@ -199,15 +185,17 @@ impl Session {
             debug!(server = server.name(), client = %self.peer, %error, "client socket unusable");
             return;
         }
+        // Boxed: connecting is brief, and inline its state would stay in every idle session.
         let connected = tokio::select! {
-            connected = connect_with_retry(server, self.peer) => connected,
+            connected = Box::pin(connect_with_retry(server, self.peer)) => connected,
             () = close.cancelled() => return,
         };
         let Some(connected) = connected else {
             self.report_unserved();
             return;
         };
-        let end = self.relay(&connected, &close).await;
+        drop(close);
+        let end = self.relay(&connected).await;
         server.stats.ended.record(end);
     }
 
@@ -225,15 +213,15 @@ impl Session {
         }
     }
 
-    /// Forwards until the session ends by itself or is closed (shutdown, backend closed).
-    async fn relay(&self, connected: &Connected, close: &CancellationToken) -> SessionEnd {
+    /// Forwards until the session ends by itself or is closed (shutdown, backend closed): the
+    /// backend's closer is a child of the shutdown token, so one future waits for both.
+    async fn relay(&self, connected: &Connected) -> SessionEnd {
         let meter = SessionMeter {
             backend: &connected.backend.state.stats.traffic,
             server: &self.server.stats.traffic,
         };
         let outcome = tokio::select! {
             outcome = self.forward(connected, &meter) => outcome,
-            () = close.cancelled() => Err(Closed(SessionEnd::Shutdown)),
             () = connected.backend_closer.cancelled() => {
                 Err(Closed(connected.backend.state.close_reason()))
             }
@@ -266,7 +254,8 @@ impl Session {
         meter: &SessionMeter<'_>,
     ) -> Result<forward::Transferred, Interrupted> {
         if let Some(ProxyProtocolVersion::V1) = self.server.config.proxy_protocol {
-            let header = proxy_protocol::v1_header(self.peer, self.local);
+            let local = self.client.local_addr().unwrap_or(self.peer);
+            let header = proxy_protocol::v1_header(self.peer, local);
             forward::write_all(&connected.stream, header.as_bytes())
                 .await
                 .map_err(|source| {

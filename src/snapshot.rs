@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::backend::{Backend, BackendState, Health};
 use crate::config::{CheckKind, Config, InitialStatus, RuntimeConfig, ServerConfig};
 use crate::forward;
@@ -24,8 +26,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the runtime view of `config`, carrying state over from `previous`.
-    pub fn new(config: Config, previous: Option<&Snapshot>) -> Self {
+    /// Builds the runtime view of `config`, carrying state over from `previous`. New backends'
+    /// sessions also close when `all_sessions` is cancelled.
+    pub fn new(
+        config: Config,
+        previous: Option<&Snapshot>,
+        all_sessions: &CancellationToken,
+    ) -> Self {
         let servers = config
             .servers
             .iter()
@@ -34,7 +41,7 @@ impl Snapshot {
                     None => Origin::Start,
                     Some(snapshot) => Origin::Reload(snapshot.server(name).map(Arc::as_ref)),
                 };
-                let server = Server::new(server.clone(), &config.runtime, origin);
+                let server = Server::new(server.clone(), &config.runtime, origin, all_sessions);
                 (name.clone(), Arc::new(server))
             })
             .collect();
@@ -87,7 +94,12 @@ pub enum Origin<'a> {
 }
 
 impl Server {
-    pub fn new(config: ServerConfig, runtime: &RuntimeConfig, origin: Origin<'_>) -> Self {
+    pub fn new(
+        config: ServerConfig,
+        runtime: &RuntimeConfig,
+        origin: Origin<'_>,
+        all_sessions: &CancellationToken,
+    ) -> Self {
         let checked = !matches!(config.healthcheck.kind, CheckKind::None);
         let initial_health = match (origin, config.healthcheck.initial_status) {
             _ if !checked => Health::Up,
@@ -105,7 +117,7 @@ impl Server {
                 let state = previous
                     .and_then(|server| server.pool.find(&spec.target()))
                     .map(|backend| Arc::clone(&backend.state))
-                    .unwrap_or_else(|| Arc::new(BackendState::new(initial_health)));
+                    .unwrap_or_else(|| Arc::new(BackendState::new(initial_health, all_sessions)));
                 Arc::new(Backend::new(spec.clone(), state))
             })
             .collect();

@@ -131,7 +131,8 @@ impl Supervisor {
         config: Config,
         mut inherited: InheritedSockets,
     ) -> Result<Self, StartError> {
-        let snapshot = Snapshot::new(config, None);
+        let close_sessions = CancellationToken::new();
+        let snapshot = Snapshot::new(config, None, &close_sessions);
         let mut bound = Vec::new();
         for server in snapshot.servers() {
             let listener = bind(&server.config.name, &server.config.bind, &mut inherited)?;
@@ -147,7 +148,7 @@ impl Supervisor {
             shared: Shared {
                 snapshot: Arc::clone(&snapshot),
                 sessions: TaskTracker::new(),
-                close_sessions: CancellationToken::new(),
+                close_sessions,
             },
             listeners: Mutex::new(BTreeMap::new()),
             reloading: tokio::sync::Mutex::new(()),
@@ -237,7 +238,7 @@ impl Supervisor {
 
     fn apply(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let current = self.shared.snapshot.load_full();
-        let next = Snapshot::new(config, Some(&current));
+        let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions);
         let running: BTreeMap<String, BindAddr> = self
             .lock_listeners()
             .iter()

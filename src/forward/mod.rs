@@ -12,8 +12,11 @@
 //! splice cannot be used. Either holds its pipe or buffer only while data is in flight.
 
 mod copy;
+mod idle;
 #[allow(unsafe_code)]
 mod splice;
+
+use idle::IdleClock;
 
 use std::io;
 use std::net::Shutdown;
@@ -126,50 +129,100 @@ pub async fn bidirectional(
     options: &Options,
     meter: &impl Meter,
 ) -> Result<Transferred, ForwardError> {
+    let result = drive(client, backend, options, meter).await;
+    if let Err(error) = &result {
+        let peer = match error.peer() {
+            Side::Client => client,
+            Side::Backend => backend,
+        };
+        // Best effort: the socket may already be gone.
+        let _ = SockRef::from(peer).set_linger(Some(Duration::ZERO));
+    }
+    result
+}
+
+/// Runs both directions and the idle watchdog until both directions end or one fails.
+///
+/// The direction futures are pinned in place and polled by reference: wrapping them in a join
+/// combinator inside an async block would store each twice in the session's future.
+async fn drive(
+    client: &TcpStream,
+    backend: &TcpStream,
+    options: &Options,
+    meter: &impl Meter,
+) -> Result<Transferred, ForwardError> {
+    let timeouts = (options.client_idle_timeout, options.backend_idle_timeout);
+    let clock = IdleClock::new();
+    let clock = (timeouts != (None, None)).then_some(&clock);
     let to_backend = forward(
-        Leg::new(
-            client,
-            backend,
-            Direction::ToBackend,
-            options.client_idle_timeout,
-        ),
+        Leg::new(client, backend, Direction::ToBackend, clock),
         options,
         meter,
     );
     let to_client = forward(
-        Leg::new(
-            backend,
-            client,
-            Direction::ToClient,
-            options.backend_idle_timeout,
-        ),
+        Leg::new(backend, client, Direction::ToClient, clock),
         options,
         meter,
     );
-    match tokio::try_join!(to_backend, to_client) {
-        Ok((to_backend, to_client)) => Ok(Transferred {
-            to_backend,
-            to_client,
-        }),
-        Err(error) => {
-            let peer = match error.peer() {
-                Side::Client => client,
-                Side::Backend => backend,
-            };
-            // Best effort: the socket may already be gone.
-            let _ = SockRef::from(peer).set_linger(Some(Duration::ZERO));
-            Err(error)
+    let idle = idle::watch(clock, timeouts);
+    tokio::pin!(to_backend, to_client, idle);
+    let (mut sent, mut received) = (None, None);
+    while sent.is_none() || received.is_none() {
+        tokio::select! {
+            result = &mut to_backend, if sent.is_none() => sent = Some(result?),
+            result = &mut to_client, if received.is_none() => received = Some(result?),
+            error = &mut idle => return Err(error),
+        }
+    }
+    Ok(Transferred {
+        to_backend: sent.unwrap_or_default(),
+        to_client: received.unwrap_or_default(),
+    })
+}
+
+/// What one transfer step (from readable to would-block) ended with, and the bytes it moved.
+enum Step {
+    /// The source has no more data for now.
+    Drained(u64),
+    /// The source sent EOF.
+    Ended(u64),
+    /// Splice cannot serve this direction (nothing was moved): copy instead.
+    Unsupported,
+}
+
+/// Forwards one direction until its source's EOF; returns the bytes moved.
+///
+/// Between bursts the direction only waits for its source to be readable, holding neither a
+/// pipe nor a buffer. Each burst (readable to would-block) is one transfer step of the
+/// direction's strategy, boxed: allocated when data arrives and freed when the source is
+/// drained, so an idle session's future stays small (most API-server sessions are idle).
+async fn forward(leg: Leg<'_>, options: &Options, meter: &impl Meter) -> Result<u64, ForwardError> {
+    let mut splicing = options.mode != ForwardingMode::Copy;
+    let mut total = 0u64;
+    loop {
+        leg.source_readable().await?;
+        match Box::pin(burst(&leg, splicing, options, meter)).await? {
+            Step::Drained(moved) => total += moved,
+            Step::Ended(moved) => {
+                leg.finish()?;
+                return Ok(total + moved);
+            }
+            Step::Unsupported => splicing = false,
         }
     }
 }
 
-/// One direction with the configured strategy.
-async fn forward(leg: Leg<'_>, options: &Options, meter: &impl Meter) -> Result<u64, ForwardError> {
-    match options.mode {
-        ForwardingMode::Copy => copy::forward(leg, options.copy_buffer_size, meter).await,
-        ForwardingMode::Auto | ForwardingMode::Splice => {
-            splice::forward(leg, options.pipe_size, options.copy_buffer_size, meter).await
-        }
+/// One transfer step with the direction's current strategy.
+async fn burst(
+    leg: &Leg<'_>,
+    splicing: bool,
+    options: &Options,
+    meter: &impl Meter,
+) -> Result<Step, ForwardError> {
+    if splicing {
+        splice::transfer(leg, options.pipe_size, meter).await
+    } else {
+        copy::transfer(leg, options.copy_buffer_size, meter).await
     }
 }
 
@@ -179,7 +232,7 @@ async fn forward(leg: Leg<'_>, options: &Options, meter: &impl Meter) -> Result<
 /// The write error; part of `data` may have been written.
 pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        stream.writable().await?;
+        write_ready(stream).await?;
         match stream.try_write(data) {
             Ok(written) => data = &data[written..],
             Err(error)
@@ -193,12 +246,29 @@ pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Waits until `stream` is readable, through the stream's own read waker slot.
+///
+/// `TcpStream::readable()` would put a 150-byte waiter node into every session's future; the
+/// waker slot costs nothing, but only one task may wait on it at a time. That holds here: each
+/// socket's read side is waited on by exactly one direction of one session, its write side
+/// by the other.
+async fn read_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+}
+
+/// Waits until `stream` is writable, through the stream's own write waker slot (see
+/// [`read_ready`]).
+async fn write_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await
+}
+
 /// One direction of a session: where bytes come from and go to.
 struct Leg<'a> {
     source: &'a TcpStream,
     sink: &'a TcpStream,
     direction: Direction,
-    idle_timeout: Option<Duration>,
+    /// Present when the session has idle timeouts.
+    clock: Option<&'a IdleClock>,
 }
 
 impl<'a> Leg<'a> {
@@ -206,13 +276,21 @@ impl<'a> Leg<'a> {
         source: &'a TcpStream,
         sink: &'a TcpStream,
         direction: Direction,
-        idle_timeout: Option<Duration>,
+        clock: Option<&'a IdleClock>,
     ) -> Self {
         Self {
             source,
             sink,
             direction,
-            idle_timeout,
+            clock,
+        }
+    }
+
+    /// Accounts for `bytes` read from the source and written to the sink.
+    fn moved(&self, bytes: usize, meter: &impl Meter) {
+        meter.record(self.direction, bytes as u64);
+        if let Some(clock) = self.clock {
+            clock.touch(self.direction);
         }
     }
 
@@ -244,24 +322,18 @@ impl<'a> Leg<'a> {
         }
     }
 
-    /// Waits until the source has data or EOF, bounded by the idle timeout.
+    /// Waits until the source has data or EOF.
     async fn source_readable(&self) -> Result<(), ForwardError> {
-        let readable = self.source.readable();
-        let ready =
-            match self.idle_timeout {
-                None => readable.await,
-                Some(timeout) => tokio::time::timeout(timeout, readable).await.map_err(|_| {
-                    ForwardError::Idle {
-                        side: self.source_side(),
-                        timeout,
-                    }
-                })?,
-            };
-        ready.map_err(|error| self.source_error(error))
+        read_ready(self.source)
+            .await
+            .map_err(|error| self.source_error(error))
     }
 
     /// The source ended: pass the EOF on as a half-close of the sink.
     fn finish(&self) -> Result<(), ForwardError> {
+        if let Some(clock) = self.clock {
+            clock.finish(self.direction);
+        }
         match SockRef::from(self.sink).shutdown(Shutdown::Write) {
             Ok(()) => Ok(()),
             // The sink is already fully closed; the other direction reports it if it matters.

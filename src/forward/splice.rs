@@ -20,64 +20,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::Interest;
 use tracing::warn;
 
-use super::{ForwardError, Leg, Meter, copy};
+use super::{ForwardError, Leg, Meter, Step};
 
 /// Idle pipes kept per worker thread: enough to absorb bursts without holding many
 /// descriptors on a mostly idle balancer.
 const POOL_PER_THREAD: usize = 16;
 
-/// Forwards one direction until the source's EOF; returns the bytes moved.
+/// Moves data source -> pipe -> sink until the source would block or ends. Called when the
+/// source is readable.
 ///
-/// Falls back to the copy path for the rest of this direction when no pipe can be had
-/// (EMFILE, ENFILE, ENOMEM) or the kernel cannot splice these sockets (EINVAL).
-pub(super) async fn forward(
-    leg: Leg<'_>,
-    pipe_size: usize,
-    copy_buffer_size: usize,
-    meter: &impl Meter,
-) -> Result<u64, ForwardError> {
-    let mut total = 0u64;
-    loop {
-        leg.source_readable().await?;
-        let pipe = match Pipe::take(pipe_size) {
-            Ok(pipe) => pipe,
-            Err(error) => {
-                log_fallback_once("cannot create a pipe", &error);
-                return Ok(total + copy::forward(leg, copy_buffer_size, meter).await?);
-            }
-        };
-        match pump(&leg, pipe, meter, &mut total).await? {
-            Pumped::SourceDrained => {}
-            Pumped::SourceEnded => {
-                leg.finish()?;
-                return Ok(total);
-            }
-            Pumped::Unsupported(error) => {
-                log_fallback_once("splice is not supported for these sockets", &error);
-                return Ok(total + copy::forward(leg, copy_buffer_size, meter).await?);
-            }
-        }
-    }
-}
-
-/// How a pump round ended.
-enum Pumped {
-    /// The source would block: wait for readiness again (the pipe went back to the pool).
-    SourceDrained,
-    /// The source sent EOF.
-    SourceEnded,
-    /// splice(2) refused these descriptors before anything was moved.
-    Unsupported(io::Error),
-}
-
-/// Moves data source -> pipe -> sink until the source would block or ends.
-async fn pump(
+/// Returns [`Step::Unsupported`] before moving anything when no pipe can be had (EMFILE,
+/// ENFILE, ENOMEM) or the kernel cannot splice these sockets (EINVAL): the caller then copies.
+pub(super) async fn transfer(
     leg: &Leg<'_>,
-    mut pipe: Pipe,
+    pipe_size: usize,
     meter: &impl Meter,
-    total: &mut u64,
-) -> Result<Pumped, ForwardError> {
+) -> Result<Step, ForwardError> {
+    let mut pipe = match Pipe::take(pipe_size) {
+        Ok(pipe) => pipe,
+        Err(error) => {
+            log_fallback_once("cannot create a pipe", &error);
+            return Ok(Step::Unsupported);
+        }
+    };
     let source = leg.source.as_raw_fd();
+    let mut moved = 0u64;
     loop {
         // The pipe is empty here (invariant): an EAGAIN can only come from the socket.
         let spliced = leg.source.try_io(Interest::READABLE, || {
@@ -86,22 +53,23 @@ async fn pump(
         match spliced {
             Ok(0) => {
                 pipe.give_back();
-                return Ok(Pumped::SourceEnded);
+                return Ok(Step::Ended(moved));
             }
-            Ok(moved) => {
-                pipe.len = moved;
+            Ok(bytes) => {
+                pipe.len = bytes;
                 drain(leg, &mut pipe).await?;
-                *total += moved as u64;
-                meter.record(leg.direction, moved as u64);
+                moved += bytes as u64;
+                leg.moved(bytes, meter);
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 pipe.give_back();
-                return Ok(Pumped::SourceDrained);
+                return Ok(Step::Drained(moved));
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) if error.raw_os_error() == Some(libc::EINVAL) && *total == 0 => {
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) && moved == 0 => {
                 pipe.give_back();
-                return Ok(Pumped::Unsupported(error));
+                log_fallback_once("splice is not supported for these sockets", &error);
+                return Ok(Step::Unsupported);
             }
             Err(error) => return Err(leg.source_error(error)),
         }
@@ -109,12 +77,11 @@ async fn pump(
 }
 
 /// Writes everything in the pipe to the sink. On error the pipe, still holding data, is
-/// dropped (closed) by the caller's unwinding of `pump`.
+/// dropped (closed) when `transfer` returns.
 async fn drain(leg: &Leg<'_>, pipe: &mut Pipe) -> Result<(), ForwardError> {
     let sink = leg.sink.as_raw_fd();
     while pipe.len > 0 {
-        leg.sink
-            .writable()
+        super::write_ready(leg.sink)
             .await
             .map_err(|error| leg.sink_error(error))?;
         let spliced = leg.sink.try_io(Interest::WRITABLE, || {

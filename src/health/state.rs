@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn initially_unhealthy_needs_the_passes() {
-        let state = BackendState::new(Health::Down);
+        let state = BackendState::new(Health::Down, &Default::default());
         assert_eq!(observe_check(&state, true, TWO_AND_TWO), None);
         assert_eq!(
             observe_check(&state, true, TWO_AND_TWO),
