@@ -1,4 +1,5 @@
-//! gobetween's REST API and Prometheus endpoint, and betwixt's runtime backend control.
+//! gobetween's REST API and Prometheus endpoint, betwixt's runtime backend control, and the
+//! `betwixt status` client.
 //!
 //! The daemon starts [`Endpoints`]: one HTTP listener for `[api]` and one for `[metrics]`, each
 //! an accept task ([`listener`]) that serves HTTP/1.1 connections on their own tasks. Handlers
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod cors;
 pub mod endpoints;
@@ -25,6 +27,7 @@ pub mod root;
 pub mod route;
 pub mod servers;
 pub mod stats;
+pub mod status;
 pub mod tls;
 
 use std::net::SocketAddr;
