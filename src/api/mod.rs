@@ -53,6 +53,8 @@ use crate::supervisor::Supervisor;
 
 /// The largest request body accepted (a `POST /servers/NAME`).
 const MAX_BODY_BYTES: usize = 1 << 20;
+/// Time a client has to send a request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What `[api]` says about serving requests, besides where to listen.
 #[derive(Clone)]
@@ -183,16 +185,18 @@ impl Api {
     }
 }
 
-/// The whole body, up to [`MAX_BODY_BYTES`].
+/// The whole body, up to [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`].
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) => Err(response::error(
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => Err(response::error(
             StatusCode::BAD_REQUEST,
             format!("cannot read the request body (at most {MAX_BODY_BYTES} bytes): {error}"),
+        )),
+        Err(_) => Err(response::error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
         )),
     }
 }
