@@ -3,7 +3,8 @@
 //!
 //! Driven from the daemon's main task. A reload that changes `[api]` or `[metrics]` applies
 //! the difference: a new bind gets a new listener before the old one stops; other `[api]`
-//! settings are swapped in place. A bind or TLS failure on reload is logged and the running
+//! settings are swapped in place. Every reload reads the `[api.tls]` files again, so a renewed
+//! certificate is picked up by a SIGHUP. A bind or TLS failure on reload is logged and the running
 //! listener stays, as a bad reload keeps the old config.
 
 use std::io;
@@ -157,7 +158,8 @@ impl Endpoints {
                 .start_api(config)
                 .map_err(|error| error!(%error, "REST API not started"))
                 .ok(),
-            Some(running) if running.config == *config => Some(running),
+            // Unchanged, except that the certificate files may have been renewed in place.
+            Some(running) if running.config == *config && config.tls.is_none() => Some(running),
             Some(running) if !config.enabled => {
                 running.listener.stop().await;
                 info!("REST API stopped");
@@ -173,13 +175,13 @@ impl Endpoints {
         };
     }
 
-    /// Same bind, other settings: swapped without a new socket.
+    /// Same bind: settings (and the TLS files, read again) swapped without a new socket.
     fn reconfigure_in_place(&self, mut running: RunningApi, config: &ApiConfig) -> RunningApi {
         match ApiSettings::load(config) {
             Ok(settings) => {
                 running.api.configure(settings);
                 running.config = config.clone();
-                info!("REST API settings changed");
+                info!(tls = config.tls.is_some(), "REST API settings applied");
             }
             Err(error) => error!(%error, "REST API settings not changed"),
         }

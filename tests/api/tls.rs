@@ -70,3 +70,46 @@ async fn the_api_serves_https_with_its_certificate() {
         "private CA not trusted"
     );
 }
+
+#[tokio::test]
+async fn a_reload_picks_up_a_renewed_certificate() {
+    let base = std::env::temp_dir().join(format!("betwixt-api-renew-{}", std::process::id()));
+    let (old, new) = (
+        Pki::generate(&base.join("old")),
+        Pki::generate(&base.join("new")),
+    );
+    let live = base.join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let install = |pki: &Pki| {
+        std::fs::copy(&pki.server_cert, live.join("cert.pem")).unwrap();
+        std::fs::copy(&pki.server_key, live.join("key.pem")).unwrap();
+    };
+    install(&old);
+    let tls = format!(
+        "[api.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+        live.join("cert.pem").display(),
+        live.join("key.pem").display()
+    );
+    let servers = server_config("k3s", "", &[closed_port().await], "");
+    let text = format!("{ENDPOINTS}{tls}{servers}");
+    let mut lb = Balancer::start(&text).await;
+    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let addr = lb.api();
+    let handshake = |pki: &Pki| {
+        let (connector, name) = (connector(pki), name.clone());
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            connector.connect(name, tcp).await.is_ok()
+        }
+    };
+    assert!(handshake(&old).await && !handshake(&new).await);
+
+    install(&new);
+    let config = config::load_str("test.toml", &text, &LoadOptions::default())
+        .unwrap()
+        .config;
+    lb.endpoints.reconfigure(&config).await;
+    assert!(handshake(&new).await, "the renewed certificate is served");
+    assert!(!handshake(&old).await);
+    let _ = std::fs::remove_dir_all(&base);
+}
