@@ -4,12 +4,16 @@
 //! some), tells systemd it is ready, then waits for signals. SIGHUP re-reads the config from
 //! the same source and flags; an invalid config is logged, reported to systemd, and the old
 //! one keeps serving. SIGTERM or SIGINT stops accepting and drains; a second one exits at once.
+//! The REST API and metrics listeners start with the balancer, follow reloads that change
+//! `[api]` or `[metrics]`, and stop once the sessions have drained, so the drain can be watched.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::api::{EndpointError, Endpoints};
 use crate::config::{self, Config, ConfigErrors, LoadOptions, Loaded};
 use crate::logging::LogControl;
 use crate::signal::{Command, Signals};
@@ -48,6 +52,8 @@ pub struct DaemonOptions {
 pub enum DaemonError {
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error("cannot write pidfile {path}: {source}")]
@@ -61,13 +67,19 @@ pub enum DaemonError {
 /// Runs the balancer for `config` until SIGTERM or SIGINT.
 ///
 /// # Errors
-/// A listener cannot be bound, signal handlers cannot be installed, or the pidfile cannot be
-/// written. Reload failures are not errors: they are logged and the old config stays.
+/// A listener (of a server, the API or the metrics) cannot be bound, signal handlers cannot be
+/// installed, or the pidfile cannot be written. Reload failures are not errors: they are
+/// logged and the old config stays.
 pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonError> {
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let mut grace = config.runtime.shutdown_timeout;
     let inherited = InheritedSockets::from_environment();
-    let supervisor = Supervisor::start_with_sockets(config, inherited).await?;
+    let supervisor = Arc::new(Supervisor::start_with_sockets(config, inherited).await?);
+    let mut endpoints = Endpoints::start(
+        &supervisor.snapshot().config,
+        Arc::clone(&supervisor),
+        options.source.path.clone(),
+    )?;
     if let Some(path) = &options.pidfile {
         write_pidfile(path)?;
     }
@@ -80,6 +92,7 @@ pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonErr
         match reload(&supervisor, &options).await {
             Some(new_grace) => {
                 grace = new_grace;
+                endpoints.reconfigure(&supervisor.snapshot().config).await;
                 systemd::ready(&status_line(&supervisor));
             }
             None => systemd::ready(&format!(
@@ -98,6 +111,7 @@ pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonErr
     tokio::select! {
         summary = supervisor.shutdown(grace) => {
             info!(closed_by_force = summary.closed_by_force, "shutdown complete");
+            endpoints.stop().await;
         }
         _ = signals.next() => {
             warn!(sessions = supervisor.open_sessions(), "second signal: exiting now");

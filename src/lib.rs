@@ -16,9 +16,12 @@
 //! - [`access`], [`proxy_protocol`]: `[access]` rules and the PROXY v1 header.
 //! - [`logging`], [`signal`]: `[logging]` set-up, rate-limited events, signal handling.
 //! - [`demo`]: `betwixt demo`, local backends to watch it balance and fail over.
+//! - [`api`]: gobetween's REST API and Prometheus metrics, runtime drain/disable of a backend,
+//!   and the `betwixt status` client.
 #![deny(unsafe_code)]
 
 pub mod access;
+pub mod api;
 pub mod backend;
 pub mod balance;
 pub mod config;

@@ -1,11 +1,12 @@
 //! betwixt's command line: gobetween's surface (`-c FILE`, `from-file`, `-f`, `-e`, `-p`, `-v`,
-//! the `GOBETWEEN` environment variable) plus `check` and `demo`.
+//! the `GOBETWEEN` environment variable) plus `check`, `status` and `demo`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use betwixt::api::status::StatusOptions;
 use betwixt::config::{self, Format, LoadOptions, Loaded};
 use betwixt::daemon::{self, ConfigSource, DaemonOptions};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
@@ -69,6 +70,21 @@ enum Command {
         /// Treat unknown keys as errors.
         #[arg(long)]
         strict: bool,
+    },
+    /// Show a running betwixt's (or gobetween's) servers and backends, through its REST API.
+    Status {
+        /// The REST API's URL.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8888")]
+        api: String,
+        /// Login of [api.basic_auth].
+        #[arg(long, requires = "password")]
+        login: Option<String>,
+        /// Password of [api.basic_auth].
+        #[arg(long, requires = "login")]
+        password: Option<String>,
+        /// PEM CA certificate to verify an https API against (default: the system's roots).
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
     },
     /// Run the balancer in front of three local demo backends, to watch it balance and fail over.
     Demo {
@@ -146,6 +162,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(check(path, LoadOptions { strict, ..options }));
         }
         Some(Command::Demo { port }) => return demo(port),
+        Some(Command::Status {
+            api,
+            login,
+            password,
+            cacert,
+        }) => {
+            let options = StatusOptions {
+                api,
+                login,
+                password,
+                ca_cert: cacert,
+            };
+            return status(&options);
+        }
     };
     let Some(path) = path else {
         use clap::CommandFactory;
@@ -206,6 +236,24 @@ fn check(path: PathBuf, options: LoadOptions) -> ExitCode {
             eprintln!("{errors}");
             eprintln!("{}: configuration is invalid", path.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `betwixt status`: prints the table; exit status 1 when the API cannot be asked.
+fn status(options: &StatusOptions) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(betwixt::api::status::fetch(options)) {
+        Ok(status) => {
+            print!("{status}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("betwixt status: {error}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

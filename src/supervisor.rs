@@ -214,8 +214,24 @@ impl Supervisor {
     /// # Errors
     /// A new listener could not be bound; the running config is untouched.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
+        self.update(|_| Ok(config)).await
+    }
+
+    /// Like [`reload`](Self::reload), with the next config derived from the running one: `edit`
+    /// sees the config in force and returns the next one, or refuses. No other reload can run
+    /// between the two, so a change made through the REST API never undoes a concurrent SIGHUP
+    /// reload (or the other way round). Either outcome is counted as a reload.
+    ///
+    /// # Errors
+    /// What `edit` returned, or a new listener could not be bound; the running config is
+    /// untouched.
+    pub async fn update<E: From<StartError>>(
+        &self,
+        edit: impl FnOnce(&Config) -> Result<Config, E>,
+    ) -> Result<ReloadSummary, E> {
         let _one_at_a_time = self.reloading.lock().await;
-        let result = self.apply(config);
+        let current = self.snapshot();
+        let result = edit(&current.config).and_then(|config| self.apply(config).map_err(E::from));
         match &result {
             Ok(_) => {
                 self.stats.reloads_applied.fetch_add(1, Ordering::Relaxed);

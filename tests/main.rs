@@ -1,6 +1,7 @@
 //! End-to-end tests over loopback: in-process backends on ephemeral ports, the balancer in
 //! front of them, real sockets in between.
 
+mod api;
 mod balancing;
 mod cli;
 mod daemon;

@@ -44,6 +44,9 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// One entry per `[servers.NAME]`, ordered by name.
     pub servers: BTreeMap<String, ServerConfig>,
+    /// The file as parsed, which this config was validated from: what `/dump` serialises and
+    /// what the REST API edits (adding or removing a server) before validating it again.
+    pub raw: raw::RawConfig,
 }
 
 /// `[logging]`.

@@ -67,6 +67,7 @@ pub fn validate(
         metrics,
         runtime,
         servers,
+        raw: raw.clone(),
     };
     report.finish(Some(config))
 }

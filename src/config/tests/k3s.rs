@@ -222,13 +222,18 @@ fn expected_config() -> Config {
             copy_buffer_size: 65536,
         },
         servers,
+        raw: raw::RawConfig::default(),
     }
 }
 
 #[test]
 fn k3s_config_validates_into_expected_values() {
     let loaded = load_ok(K3S_TOML);
-    assert_eq!(loaded.config, expected_config());
+    let expected = Config {
+        raw: loaded.config.raw.clone(),
+        ..expected_config()
+    };
+    assert_eq!(loaded.config, expected);
     assert_eq!(loaded.warnings, Vec::<ConfigWarning>::new());
 }
 

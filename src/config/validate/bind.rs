@@ -77,6 +77,15 @@ fn lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
 }
 
 impl BindAddr {
+    /// Parses and resolves a listen address as validation does, for a listener started from an
+    /// already validated config (the API's and the metrics').
+    ///
+    /// # Errors
+    /// The text is not `host:port`, or the host does not resolve; the message says which.
+    pub fn resolve(text: &str) -> Result<BindAddr, String> {
+        resolve(text)
+    }
+
     /// Whether two listeners would collide: the same non-zero port and the same address, or
     /// either one a wildcard (empty host, `0.0.0.0`, `::`), which takes every address.
     pub fn conflicts_with(&self, other: &BindAddr) -> bool {
