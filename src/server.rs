@@ -301,12 +301,18 @@ async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Conne
         let Some(slot) = backend.try_acquire() else {
             continue;
         };
+        // Taken before connecting: a backend closed while we connect closes this session too.
+        // A backend closed between the pick and this line handed out a fresh token, but its
+        // new state is visible by now (it is stored before the token is swapped): skip it.
+        let backend_closer = backend.state.session_closer();
+        if !backend.accepts_new_sessions() || !(backend.is_healthy() || !server.pool.any_healthy())
+        {
+            continue;
+        }
         if made > 0 {
             server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
         }
         made += 1;
-        // Taken before connecting: a backend closed while we connect closes this session too.
-        let backend_closer = backend.state.session_closer();
         let started = tokio::time::Instant::now();
         match connect_backend(backend, server.config.backend_connection_timeout).await {
             Ok(stream) => {

@@ -11,8 +11,10 @@
 //! leaves the config or the process restarts. It is independent of health: a drained backend
 //! is still checked, and a disabled one that comes back up stays disabled.
 //!
-//! Known race: a session that picked the backend an instant before `disable` and had not yet
-//! registered for closing keeps running; repeating `disable` closes it.
+//! No session escapes `disable`: the state is stored before the backend's closer is swapped,
+//! and a connecting session re-reads the state after taking its closer (see
+//! `server::connect_with_retry`), so it either holds the old closer (and is closed) or sees
+//! the new state (and skips the backend).
 
 use hyper::{Response, StatusCode};
 use tracing::info;
