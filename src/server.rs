@@ -305,8 +305,9 @@ async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Conne
         // A backend closed between the pick and this line handed out a fresh token, but its
         // new state is visible by now (it is stored before the token is swapped): skip it.
         let backend_closer = backend.state.session_closer();
-        if !backend.accepts_new_sessions() || !(backend.is_healthy() || !server.pool.any_healthy())
-        {
+        let still_routable =
+            backend.accepts_new_sessions() && (backend.is_healthy() || !server.pool.any_healthy());
+        if !still_routable {
             continue;
         }
         if made > 0 {
