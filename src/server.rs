@@ -195,8 +195,27 @@ impl Session {
             return;
         };
         drop(close);
+        if server.config.proxy_protocol.is_some() {
+            // Boxed for the same reason as connecting.
+            if let Err(error) = Box::pin(self.send_proxy_header(&connected)).await {
+                debug!(server = server.name(), client = %self.peer, backend = %connected.backend.target, %error, "cannot send the PROXY header");
+                server.stats.ended.record(SessionEnd::Error);
+                return;
+            }
+        }
         let end = self.relay(&connected).await;
         server.stats.ended.record(end);
+    }
+
+    async fn send_proxy_header(&self, connected: &Connected) -> io::Result<()> {
+        match self.server.config.proxy_protocol {
+            Some(ProxyProtocolVersion::V1) => {
+                let local = self.client.local_addr()?;
+                let header = proxy_protocol::v1_header(self.peer, local);
+                forward::write_all(&connected.stream, header.as_bytes()).await
+            }
+            None => Ok(()),
+        }
     }
 
     fn report_unserved(&self) {
@@ -220,8 +239,14 @@ impl Session {
             backend: &connected.backend.state.stats.traffic,
             server: &self.server.stats.traffic,
         };
+        let forwarding = forward::bidirectional(
+            &self.client,
+            &connected.stream,
+            &self.server.forward,
+            &meter,
+        );
         let outcome = tokio::select! {
-            outcome = self.forward(connected, &meter) => outcome,
+            outcome = forwarding => outcome.map_err(Failed),
             () = connected.backend_closer.cancelled() => {
                 Err(Closed(connected.backend.state.close_reason()))
             }
@@ -246,28 +271,6 @@ impl Session {
             "session ended"
         );
         end
-    }
-
-    async fn forward(
-        &self,
-        connected: &Connected,
-        meter: &SessionMeter<'_>,
-    ) -> Result<forward::Transferred, Interrupted> {
-        if let Some(ProxyProtocolVersion::V1) = self.server.config.proxy_protocol {
-            let local = self.client.local_addr().unwrap_or(self.peer);
-            let header = proxy_protocol::v1_header(self.peer, local);
-            forward::write_all(&connected.stream, header.as_bytes())
-                .await
-                .map_err(|source| {
-                    Failed(ForwardError::Io {
-                        side: forward::Side::Backend,
-                        source,
-                    })
-                })?;
-        }
-        forward::bidirectional(&self.client, &connected.stream, &self.server.forward, meter)
-            .await
-            .map_err(Failed)
     }
 }
 

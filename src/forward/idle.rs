@@ -6,12 +6,15 @@
 //! sleeps until the earliest deadline and checks the stamps. A read costs a clock read and a
 //! relaxed store, not a timer reset, and a session without idle timeouts holds no timer at all.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Direction, ForwardError, Side};
+use super::{Direction, ForwardError, Options, Side};
 
 /// Marks a direction whose source has ended: it can no longer be idle.
 const FINISHED: u64 = u64::MAX;
@@ -59,21 +62,19 @@ impl IdleClock {
     }
 }
 
-/// The session's watchdog when it has idle timeouts (`clock` present), boxed so sessions without
-/// timeouts (most API watches) carry no timer; otherwise a future that never resolves.
-pub(super) async fn watch(
-    clock: Option<&IdleClock>,
-    (client_timeout, backend_timeout): (Option<Duration>, Option<Duration>),
-) -> ForwardError {
-    match clock {
-        Some(clock) => Box::pin(watchdog(clock, client_timeout, backend_timeout)).await,
-        None => std::future::pending().await,
-    }
+/// The watchdog of a session with idle timeouts, boxed: a session without timeouts (most API
+/// watches) carries no timer at all.
+pub(super) fn watchdog(
+    clock: Arc<IdleClock>,
+    options: &Options,
+) -> Pin<Box<dyn Future<Output = ForwardError> + Send>> {
+    let timeouts = (options.client_idle_timeout, options.backend_idle_timeout);
+    Box::pin(async move { watch(&clock, timeouts.0, timeouts.1).await })
 }
 
 /// Resolves with the idle error of the first direction to exceed its timeout; never resolves
 /// when neither direction has one.
-async fn watchdog(
+async fn watch(
     clock: &IdleClock,
     client_timeout: Option<Duration>,
     backend_timeout: Option<Duration>,
@@ -118,7 +119,7 @@ mod tests {
     async fn fires_for_the_quiet_direction_only_after_its_timeout() {
         let clock = IdleClock::new();
         let second = Duration::from_secs(1);
-        let watchdog = watchdog(&clock, Some(second * 10), None);
+        let watchdog = watch(&clock, Some(second * 10), None);
         tokio::pin!(watchdog);
         for _ in 0..5 {
             tokio::time::advance(second * 3).await;
@@ -143,7 +144,7 @@ mod tests {
     async fn an_ended_direction_is_never_idle() {
         let clock = IdleClock::new();
         clock.finish(Direction::ToClient);
-        let watchdog = watchdog(&clock, None, Some(Duration::from_secs(1)));
+        let watchdog = watch(&clock, None, Some(Duration::from_secs(1)));
         tokio::pin!(watchdog);
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(futures_poll(&mut watchdog).await.is_none());

@@ -12,17 +12,18 @@
 //! splice cannot be used. Either holds its pipe or buffer only while data is in flight.
 
 mod copy;
+mod direction;
 mod idle;
+mod relay;
 #[allow(unsafe_code)]
 mod splice;
 
-use idle::IdleClock;
+use direction::{Leg, Step};
+pub use relay::Relay;
 
 use std::io;
-use std::net::Shutdown;
 use std::time::Duration;
 
-use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use crate::config::ForwardingMode;
@@ -123,107 +124,13 @@ impl ForwardError {
 /// The first socket error or idle timeout of either direction; the other direction stops at
 /// once. The caller drops both streams, which closes them; the peer of the failed side has been
 /// set to reset on close.
-pub async fn bidirectional(
-    client: &TcpStream,
-    backend: &TcpStream,
-    options: &Options,
-    meter: &impl Meter,
-) -> Result<Transferred, ForwardError> {
-    let result = drive(client, backend, options, meter).await;
-    if let Err(error) = &result {
-        let peer = match error.peer() {
-            Side::Client => client,
-            Side::Backend => backend,
-        };
-        // Best effort: the socket may already be gone.
-        let _ = SockRef::from(peer).set_linger(Some(Duration::ZERO));
-    }
-    result
-}
-
-/// Runs both directions and the idle watchdog until both directions end or one fails.
-///
-/// The direction futures are pinned in place and polled by reference: wrapping them in a join
-/// combinator inside an async block would store each twice in the session's future.
-async fn drive(
-    client: &TcpStream,
-    backend: &TcpStream,
-    options: &Options,
-    meter: &impl Meter,
-) -> Result<Transferred, ForwardError> {
-    let timeouts = (options.client_idle_timeout, options.backend_idle_timeout);
-    let clock = IdleClock::new();
-    let clock = (timeouts != (None, None)).then_some(&clock);
-    let to_backend = forward(
-        Leg::new(client, backend, Direction::ToBackend, clock),
-        options,
-        meter,
-    );
-    let to_client = forward(
-        Leg::new(backend, client, Direction::ToClient, clock),
-        options,
-        meter,
-    );
-    let idle = idle::watch(clock, timeouts);
-    tokio::pin!(to_backend, to_client, idle);
-    let (mut sent, mut received) = (None, None);
-    while sent.is_none() || received.is_none() {
-        tokio::select! {
-            result = &mut to_backend, if sent.is_none() => sent = Some(result?),
-            result = &mut to_client, if received.is_none() => received = Some(result?),
-            error = &mut idle => return Err(error),
-        }
-    }
-    Ok(Transferred {
-        to_backend: sent.unwrap_or_default(),
-        to_client: received.unwrap_or_default(),
-    })
-}
-
-/// What one transfer step (from readable to would-block) ended with, and the bytes it moved.
-enum Step {
-    /// The source has no more data for now.
-    Drained(u64),
-    /// The source sent EOF.
-    Ended(u64),
-    /// Splice cannot serve this direction (nothing was moved): copy instead.
-    Unsupported,
-}
-
-/// Forwards one direction until its source's EOF; returns the bytes moved.
-///
-/// Between bursts the direction only waits for its source to be readable, holding neither a
-/// pipe nor a buffer. Each burst (readable to would-block) is one transfer step of the
-/// direction's strategy, boxed: allocated when data arrives and freed when the source is
-/// drained, so an idle session's future stays small (most API-server sessions are idle).
-async fn forward(leg: Leg<'_>, options: &Options, meter: &impl Meter) -> Result<u64, ForwardError> {
-    let mut splicing = options.mode != ForwardingMode::Copy;
-    let mut total = 0u64;
-    loop {
-        leg.source_readable().await?;
-        match Box::pin(burst(&leg, splicing, options, meter)).await? {
-            Step::Drained(moved) => total += moved,
-            Step::Ended(moved) => {
-                leg.finish()?;
-                return Ok(total + moved);
-            }
-            Step::Unsupported => splicing = false,
-        }
-    }
-}
-
-/// One transfer step with the direction's current strategy.
-async fn burst(
-    leg: &Leg<'_>,
-    splicing: bool,
-    options: &Options,
-    meter: &impl Meter,
-) -> Result<Step, ForwardError> {
-    if splicing {
-        splice::transfer(leg, options.pipe_size, meter).await
-    } else {
-        copy::transfer(leg, options.copy_buffer_size, meter).await
-    }
+pub fn bidirectional<'a, M: Meter + Sync>(
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    options: &'a Options,
+    meter: &'a M,
+) -> Relay<'a, M> {
+    Relay::new(client, backend, options, meter)
 }
 
 /// Writes all of `data` to a shared stream reference (the forwarding paths never need `&mut`).
@@ -246,99 +153,12 @@ pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until `stream` is readable, through the stream's own read waker slot.
+/// Waits until `stream` is writable, through the stream's own write waker slot.
 ///
-/// `TcpStream::readable()` would put a 150-byte waiter node into every session's future; the
+/// `TcpStream::writable()` would put a 150-byte waiter node into the waiting future; the
 /// waker slot costs nothing, but only one task may wait on it at a time. That holds here: each
-/// socket's read side is waited on by exactly one direction of one session, its write side
-/// by the other.
-async fn read_ready(stream: &TcpStream) -> io::Result<()> {
-    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
-}
-
-/// Waits until `stream` is writable, through the stream's own write waker slot (see
-/// [`read_ready`]).
+/// socket's write side is waited on by exactly one direction of one session (and its read
+/// side by the other).
 async fn write_ready(stream: &TcpStream) -> io::Result<()> {
     std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await
-}
-
-/// One direction of a session: where bytes come from and go to.
-struct Leg<'a> {
-    source: &'a TcpStream,
-    sink: &'a TcpStream,
-    direction: Direction,
-    /// Present when the session has idle timeouts.
-    clock: Option<&'a IdleClock>,
-}
-
-impl<'a> Leg<'a> {
-    fn new(
-        source: &'a TcpStream,
-        sink: &'a TcpStream,
-        direction: Direction,
-        clock: Option<&'a IdleClock>,
-    ) -> Self {
-        Self {
-            source,
-            sink,
-            direction,
-            clock,
-        }
-    }
-
-    /// Accounts for `bytes` read from the source and written to the sink.
-    fn moved(&self, bytes: usize, meter: &impl Meter) {
-        meter.record(self.direction, bytes as u64);
-        if let Some(clock) = self.clock {
-            clock.touch(self.direction);
-        }
-    }
-
-    fn source_side(&self) -> Side {
-        match self.direction {
-            Direction::ToBackend => Side::Client,
-            Direction::ToClient => Side::Backend,
-        }
-    }
-
-    fn sink_side(&self) -> Side {
-        match self.direction {
-            Direction::ToBackend => Side::Backend,
-            Direction::ToClient => Side::Client,
-        }
-    }
-
-    fn source_error(&self, source: io::Error) -> ForwardError {
-        ForwardError::Io {
-            side: self.source_side(),
-            source,
-        }
-    }
-
-    fn sink_error(&self, source: io::Error) -> ForwardError {
-        ForwardError::Io {
-            side: self.sink_side(),
-            source,
-        }
-    }
-
-    /// Waits until the source has data or EOF.
-    async fn source_readable(&self) -> Result<(), ForwardError> {
-        read_ready(self.source)
-            .await
-            .map_err(|error| self.source_error(error))
-    }
-
-    /// The source ended: pass the EOF on as a half-close of the sink.
-    fn finish(&self) -> Result<(), ForwardError> {
-        if let Some(clock) = self.clock {
-            clock.finish(self.direction);
-        }
-        match SockRef::from(self.sink).shutdown(Shutdown::Write) {
-            Ok(()) => Ok(()),
-            // The sink is already fully closed; the other direction reports it if it matters.
-            Err(error) if error.kind() == io::ErrorKind::NotConnected => Ok(()),
-            Err(error) => Err(self.sink_error(error)),
-        }
-    }
 }
