@@ -48,13 +48,21 @@ async fn echo_round_trip(addr: SocketAddr, seed: u64, len: usize) -> ([u8; 32], 
 
 /// Every forwarding path: splice with the default pipe, splice with the smallest pipe (so the
 /// pipe fills on nearly every read, the case the splice invariant guards), and user-space copy.
-const PATHS: [(&str, usize); 3] = [("splice", 65536), ("splice", 4096), ("copy", 65536)];
+const PATHS: [(&str, usize); 4] = [
+    ("splice", 1 << 20),
+    ("splice", 4096),
+    ("copy", 1 << 20),
+    ("copy", 1024),
+];
 
 /// `[betwixt]` settings selecting one forwarding path, prepended to a server config.
 fn on_path((mode, size): (&str, usize), config: &str) -> String {
-    format!(
-        "[betwixt]\nforwarding = \"{mode}\"\npipe_size = {size}\ncopy_buffer_size = {size}\n{config}"
-    )
+    let size_key = if mode == "copy" {
+        "copy_buffer_size"
+    } else {
+        "pipe_size"
+    };
+    format!("[betwixt]\nforwarding = \"{mode}\"\n{size_key} = {size}\n{config}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

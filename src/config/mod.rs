@@ -125,9 +125,11 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// `forwarding`, default auto (splice where the kernel allows it).
     pub forwarding: ForwardingMode,
-    /// `pipe_size`, default 65536 bytes: the splice pipe capacity per active direction.
+    /// `pipe_size`, default 1 MiB: the splice pipe capacity per active direction. Past the
+    /// kernel's per-user pipe quota (`fs.pipe-user-pages-soft`) pipes keep a smaller size.
     pub pipe_size: usize,
-    /// `copy_buffer_size`, default 65536 bytes: the user-space buffer per active direction.
+    /// `copy_buffer_size`, default 1 MiB: the largest user-space buffer of an active
+    /// direction; a burst starts with 16 KiB and grows while reads fill the buffer.
     pub copy_buffer_size: usize,
 }
 

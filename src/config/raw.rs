@@ -193,9 +193,9 @@ raw_table! {
         shutdown_timeout: String,
         /// auto | splice | copy; default auto.
         forwarding: String,
-        /// Bytes; default 65536.
+        /// Bytes; default 1048576.
         pipe_size: i64,
-        /// Bytes; default 65536.
+        /// Bytes; default 1048576.
         copy_buffer_size: i64,
     }
 }

@@ -2,19 +2,25 @@
 //!
 //! A direction holds its buffer only while data is in flight: it is allocated when the source
 //! becomes readable and freed once the source is drained, so an idle session costs no buffer.
+//! The buffer starts small and grows while reads keep filling it, so a watch event costs a few
+//! KiB and a bulk transfer moves up to `copy_buffer_size` bytes per system call.
 
 use std::io;
 
-use super::{ForwardError, Leg, Meter, Step};
+use super::direction::{Leg, Step};
+use super::{ForwardError, Meter};
+
+/// The first buffer of a burst: enough for a typical API request or watch event.
+const INITIAL_BUFFER: usize = 16 * 1024;
 
 /// Moves data from the source to the sink until the source would block or ends. Called when
 /// the source is readable.
 pub(super) async fn transfer(
     leg: &Leg<'_>,
-    buffer_size: usize,
+    max_buffer: usize,
     meter: &impl Meter,
 ) -> Result<Step, ForwardError> {
-    let mut buffer = Vec::with_capacity(buffer_size);
+    let mut buffer = Vec::with_capacity(INITIAL_BUFFER.min(max_buffer));
     let mut moved = 0u64;
     loop {
         buffer.clear();
@@ -26,6 +32,7 @@ pub(super) async fn transfer(
                     .map_err(|error| leg.sink_error(error))?;
                 moved += read as u64;
                 leg.moved(read, meter);
+                grow_if_full(&mut buffer, read, max_buffer);
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 return Ok(Step::Drained(moved));
@@ -33,5 +40,32 @@ pub(super) async fn transfer(
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(leg.source_error(error)),
         }
+    }
+}
+
+/// A read that filled the buffer means more is waiting: take four times as much next time,
+/// up to `max_buffer`.
+fn grow_if_full(buffer: &mut Vec<u8>, read: usize, max_buffer: usize) {
+    let capacity = buffer.capacity();
+    if read == capacity && capacity < max_buffer {
+        buffer.clear();
+        buffer.reserve_exact((capacity * 4).min(max_buffer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_grows_only_when_reads_fill_it() {
+        let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
+        grow_if_full(&mut buffer, 100, 1 << 20);
+        assert_eq!(buffer.capacity(), INITIAL_BUFFER);
+        grow_if_full(&mut buffer, INITIAL_BUFFER, 1 << 20);
+        assert!(buffer.capacity() >= 4 * INITIAL_BUFFER);
+        let mut large = Vec::with_capacity(1 << 20);
+        grow_if_full(&mut large, 1 << 20, 1 << 20);
+        assert_eq!(large.capacity(), 1 << 20, "never past the maximum");
     }
 }

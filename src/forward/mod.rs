@@ -57,14 +57,14 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// No idle timeouts, splice where possible, 64 KiB pipes and buffers.
+    /// No idle timeouts, the automatic strategy, 1 MiB pipes and buffers at most.
     fn default() -> Self {
         Self {
             client_idle_timeout: None,
             backend_idle_timeout: None,
             mode: ForwardingMode::Auto,
-            pipe_size: 64 * 1024,
-            copy_buffer_size: 64 * 1024,
+            pipe_size: 1 << 20,
+            copy_buffer_size: 1 << 20,
         }
     }
 }

@@ -23,8 +23,9 @@ use tracing::warn;
 use super::{ForwardError, Leg, Meter, Step};
 
 /// Idle pipes kept per worker thread: enough to absorb bursts without holding many
-/// descriptors on a mostly idle balancer.
-const POOL_PER_THREAD: usize = 16;
+/// descriptors, or much of the per-user pipe quota (64 MiB by default), on a mostly idle
+/// balancer.
+const POOL_PER_THREAD: usize = 8;
 
 /// Moves data source -> pipe -> sink until the source would block or ends. Called when the
 /// source is readable.

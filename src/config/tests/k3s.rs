@@ -218,8 +218,8 @@ fn expected_config() -> Config {
         runtime: RuntimeConfig {
             shutdown_timeout: Duration::from_secs(30),
             forwarding: ForwardingMode::Auto,
-            pipe_size: 65536,
-            copy_buffer_size: 65536,
+            pipe_size: 1 << 20,
+            copy_buffer_size: 1 << 20,
         },
         servers,
         raw: raw::RawConfig::default(),

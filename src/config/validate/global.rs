@@ -19,9 +19,9 @@ const DEFAULT_METRICS_BIND: &str = ":9284";
 /// `[betwixt] shutdown_timeout` when absent.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `[betwixt] pipe_size`: allowed range and default, in bytes.
-const PIPE_SIZE: (i64, i64, i64) = (4096, 16 << 20, 65536);
+const PIPE_SIZE: (i64, i64, i64) = (4096, 16 << 20, 1 << 20);
 /// `[betwixt] copy_buffer_size`: allowed range and default, in bytes.
-const COPY_BUFFER_SIZE: (i64, i64, i64) = (1024, 16 << 20, 65536);
+const COPY_BUFFER_SIZE: (i64, i64, i64) = (1024, 16 << 20, 1 << 20);
 
 /// logrus's level names, which gobetween accepts, case-insensitively.
 const LEVELS: [(&str, LogLevel); 8] = [
