@@ -60,7 +60,21 @@ fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListene
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
+    let listener = socket.into();
+    prepare_listener(&listener)?;
+    Ok(listener)
+}
+
+/// Sets the session options on a listening socket. Linux copies TCP_NODELAY, keepalive and
+/// TCP_USER_TIMEOUT from a listener to every socket it accepts, so clients get them without
+/// a system call per connection. Also applied to sockets passed by systemd.
+///
+/// # Errors
+/// A setsockopt failure.
+pub fn prepare_listener(listener: &std::net::TcpListener) -> io::Result<()> {
+    let socket = SockRef::from(listener);
+    socket.set_tcp_nodelay(true)?;
+    apply_liveness(&socket)
 }
 
 fn ipv6_unavailable(error: &io::Error) -> bool {
@@ -68,15 +82,6 @@ fn ipv6_unavailable(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
     )
-}
-
-/// Applies the session options to an accepted client socket.
-///
-/// # Errors
-/// A setsockopt failure; the socket is unusable.
-pub fn tune_client(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    apply_liveness(&SockRef::from(stream))
 }
 
 /// Opens a connection to a backend with the session options already set. No timeout: the
@@ -167,9 +172,12 @@ mod tests {
             }
             let _client = connect(addr).await.unwrap();
             let (stream, _) = listener.accept().await.unwrap();
-            tune_client(&stream).unwrap();
+            // Inherited from the listener: no setsockopt per accepted connection.
+            let accepted = SockRef::from(&stream);
             assert!(stream.nodelay().unwrap());
-            assert!(SockRef::from(&stream).keepalive().unwrap());
+            assert!(accepted.keepalive().unwrap());
+            assert_eq!(accepted.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(accepted.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
         }
     }
 

@@ -181,10 +181,6 @@ struct Session {
 impl Session {
     async fn run(self, close: CancellationToken) {
         let server = &self.server;
-        if let Err(error) = net::tune_client(&self.client) {
-            debug!(server = server.name(), client = %self.peer, %error, "client socket unusable");
-            return;
-        }
         // Boxed: connecting is brief, and inline its state would stay in every idle session.
         let connected = tokio::select! {
             connected = Box::pin(connect_with_retry(server, self.peer)) => connected,

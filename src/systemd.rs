@@ -96,6 +96,7 @@ impl InheritedSockets {
             let listener = inherited::take_listener(fd);
             match listener
                 .set_nonblocking(true)
+                .and_then(|()| crate::net::prepare_listener(&listener))
                 .and_then(|()| listener.local_addr())
             {
                 Ok(addr) => {
