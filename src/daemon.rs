@@ -72,7 +72,6 @@ pub enum DaemonError {
 /// logged and the old config stays.
 pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonError> {
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
-    let mut grace = config.runtime.shutdown_timeout;
     let inherited = InheritedSockets::from_environment();
     let supervisor = Arc::new(Supervisor::start_with_sockets(config, inherited).await?);
     let mut endpoints = Endpoints::start(
@@ -89,19 +88,18 @@ pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonErr
     systemd::ready(&status_line(&supervisor));
     while let Command::Reload = signals.next().await {
         systemd::reloading();
-        match reload(&supervisor, &options).await {
-            Some(new_grace) => {
-                grace = new_grace;
-                endpoints.reconfigure(&supervisor.snapshot().config).await;
-                systemd::ready(&status_line(&supervisor));
-            }
-            None => systemd::ready(&format!(
+        if reload(&supervisor, &options).await {
+            endpoints.reconfigure(&supervisor.snapshot().config).await;
+            systemd::ready(&status_line(&supervisor));
+        } else {
+            systemd::ready(&format!(
                 "reload refused (see the log); {}",
                 status_line(&supervisor)
-            )),
+            ));
         }
     }
     let open = supervisor.open_sessions();
+    let grace = supervisor.snapshot().config.runtime.shutdown_timeout;
     info!(
         sessions = open,
         ?grace,
@@ -144,8 +142,8 @@ fn status_line(supervisor: &Supervisor) -> String {
     )
 }
 
-/// Re-reads the config and applies it; returns the new shutdown grace period when applied.
-async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> Option<std::time::Duration> {
+/// Re-reads the config and applies it; false when it was refused (and logged).
+async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> bool {
     let loaded = match options.source.load() {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -154,13 +152,12 @@ async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> Option<std:
                 errors = errors.0.len(),
                 "reload refused; still serving the previous config:\n{errors}"
             );
-            return None;
+            return false;
         }
     };
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
-    let grace = loaded.config.runtime.shutdown_timeout;
     let level = loaded.config.logging.level;
     match supervisor.reload(loaded.config).await {
         Ok(summary) => {
@@ -168,11 +165,11 @@ async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> Option<std:
                 control.set_level(level);
             }
             info!(%summary, "reload applied");
-            Some(grace)
+            true
         }
         Err(error) => {
             error!(%error, "reload refused; still serving the previous config");
-            None
+            false
         }
     }
 }

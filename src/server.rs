@@ -242,28 +242,24 @@ impl Session {
             &meter,
         );
         let outcome = tokio::select! {
-            outcome = forwarding => outcome.map_err(Failed),
+            outcome = forwarding => outcome.map_err(Interrupted::Failed),
             () = connected.backend_closer.cancelled() => {
-                Err(Closed(connected.backend.state.close_reason()))
+                Err(Interrupted::Closed(connected.backend.state.close_reason()))
             }
         };
-        let (end, detail) = match outcome {
-            Ok(transferred) => (
-                SessionEnd::Completed,
-                format!("tx {} rx {}", transferred.to_backend, transferred.to_client),
-            ),
-            Err(Closed(end)) => (end, String::new()),
-            Err(Failed(error @ ForwardError::Idle { .. })) => {
-                (SessionEnd::IdleTimeout, error.to_string())
-            }
-            Err(Failed(error)) => (SessionEnd::Error, error.to_string()),
+        let end = match &outcome {
+            Ok(_) => SessionEnd::Completed,
+            Err(Interrupted::Closed(end)) => *end,
+            Err(Interrupted::Failed(ForwardError::Idle { .. })) => SessionEnd::IdleTimeout,
+            Err(Interrupted::Failed(_)) => SessionEnd::Error,
         };
+        // Field values are only formatted when debug logging is on.
         debug!(
             server = self.server.name(),
             client = %self.peer,
             backend = %connected.backend.target,
             end = end.as_str(),
-            detail,
+            detail = %Outcome(&outcome),
             "session ended"
         );
         end
@@ -277,7 +273,18 @@ enum Interrupted {
     Failed(ForwardError),
 }
 
-use Interrupted::{Closed, Failed};
+/// A session's outcome for its log line: bytes moved, or what interrupted it.
+struct Outcome<'a>(&'a Result<forward::Transferred, Interrupted>);
+
+impl std::fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Ok(moved) => write!(f, "tx {} rx {}", moved.to_backend, moved.to_client),
+            Err(Interrupted::Closed(end)) => write!(f, "closed by the balancer: {}", end.as_str()),
+            Err(Interrupted::Failed(error)) => write!(f, "{error}"),
+        }
+    }
+}
 
 /// A session's backend connection and the place it holds on that backend.
 struct Connected {
