@@ -1,35 +1,9 @@
 //! The binary as users run it: gobetween's command line, `check`, the pidfile, exit codes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use crate::util::*;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_betwixt");
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("betwixt-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn betwixt(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BINARY);
@@ -175,54 +149,21 @@ async fn the_daemon_serves_writes_its_pidfile_and_drains_on_sigterm() {
          [servers.k3s.discovery]\nkind = \"static\"\nstatic_list = [\"{}\"]\n",
         backend.addr
     );
-    let path = scratch.file("gobetween.toml", &config);
     let pidfile = scratch.0.join("betwixt.pid");
-    let mut child = Command::new(BINARY)
-        .args([
-            "-c",
-            path.to_str().unwrap(),
-            "-p",
-            pidfile.to_str().unwrap(),
-        ])
-        .env_remove("GOBETWEEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = Daemon::spawn("pidfile", &config, &["-p", pidfile.to_str().unwrap()], &[]);
     eventually("the pidfile", || pidfile.exists()).await;
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(pid as u32, child.id());
+    assert_eq!(pid, daemon.pid());
 
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(fetch_name(addr).await.unwrap(), "master-1");
 
-    signal(pid, libc::SIGTERM);
-    let status = wait_for_exit(&mut child).await;
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_for_exit().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(!Path::new(&pidfile).exists(), "pidfile left behind");
-}
-
-pub fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) with a pid we spawned; no memory is involved.
-    #[allow(unsafe_code)]
-    let result = unsafe { libc::kill(pid, signal) };
-    assert_eq!(result, 0, "kill failed");
-}
-
-pub async fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the daemon did not exit");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

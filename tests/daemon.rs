@@ -3,87 +3,47 @@
 
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::cli::{signal, wait_for_exit};
 use crate::util::*;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_betwixt");
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    config: PathBuf,
-    notify: Option<UnixDatagram>,
+/// A daemon whose systemd notifications this test receives, as systemd would.
+struct Notified {
+    daemon: Daemon,
+    socket: UnixDatagram,
+    _socket_dir: Scratch,
 }
 
-impl Daemon {
-    fn dir(test: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("betwixt-daemon-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    /// Starts `betwixt -c CONFIG` with NOTIFY_SOCKET pointing at a socket this test reads.
-    fn start(test: &str, config_text: &str) -> Self {
-        Self::start_with_env(test, config_text, &[])
-    }
-
-    fn start_with_env(test: &str, config_text: &str, env: &[(&str, &str)]) -> Self {
-        let dir = Self::dir(test);
-        let config = dir.join("betwixt.toml");
-        std::fs::write(&config, config_text).unwrap();
-        let socket_path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&socket_path);
-        let notify = UnixDatagram::bind(&socket_path).unwrap();
-        notify.set_read_timeout(Some(PATIENCE)).unwrap();
-        let child = Command::new(BINARY)
-            .args(["-c", config.to_str().unwrap()])
-            .env("NOTIFY_SOCKET", &socket_path)
-            .envs(env.iter().copied())
-            .env_remove("GOBETWEEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+impl Notified {
+    /// Starts `betwixt -c CONFIG` with NOTIFY_SOCKET (and `env`) set.
+    fn start(test: &str, config_text: &str, env: &[(&str, &str)]) -> Self {
+        let socket_dir = Scratch::new(test);
+        let path = socket_dir.0.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        let path = path.to_str().unwrap();
+        let mut env = env.to_vec();
+        env.push(("NOTIFY_SOCKET", path));
         Self {
-            child,
-            dir,
-            config,
-            notify: Some(notify),
+            daemon: Daemon::spawn(test, config_text, &[], &env),
+            socket,
+            _socket_dir: socket_dir,
         }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
     }
 
     /// The next notification datagram, as text.
     fn next_message(&self) -> String {
         let mut buffer = [0u8; 4096];
-        let socket = self.notify.as_ref().unwrap();
-        let read = socket
+        let read = self
+            .socket
             .recv(&mut buffer)
             .expect("a notification within the patience");
         String::from_utf8_lossy(&buffer[..read]).into_owned()
-    }
-
-    fn rewrite(&self, text: &str) {
-        std::fs::write(&self.config, text).unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -102,9 +62,10 @@ async fn notifications_and_reloads_good_and_bad() {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let good = daemon_config(port, &[a.addr], "");
-    let daemon = Daemon::start("notify", &good);
+    let notified = Notified::start("notify", &good, &[]);
+    let daemon = &notified.daemon;
 
-    let ready = daemon.next_message();
+    let ready = notified.next_message();
     assert!(ready.contains("READY=1"), "{ready}");
     assert!(ready.contains("STATUS=serving 1 servers"), "{ready}");
     assert_eq!(fetch_name(addr).await.unwrap(), "a");
@@ -128,13 +89,13 @@ async fn notifications_and_reloads_good_and_bad() {
     let _holder = std::net::TcpListener::bind(("127.0.0.1", port_taken)).unwrap();
     for (what, text) in &bad_configs {
         daemon.rewrite(text);
-        signal(daemon.pid(), libc::SIGHUP);
-        let reloading = daemon.next_message();
+        daemon.signal(libc::SIGHUP);
+        let reloading = notified.next_message();
         assert!(
             reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
             "{what}: {reloading}"
         );
-        let after = daemon.next_message();
+        let after = notified.next_message();
         assert!(
             after.contains("READY=1") && after.contains("reload refused"),
             "{what}: {after}"
@@ -147,16 +108,16 @@ async fn notifications_and_reloads_good_and_bad() {
     }
     // A missing file is refused the same way.
     std::fs::remove_file(&daemon.config).unwrap();
-    signal(daemon.pid(), libc::SIGHUP);
-    assert!(daemon.next_message().contains("RELOADING=1"));
-    assert!(daemon.next_message().contains("reload refused"));
+    daemon.signal(libc::SIGHUP);
+    assert!(notified.next_message().contains("RELOADING=1"));
+    assert!(notified.next_message().contains("reload refused"));
     assert_eq!(fetch_name(addr).await.unwrap(), "a");
 
     // The next valid reload is applied: b joins.
     daemon.rewrite(&daemon_config(port, &[a.addr, b.addr], ""));
-    signal(daemon.pid(), libc::SIGHUP);
-    assert!(daemon.next_message().contains("RELOADING=1"));
-    let applied = daemon.next_message();
+    daemon.signal(libc::SIGHUP);
+    assert!(notified.next_message().contains("RELOADING=1"));
+    let applied = notified.next_message();
     assert!(
         applied.contains("READY=1") && !applied.contains("refused"),
         "{applied}"
@@ -170,20 +131,20 @@ async fn notifications_and_reloads_good_and_bad() {
         "{names:?}"
     );
 
-    signal(daemon.pid(), libc::SIGTERM);
-    assert!(daemon.next_message().contains("STOPPING=1"));
-    let mut daemon = daemon;
-    assert!(wait_for_exit(&mut daemon.child).await.success());
+    daemon.signal(libc::SIGTERM);
+    assert!(notified.next_message().contains("STOPPING=1"));
+    let mut notified = notified;
+    assert!(notified.daemon.wait_for_exit().await.success());
 }
 
 #[tokio::test]
 async fn the_watchdog_is_pinged_when_systemd_asks_for_it() {
     let backend = name_backend("a").await;
     let config = daemon_config(free_port(), &[backend.addr], "");
-    let daemon = Daemon::start_with_env("watchdog", &config, &[("WATCHDOG_USEC", "200000")]);
+    let notified = Notified::start("watchdog", &config, &[("WATCHDOG_USEC", "200000")]);
     let mut pings = 0;
     for _ in 0..20 {
-        if daemon.next_message().contains("WATCHDOG=1") {
+        if notified.next_message().contains("WATCHDOG=1") {
             pings += 1;
         }
         if pings == 3 {
@@ -202,20 +163,20 @@ async fn sigterm_drains_and_a_second_sigterm_exits_at_once() {
         &[backend.addr],
         "[betwixt]\nshutdown_timeout = \"60s\"",
     );
-    let mut daemon = Daemon::start("drain", &config);
-    assert!(daemon.next_message().contains("READY=1"));
+    let mut notified = Notified::start("drain", &config, &[]);
+    assert!(notified.next_message().contains("READY=1"));
     let mut session = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     eventually("the session reaches the backend", || {
         backend.accepted() == 1
     })
     .await;
 
-    signal(daemon.pid(), libc::SIGTERM);
-    assert!(daemon.next_message().contains("STOPPING=1"));
+    notified.daemon.signal(libc::SIGTERM);
+    assert!(notified.next_message().contains("STOPPING=1"));
     // Still draining: the session is open and the process alive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        daemon.child.try_wait().unwrap().is_none(),
+        notified.daemon.child.try_wait().unwrap().is_none(),
         "exited without draining"
     );
     assert!(
@@ -223,9 +184,9 @@ async fn sigterm_drains_and_a_second_sigterm_exits_at_once() {
         "still accepting while draining"
     );
 
-    signal(daemon.pid(), libc::SIGTERM);
+    notified.daemon.signal(libc::SIGTERM);
     let started = tokio::time::Instant::now();
-    let status = wait_for_exit(&mut daemon.child).await;
+    let status = notified.daemon.wait_for_exit().await;
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
     let mut rest = Vec::new();
@@ -236,9 +197,8 @@ async fn sigterm_drains_and_a_second_sigterm_exits_at_once() {
 async fn socket_activation_serves_the_connection_that_started_it() {
     let backend = name_backend("master").await;
     let port = free_port();
-    let dir = Daemon::dir("activate");
-    let config = dir.join("betwixt.toml");
-    std::fs::write(&config, daemon_config(port, &[backend.addr], "")).unwrap();
+    let scratch = Scratch::new("activate");
+    let config = scratch.file("betwixt.toml", &daemon_config(port, &[backend.addr], ""));
     // systemd-socket-activate listens, and starts betwixt with the socket on the first
     // connection, as systemd does with betwixt.socket.
     let mut activator = Command::new("systemd-socket-activate")
@@ -269,14 +229,14 @@ async fn socket_activation_serves_the_connection_that_started_it() {
     }
     assert_eq!(first.unwrap(), "master");
     assert_eq!(fetch_name(addr).await.unwrap(), "master");
-    signal(activator.id() as i32, libc::SIGTERM);
+    send_signal(activator.id() as i32, libc::SIGTERM);
     assert!(wait_for_exit(&mut activator).await.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_unit_files_pass_systemd_analyze_verify() {
-    let dir = Daemon::dir("unit");
+    let scratch = Scratch::new("unit");
+    let dir = &scratch.0;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for unit in ["betwixt.service", "betwixt.socket"] {
         let text = std::fs::read_to_string(root.join("systemd").join(unit)).unwrap();
@@ -297,5 +257,4 @@ fn the_unit_files_pass_systemd_analyze_verify() {
         .filter(|line| line.contains("betwixt"))
         .collect();
     assert!(output.status.success() && problems.is_empty(), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,62 +3,46 @@
 //! (it waits without spinning).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cli::{signal, wait_for_exit};
 use crate::util::*;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_betwixt");
-
-/// A betwixt process serving one server on `port`, logging to a file.
+/// A betwixt process serving one server, logging to a file in its scratch directory.
 struct Balancer {
-    child: Child,
-    dir: PathBuf,
+    daemon: Daemon,
     addr: SocketAddr,
 }
 
 impl Balancer {
     async fn start(test: &str, backend: SocketAddr, betwixt_table: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("betwixt-res-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new(test);
         let port = free_port();
         let config = format!(
             "[logging]\nlevel = \"info\"\noutput = \"{}\"\n[betwixt]\n{betwixt_table}\n\
              [servers.k3s]\nbind = \"127.0.0.1:{port}\"\n\
              [servers.k3s.discovery]\nkind = \"static\"\nstatic_list = [\"{backend}\"]\n",
-            dir.join("betwixt.log").display()
+            scratch.0.join("betwixt.log").display()
         );
-        let path = dir.join("betwixt.toml");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(BINARY)
-            .args(["-c", path.to_str().unwrap()])
-            .env_remove("GOBETWEEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let daemon = Daemon::spawn_in(scratch, &config, &[], &[]);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let balancer = Self { child, dir, addr };
-        let log = balancer.dir.join("betwixt.log");
+        let balancer = Self { daemon, addr };
         eventually("the balancer listens", || {
-            std::fs::read_to_string(&log).is_ok_and(|text| text.contains("betwixt ready"))
+            balancer.log().contains("betwixt ready")
         })
         .await;
         balancer
     }
 
     fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.daemon.pid()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("betwixt.log")).unwrap_or_default()
+        std::fs::read_to_string(self.daemon.scratch.0.join("betwixt.log")).unwrap_or_default()
     }
 
     /// The descriptor limit that leaves exactly `free` descriptor numbers available (the
@@ -120,16 +104,8 @@ impl Balancer {
     }
 
     async fn stop(mut self) {
-        signal(self.pid(), libc::SIGTERM);
-        assert!(wait_for_exit(&mut self.child).await.success());
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.daemon.signal(libc::SIGTERM);
+        assert!(self.daemon.wait_for_exit().await.success());
     }
 }
 

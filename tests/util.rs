@@ -208,3 +208,119 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("an ephemeral port")
 }
+
+/// The betwixt binary under test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_betwixt");
+
+/// A directory of its own for one test, removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("betwixt-{test}-{}-{unique}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Writes `text` to `name` in the directory and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A betwixt process run by a test from a config file in its own scratch directory; killed
+/// on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub config: std::path::PathBuf,
+    pub scratch: Scratch,
+}
+
+impl Daemon {
+    /// Runs `betwixt -c CONFIG ARGS` with `env` set, output discarded.
+    pub fn spawn(test: &str, config_text: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_in(Scratch::new(test), config_text, args, env)
+    }
+
+    /// Like [`spawn`](Self::spawn), in a scratch directory the config may already refer to.
+    pub fn spawn_in(
+        scratch: Scratch,
+        config_text: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let config = scratch.file("betwixt.toml", config_text);
+        let child = std::process::Command::new(BINARY)
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .env_remove("GOBETWEEN")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the betwixt binary starts");
+        Self {
+            child,
+            config,
+            scratch,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.pid(), signal);
+    }
+
+    /// Replaces the config file (for a reload).
+    pub fn rewrite(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub async fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        wait_for_exit(&mut self.child).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn send_signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) with a pid this test spawned; no memory is involved.
+    let result = unsafe { libc::kill(pid, signal) };
+    assert_eq!(result, 0, "kill failed");
+}
+
+/// Waits for `child` to exit, for at most [`PATIENCE`]; kills it and fails the test after.
+pub async fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,50 +1,15 @@
 //! `betwixt status` against a running daemon (the binary), and the daemon's API and metrics
 //! listeners.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use hyper::header::HeaderMap;
 use hyper::{Method, StatusCode};
 
 use super::*;
-use crate::cli::{signal, wait_for_exit};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_betwixt");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn start_daemon(config: &str) -> Daemon {
-    let dir = std::env::temp_dir().join(format!("betwixt-status-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gobetween.toml");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(BINARY)
-        .args(["-c", path.to_str().unwrap()])
-        .env_remove("GOBETWEEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Daemon { child, dir }
+    Daemon::spawn("status", config, &[], &[])
 }
 
 async fn status(args: Vec<String>) -> Output {
@@ -139,6 +104,6 @@ async fn status_prints_servers_and_backends_of_a_running_daemon() {
     assert!(!nowhere.status.success());
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("cannot connect"));
 
-    signal(daemon.child.id() as i32, libc::SIGTERM);
-    assert!(wait_for_exit(&mut daemon.child).await.success());
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_for_exit().await.success());
 }
