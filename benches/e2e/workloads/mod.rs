@@ -1,0 +1,234 @@
+//! The workloads, and the run that strings them together into one report.
+//!
+//! Each workload starts its own backend, then for every repetition measures every target in
+//! table order. A fresh balancer is started for each measurement, so none inherits another's
+//! heap or sockets, and targets are interleaved within a repetition, so a burst of background
+//! load lands on all of them rather than on one. A failed measurement is noted in the report and
+//! the run goes on.
+
+mod bulk;
+mod connrate;
+mod idle;
+mod keepalive;
+mod pingpong;
+
+pub use pingpong::PINNING;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::child::Child;
+use crate::cli::{BackendKind, ClientKind, Plan, RunArgs, TargetKind, Workload};
+use crate::report::{self, Results};
+use crate::system;
+use crate::targets::{Endpoint, Launch, Tools};
+
+/// How long a backend may take to print its address.
+const BACKEND_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The state of one run, handed to each workload.
+pub struct Bench {
+    pub plan: Plan,
+    pub tools: Tools,
+    /// Configurations and logs of this run (`target/bench-e2e/run`).
+    pub dir: PathBuf,
+    /// The selected targets that can run here, in table order.
+    pub targets: Vec<TargetKind>,
+    pub results: Results,
+}
+
+/// A backend role and where it listens.
+pub struct Backend {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Bench {
+    /// A child running this binary as `role ARGS...`, pinned to `cpus` when given.
+    pub fn role(&self, name: &str, args: &[String], cpus: Option<&str>) -> anyhow::Result<Child> {
+        let exe = std::env::current_exe().context("locating the bench binary")?;
+        let mut command = match cpus.filter(|_| self.tools.taskset) {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(cpus).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        command.arg("role").args(args);
+        let log = self.dir.join(format!("{}.log", name.replace(' ', "-")));
+        Child::spawn(name, command, &log)
+    }
+
+    /// Starts a backend and reads its address.
+    pub fn backend(&self, kind: BackendKind, cpus: Option<&str>) -> anyhow::Result<Backend> {
+        let name = format!("{kind:?} backend").to_lowercase();
+        let kind_arg = format!("{kind:?}").to_lowercase();
+        let mut child = self.role(&name, &["backend".into(), kind_arg], cpus)?;
+        let line = child.read_line(BACKEND_START_TIMEOUT)?;
+        let addr = line
+            .parse()
+            .with_context(|| format!("{name} printed {line:?}, not an address"))?;
+        Ok(Backend { child, addr })
+    }
+
+    /// Starts `target` in front of `backend`.
+    pub fn start(
+        &self,
+        target: TargetKind,
+        backend: SocketAddr,
+        cpus: Option<&str>,
+    ) -> anyhow::Result<Endpoint> {
+        let launch = Launch {
+            dir: &self.dir,
+            backend,
+            cpus: cpus.filter(|_| self.tools.taskset),
+            workers: self.plan.workers,
+            nofile_limit: self.plan.nofile_limit,
+        };
+        Endpoint::start(target, &self.tools, &launch)
+    }
+
+    /// Runs a load generator to completion and returns its JSON result.
+    pub fn client(
+        &self,
+        kind: ClientKind,
+        addr: SocketAddr,
+        extra: &[String],
+        cpus: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let name = format!("{kind:?} client").to_lowercase();
+        let mut args = vec![
+            "client".to_owned(),
+            format!("{kind:?}").to_lowercase(),
+            "--addr".to_owned(),
+            addr.to_string(),
+        ];
+        args.extend_from_slice(extra);
+        let mut child = self.role(&name, &args, cpus)?;
+        let result = child.read_json(timeout)?;
+        child.wait(Duration::from_secs(10))?;
+        Ok(result)
+    }
+
+    /// Calls `measure(bench, repetition, target)` for every repetition and each of `targets`.
+    pub fn each_measurement(
+        &mut self,
+        workload: &str,
+        targets: &[TargetKind],
+        mut measure: impl FnMut(&mut Bench, usize, TargetKind) -> anyhow::Result<()>,
+    ) {
+        let reps = self.plan.reps;
+        for rep in 0..reps {
+            for &target in targets {
+                eprintln!(
+                    "[{workload}] rep {}/{reps} {} (load {})",
+                    rep + 1,
+                    target.name(),
+                    system::load_average()
+                );
+                if let Err(error) = measure(self, rep, target) {
+                    let text = format!("{workload} rep {} {}: {error:#}", rep + 1, target.name());
+                    self.results.note(text);
+                }
+            }
+        }
+    }
+}
+
+/// The whole benchmark: every selected workload on every selected target, then the report.
+///
+/// # Errors
+/// The plan is invalid, or the run directory or report cannot be written.
+pub fn run_all(args: RunArgs) -> anyhow::Result<()> {
+    let plan = Plan::from_args(args, system::nofile_limit())?;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-e2e/run");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tools = Tools::detect(&plan);
+    let mut results = Results::default();
+    let mut targets = Vec::new();
+    for &target in &plan.targets {
+        match tools.missing(target) {
+            Some(reason) => results.note(format!("{} skipped: {reason}", target.name())),
+            None => targets.push(target),
+        }
+    }
+    let mut bench = Bench {
+        plan,
+        tools,
+        dir,
+        targets,
+        results,
+    };
+    let load_before = system::load_average();
+    let started = Instant::now();
+    for workload in bench.plan.workloads.clone() {
+        let outcome = match workload {
+            Workload::Bulk => bulk::run(&mut bench),
+            Workload::Connrate => connrate::run(&mut bench),
+            Workload::Keepalive => keepalive::run(&mut bench),
+            Workload::Pingpong => pingpong::run(&mut bench),
+            Workload::Idle => idle::run(&mut bench),
+        };
+        if let Err(error) = outcome {
+            bench.results.note(format!("{workload:?}: {error:#}"));
+        }
+    }
+    let run = report::RunInfo {
+        load_before,
+        load_after: system::load_average(),
+        elapsed: started.elapsed(),
+    };
+    let document = report::document(&bench.plan, &bench.targets, &bench.results, &run);
+    println!("{document}");
+    write_outputs(&bench, &document)
+}
+
+/// Writes the Markdown report and, beside it, every sample as JSON.
+fn write_outputs(bench: &Bench, document: &str) -> anyhow::Result<()> {
+    let out = &bench.plan.out;
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, document).with_context(|| format!("writing {}", out.display()))?;
+    let samples = out.with_extension("json");
+    let json = serde_json::to_string_pretty(&bench.results.to_json())?;
+    std::fs::write(&samples, json).with_context(|| format!("writing {}", samples.display()))?;
+    eprintln!("wrote {} and {}", out.display(), samples.display());
+    Ok(())
+}
+
+/// Records a request loop's rate and latency percentiles, and notes failed requests.
+fn record_requests(
+    bench: &mut Bench,
+    target: TargetKind,
+    result: &serde_json::Value,
+    [rate, p50, p99]: [&'static str; 3],
+) {
+    let number = |key: &str| result[key].as_f64().unwrap_or(f64::NAN);
+    let count = number("count");
+    if count > 0.0 {
+        bench.results.record(rate, target, number("rate"));
+        bench.results.record(p50, target, number("p50_us"));
+        bench.results.record(p99, target, number("p99_us"));
+    }
+    let errors = number("errors");
+    if errors > 0.0 {
+        let text = format!("{rate} {}: {errors} failed of {count}", target.name());
+        bench.results.note(text);
+    }
+    eprintln!(
+        "  {rate}: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs, {errors} errors",
+        number("rate"),
+        number("p50_us"),
+        number("p99_us")
+    );
+}
