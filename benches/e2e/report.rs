@@ -59,141 +59,32 @@ use Better::{Higher, Lower};
 use Goal::{AtMost, HaproxyAtLeast, HaproxyAtMost};
 
 /// Every row of the table, in order.
+#[rustfmt::skip]
 pub const METRICS: &[Metric] = &[
-    metric(
-        "bulk1.up",
-        "bulk 1 stream →",
-        "Gbit/s",
-        Higher,
-        2,
-        Some(HaproxyAtLeast(1.25)),
-    ),
-    metric(
-        "bulk1.down",
-        "bulk 1 stream ← (-R)",
-        "Gbit/s",
-        Higher,
-        2,
-        Some(HaproxyAtLeast(1.25)),
-    ),
-    metric(
-        "bulk8.up",
-        "bulk 8 streams →",
-        "Gbit/s",
-        Higher,
-        2,
-        Some(HaproxyAtLeast(1.1)),
-    ),
-    metric(
-        "bulk8.down",
-        "bulk 8 streams ← (-R)",
-        "Gbit/s",
-        Higher,
-        2,
-        Some(HaproxyAtLeast(1.1)),
-    ),
-    metric(
-        "bulk1.up.cpu",
-        "CPU, bulk 1 stream →",
-        "s/GB",
-        Lower,
-        3,
-        Some(HaproxyAtMost(0.8)),
-    ),
-    metric(
-        "bulk1.down.cpu",
-        "CPU, bulk 1 stream ←",
-        "s/GB",
-        Lower,
-        3,
-        Some(HaproxyAtMost(0.8)),
-    ),
-    metric(
-        "bulk8.up.cpu",
-        "CPU, bulk 8 streams →",
-        "s/GB",
-        Lower,
-        3,
-        Some(HaproxyAtMost(0.8)),
-    ),
-    metric(
-        "bulk8.down.cpu",
-        "CPU, bulk 8 streams ←",
-        "s/GB",
-        Lower,
-        3,
-        Some(HaproxyAtMost(0.8)),
-    ),
-    metric(
-        "conn.rate",
-        "new connections",
-        "conn/s",
-        Higher,
-        0,
-        Some(HaproxyAtLeast(1.2)),
-    ),
-    metric("conn.p50", "connect+first byte p50", "µs", Lower, 0, None),
-    metric("conn.p99", "connect+first byte p99", "µs", Lower, 0, None),
-    metric(
-        "ka.rate",
-        "keep-alive requests",
-        "req/s",
-        Higher,
-        0,
-        Some(HaproxyAtLeast(1.0)),
-    ),
-    metric("ka.p50", "keep-alive latency p50", "µs", Lower, 0, None),
-    metric("ka.p99", "keep-alive latency p99", "µs", Lower, 0, None),
-    metric("pp.mean", "64 B ping-pong RTT mean", "µs", Lower, 1, None),
-    metric("pp.p99", "64 B ping-pong RTT p99", "µs", Lower, 1, None),
-    metric(
-        "pp.added.mean",
-        "RTT added by balancer, mean",
-        "µs",
-        Lower,
-        1,
-        Some(HaproxyAtMost(0.7)),
-    ),
-    metric(
-        "pp.added.p99",
-        "RTT added by balancer, p99",
-        "µs",
-        Lower,
-        1,
-        None,
-    ),
-    metric(
-        "idle.rss",
-        "idle conn memory (silent)",
-        "KiB/conn",
-        Lower,
-        2,
-        Some(AtMost(2.0)),
-    ),
-    metric(
-        "idle.fds",
-        "idle conn fds (silent)",
-        "fds/conn",
-        Lower,
-        2,
-        Some(AtMost(2.0)),
-    ),
-    metric(
-        "watch.rss",
-        "idle conn memory (after 64 B echo)",
-        "KiB/conn",
-        Lower,
-        2,
-        Some(AtMost(2.0)),
-    ),
-    metric(
-        "watch.fds",
-        "idle conn fds (after 64 B echo)",
-        "fds/conn",
-        Lower,
-        2,
-        Some(AtMost(2.0)),
-    ),
+    metric("bulk1.up",       "bulk 1 stream →",                    "Gbit/s",   Higher, 2, Some(HaproxyAtLeast(1.25))),
+    metric("bulk1.down",     "bulk 1 stream ← (-R)",               "Gbit/s",   Higher, 2, Some(HaproxyAtLeast(1.25))),
+    metric("bulk8.up",       "bulk 8 streams →",                   "Gbit/s",   Higher, 2, Some(HaproxyAtLeast(1.1))),
+    metric("bulk8.down",     "bulk 8 streams ← (-R)",              "Gbit/s",   Higher, 2, Some(HaproxyAtLeast(1.1))),
+    metric("bulk1.up.cpu",   "balancer CPU, 1 stream →",           "s/GB",     Lower,  3, Some(HaproxyAtMost(0.8))),
+    metric("bulk1.down.cpu", "balancer CPU, 1 stream ←",           "s/GB",     Lower,  3, Some(HaproxyAtMost(0.8))),
+    metric("bulk8.up.cpu",   "balancer CPU, 8 streams →",          "s/GB",     Lower,  3, Some(HaproxyAtMost(0.8))),
+    metric("bulk8.down.cpu", "balancer CPU, 8 streams ←",          "s/GB",     Lower,  3, Some(HaproxyAtMost(0.8))),
+    metric("conn.rate",      "new connections",                    "conn/s",   Higher, 0, Some(HaproxyAtLeast(1.2))),
+    metric("conn.p50",       "connect+first byte p50",             "µs",       Lower,  0, None),
+    metric("conn.p99",       "connect+first byte p99",             "µs",       Lower,  0, None),
+    metric("conn.cpu",       "balancer CPU per connection",        "µs",       Lower,  1, None),
+    metric("ka.rate",        "keep-alive requests",                "req/s",    Higher, 0, Some(HaproxyAtLeast(1.0))),
+    metric("ka.p50",         "keep-alive latency p50",             "µs",       Lower,  0, None),
+    metric("ka.p99",         "keep-alive latency p99",             "µs",       Lower,  0, None),
+    metric("ka.cpu",         "balancer CPU per request",           "µs",       Lower,  2, None),
+    metric("pp.mean",        "64 B ping-pong RTT mean",            "µs",       Lower,  1, None),
+    metric("pp.p99",         "64 B ping-pong RTT p99",             "µs",       Lower,  1, None),
+    metric("pp.added.mean",  "RTT added by balancer, mean",        "µs",       Lower,  1, Some(HaproxyAtMost(0.7))),
+    metric("pp.added.p99",   "RTT added by balancer, p99",         "µs",       Lower,  1, None),
+    metric("idle.rss",       "idle conn memory (silent)",          "KiB/conn", Lower,  2, Some(AtMost(2.0))),
+    metric("idle.fds",       "idle conn fds (silent)",             "fds/conn", Lower,  2, Some(AtMost(2.0))),
+    metric("watch.rss",      "idle conn memory (after 64 B echo)", "KiB/conn", Lower,  2, Some(AtMost(2.0))),
+    metric("watch.fds",      "idle conn fds (after 64 B echo)",    "fds/conn", Lower,  2, Some(AtMost(2.0))),
 ];
 
 /// All samples of a run, and notes for the reader (skips, failures, sizes).
@@ -308,7 +199,10 @@ pub fn table(results: &Results, targets: &[TargetKind]) -> String {
     let mut header = vec!["metric".to_owned(), "unit".to_owned(), "better".to_owned()];
     header.extend(targets.iter().map(|t| t.name().to_owned()));
     header.push("betwixt goal".to_owned());
-    header.extend(betwixts.iter().map(|t| format!("{} goal", t.name())));
+    header.extend(betwixts.iter().map(|t| {
+        let mode = t.name().trim_start_matches("betwixt-");
+        format!("{mode} vs goal")
+    }));
     let mut rows = vec![header];
     for metric in METRICS {
         if targets
@@ -425,7 +319,7 @@ fn settings(plan: &Plan, run: &RunInfo) -> String {
          raised; a proxied connection costs the balancer 2 descriptors (plus pipes while data is \
          in flight), and {headroom} are left for listeners, pollers, pipes and logs: \
          min({max}, ({limit} − {headroom}) / 2)\n\
-         - ping-pong pinning: {pinning}\n",
+         - pinning: bulk, connrate and keepalive: {throughput}; ping-pong: {pinning}\n",
         maxconn = crate::targets::haproxy_maxconn(plan.nofile_limit),
         connections = crate::targets::nginx_worker_connections(plan.nofile_limit),
         reps = plan.reps,
@@ -436,6 +330,7 @@ fn settings(plan: &Plan, run: &RunInfo) -> String {
         limit = plan.nofile_limit,
         headroom = crate::cli::FD_HEADROOM,
         max = crate::cli::MAX_IDLE_CONNS,
+        throughput = crate::workloads::THROUGHPUT_PINNING,
         pinning = crate::workloads::PINNING,
     )
 }

@@ -128,10 +128,12 @@ where
     local
         .run_until(async {
             let warmup = Duration::from_secs_f64(args.warmup_secs);
-            run_phase(args.connections, warmup, &worker).await;
+            let (warmup_samples, _) = run_phase(args.connections, warmup, &worker).await;
             let measured = Duration::from_secs_f64(args.secs);
             let (samples, elapsed) = run_phase(args.connections, measured, &worker).await;
-            samples.summary(elapsed)
+            let mut summary = samples.summary(elapsed);
+            summary["warmup_count"] = json!(warmup_samples.latencies_us.len());
+            summary
         })
         .await
 }

@@ -6,13 +6,12 @@
 //! divided by the bytes the receiving side counted.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use super::Bench;
+use super::{BALANCER_CPUS, Bench, LOAD_CPUS};
 use crate::child::Child;
 use crate::system;
 use crate::targets::Endpoint;
@@ -62,7 +61,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
         return Ok(());
     }
     let port = system::free_port()?;
-    let mut server = Command::new("iperf3");
+    let mut server = bench.command("iperf3", Some(LOAD_CPUS));
     server.args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()]);
     let mut server = Child::spawn(
         "iperf3 server",
@@ -76,7 +75,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let backend = SocketAddr::from(([127, 0, 0, 1], port));
     let targets = bench.targets.clone();
     bench.each_measurement("bulk", &targets, |bench, _, target| {
-        let mut endpoint = bench.start(target, backend, None)?;
+        let mut endpoint = bench.start(target, backend, Some(BALANCER_CPUS))?;
         for variant in &VARIANTS {
             measure(bench, &mut endpoint, variant)?;
         }
@@ -118,7 +117,7 @@ fn iperf3_client(bench: &Bench, addr: SocketAddr, variant: &Variant) -> anyhow::
     let secs = bench.plan.bulk_secs;
     let mut last_error = String::new();
     for _ in 0..BUSY_RETRIES {
-        let mut command = Command::new("iperf3");
+        let mut command = bench.command("iperf3", Some(LOAD_CPUS));
         command.args(["-c", "127.0.0.1", "-J", "--connect-timeout", "5000"]);
         command.args(["-p", &addr.port().to_string(), "-t", &secs.to_string()]);
         command.args(["-P", &variant.streams.to_string()]);

@@ -7,13 +7,13 @@
 //! the run goes on.
 
 mod bulk;
-mod connrate;
 mod idle;
-mod keepalive;
 mod pingpong;
+mod requests;
 
 pub use pingpong::PINNING;
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,6 +26,16 @@ use crate::cli::{BackendKind, ClientKind, Plan, RunArgs, TargetKind, Workload};
 use crate::report::{self, Results};
 use crate::system;
 use crate::targets::{Endpoint, Launch, Tools};
+
+/// Where the throughput workloads (bulk, connrate, keepalive) run their load generators and
+/// backends: one CPU for both, so that the balancer has the other one to itself, as on an LB
+/// node, and the numbers vary less than when four busy processes float over two CPUs.
+pub const LOAD_CPUS: &str = "0";
+/// Where the throughput workloads pin the balancer, all its threads or worker processes.
+pub const BALANCER_CPUS: &str = "1";
+/// The throughput workloads' layout, for the report.
+pub const THROUGHPUT_PINNING: &str =
+    "load generators and backends on CPU 0, the balancer (all threads and workers) on CPU 1";
 
 /// How long a backend may take to print its address.
 const BACKEND_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,17 +58,22 @@ pub struct Backend {
 }
 
 impl Bench {
+    /// A command for `program`, under `taskset -c CPUS` when `cpus` is given and taskset is here.
+    pub fn command(&self, program: impl AsRef<OsStr>, cpus: Option<&str>) -> Command {
+        match cpus.filter(|_| self.tools.taskset) {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(cpus).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
     /// A child running this binary as `role ARGS...`, pinned to `cpus` when given.
     pub fn role(&self, name: &str, args: &[String], cpus: Option<&str>) -> anyhow::Result<Child> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
-        let mut command = match cpus.filter(|_| self.tools.taskset) {
-            Some(cpus) => {
-                let mut command = Command::new("taskset");
-                command.arg("-c").arg(cpus).arg(exe);
-                command
-            }
-            None => Command::new(exe),
-        };
+        let mut command = self.command(exe, cpus);
         command.arg("role").args(args);
         let log = self.dir.join(format!("{}.log", name.replace(' ', "-")));
         Child::spawn(name, command, &log)
@@ -173,8 +188,8 @@ pub fn run_all(args: RunArgs) -> anyhow::Result<()> {
     for workload in bench.plan.workloads.clone() {
         let outcome = match workload {
             Workload::Bulk => bulk::run(&mut bench),
-            Workload::Connrate => connrate::run(&mut bench),
-            Workload::Keepalive => keepalive::run(&mut bench),
+            Workload::Connrate => requests::connrate(&mut bench),
+            Workload::Keepalive => requests::keepalive(&mut bench),
             Workload::Pingpong => pingpong::run(&mut bench),
             Workload::Idle => idle::run(&mut bench),
         };
@@ -204,31 +219,4 @@ fn write_outputs(bench: &Bench, document: &str) -> anyhow::Result<()> {
     std::fs::write(&samples, json).with_context(|| format!("writing {}", samples.display()))?;
     eprintln!("wrote {} and {}", out.display(), samples.display());
     Ok(())
-}
-
-/// Records a request loop's rate and latency percentiles, and notes failed requests.
-fn record_requests(
-    bench: &mut Bench,
-    target: TargetKind,
-    result: &serde_json::Value,
-    [rate, p50, p99]: [&'static str; 3],
-) {
-    let number = |key: &str| result[key].as_f64().unwrap_or(f64::NAN);
-    let count = number("count");
-    if count > 0.0 {
-        bench.results.record(rate, target, number("rate"));
-        bench.results.record(p50, target, number("p50_us"));
-        bench.results.record(p99, target, number("p99_us"));
-    }
-    let errors = number("errors");
-    if errors > 0.0 {
-        let text = format!("{rate} {}: {errors} failed of {count}", target.name());
-        bench.results.note(text);
-    }
-    eprintln!(
-        "  {rate}: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs, {errors} errors",
-        number("rate"),
-        number("p50_us"),
-        number("p99_us")
-    );
 }

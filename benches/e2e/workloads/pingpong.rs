@@ -8,11 +8,14 @@ use super::Bench;
 use crate::cli::{BackendKind, ClientKind, TargetKind};
 
 /// Where each process runs, for the report.
-pub const PINNING: &str =
-    "client and echo backend on CPU 0, the balancer (all threads and workers) on CPU 1";
-const CLIENT_CPUS: &str = "0";
-const BACKEND_CPUS: &str = "0";
-const BALANCER_CPUS: &str = "1";
+///
+/// All on one CPU: on this kind of machine (a 2-vCPU VM) waking a process on the other,
+/// idle vCPU costs tens of microseconds to milliseconds (the vCPU halts and the host must
+/// schedule it again), which swamped every balancer's own cost (about 170 µs added, p99 3.7 ms,
+/// the same for all). On one CPU each hop is a context switch, so the time a balancer adds is
+/// its own work: wake-ups, system calls, scheduling. A 1-vCPU LB node runs that way too.
+pub const PINNING: &str = "client, echo backend and balancer (all threads and workers) on CPU 0";
+const CPU: &str = "0";
 
 pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     if !bench.tools.taskset {
@@ -20,11 +23,11 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             .results
             .note("pingpong: taskset is missing, nothing is pinned");
     }
-    let backend = bench.backend(BackendKind::Echo, Some(BACKEND_CPUS))?;
+    let backend = bench.backend(BackendKind::Echo, Some(CPU))?;
     let targets = bench.targets.clone();
     let mut direct: Vec<Option<(f64, f64)>> = vec![None; bench.plan.reps];
     bench.each_measurement("pingpong", &targets, |bench, rep, target| {
-        let mut endpoint = bench.start(target, backend.addr, Some(BALANCER_CPUS))?;
+        let mut endpoint = bench.start(target, backend.addr, Some(CPU))?;
         let plan = &bench.plan;
         let args = [
             "--count".to_owned(),
@@ -33,7 +36,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             plan.pingpong_warmup.to_string(),
         ];
         let timeout = plan.client_timeout(0.0) * 4;
-        let cpus = Some(CLIENT_CPUS);
+        let cpus = Some(CPU);
         let result = bench.client(ClientKind::Pingpong, endpoint.addr, &args, cpus, timeout)?;
         endpoint.ensure_running()?;
         let mean = result["mean_us"].as_f64().unwrap_or(f64::NAN);
