@@ -33,7 +33,7 @@ pub struct RunArgs {
     /// Targets to measure, comma-separated (default all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub targets: Vec<TargetKind>,
-    /// Repetitions of each measurement; the table shows the median (default 3, quick 1).
+    /// Repetitions of each measurement; the table shows the median (default 5, quick 1).
     #[arg(long)]
     pub reps: Option<usize>,
     /// Worker threads or processes of every balancer (default: the number of CPUs).
@@ -208,7 +208,7 @@ impl Plan {
         let quick = args.quick || env_flag("BENCH_QUICK");
         let workloads = pick(args.workloads, "BENCH_WORKLOADS", &Workload::ALL)?;
         let targets = pick(args.targets, "BENCH_TARGETS", &TargetKind::ALL)?;
-        let reps = option_or_env(args.reps, "BENCH_REPS")?.unwrap_or(if quick { 1 } else { 3 });
+        let reps = option_or_env(args.reps, "BENCH_REPS")?.unwrap_or(if quick { 1 } else { 5 });
         if reps == 0 {
             bail!("--reps must be at least 1");
         }

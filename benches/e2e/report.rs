@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::cli::{Plan, TargetKind};
+use crate::cli::{Plan, TargetKind, Workload};
 use crate::stats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +258,29 @@ pub struct RunInfo {
     pub load_before: String,
     pub load_after: String,
     pub elapsed: std::time::Duration,
+    pub background: Vec<Background>,
+}
+
+/// CPU used by processes other than the harness and its children while one workload ran: the
+/// noise in its numbers.
+pub struct Background {
+    pub workload: Workload,
+    pub others_cpu_seconds: f64,
+    pub elapsed: std::time::Duration,
+}
+
+/// "bulk 0.4 s (0.2 %), ...": other processes' CPU per workload, as a share of all CPUs.
+fn background_text(background: &[Background]) -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let parts: Vec<String> = background
+        .iter()
+        .map(|b| {
+            let share = 100.0 * b.others_cpu_seconds / (b.elapsed.as_secs_f64() * cpus);
+            let name = format!("{:?}", b.workload).to_lowercase();
+            format!("{name} {:.1} s ({share:.1} %)", b.others_cpu_seconds)
+        })
+        .collect();
+    parts.join(", ")
 }
 
 /// The command that produced the report: `BENCH_COMMAND` (set by scripts/bench.sh), else the
@@ -314,7 +337,9 @@ fn settings(plan: &Plan, run: &RunInfo) -> String {
          `nbthread {workers}`, `maxconn {maxconn}`, `maxpipes 256`, `option splice-auto`; nginx \
          `worker_processes {workers}`, `worker_connections {connections}`\n\
          - repetitions: {reps}, the table shows medians; the run took {minutes:.1} min\n\
-         - load average (1, 5, 15 min): {before} before, {after} after\n\
+         - load average (1, 5, 15 min): {before} before, {after} after (the benchmark's own \
+         processes add up to about 3)\n\
+         - CPU used by other processes during each workload (share of all CPUs): {background}\n\
          - idle connections: {idle}. The open-file limit is {limit} per process and cannot be \
          raised; a proxied connection costs the balancer 2 descriptors (plus pipes while data is \
          in flight), and {headroom} are left for listeners, pollers, pipes and logs: \
@@ -326,6 +351,7 @@ fn settings(plan: &Plan, run: &RunInfo) -> String {
         minutes = run.elapsed.as_secs_f64() / 60.0,
         before = run.load_before,
         after = run.load_after,
+        background = background_text(&run.background),
         idle = plan.idle_conns,
         limit = plan.nofile_limit,
         headroom = crate::cli::FD_HEADROOM,

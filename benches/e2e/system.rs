@@ -138,6 +138,43 @@ pub fn nofile_limit() -> u64 {
         .unwrap_or(1024)
 }
 
+/// CPU seconds all CPUs spent busy since boot (everything in `/proc/stat`'s `cpu` line but
+/// idle and iowait), whoever ran.
+pub fn busy_cpu_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|line| line.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(index, _)| !matches!(index, 3 | 4))
+        .map(|(_, ticks)| ticks)
+        .sum();
+    busy as f64 / clock_ticks()
+}
+
+/// CPU seconds used by this process and every child it has waited for (their children too,
+/// when they waited for them): with every child stopped, all the harness's own work.
+pub fn own_cpu_seconds() -> f64 {
+    let Some(fields) = stat_fields(std::process::id()) else {
+        return 0.0;
+    };
+    // Fields 14 to 17: utime, stime, cutime, cstime.
+    let ticks: u64 = fields[11..15.min(fields.len())]
+        .iter()
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / clock_ticks()
+}
+
 /// `/proc/loadavg`'s three load averages.
 pub fn load_average() -> String {
     let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -185,7 +185,10 @@ pub fn run_all(args: RunArgs) -> anyhow::Result<()> {
     };
     let load_before = system::load_average();
     let started = Instant::now();
+    let mut background = Vec::new();
     for workload in bench.plan.workloads.clone() {
+        let cpu_before = (system::busy_cpu_seconds(), system::own_cpu_seconds());
+        let workload_started = Instant::now();
         let outcome = match workload {
             Workload::Bulk => bulk::run(&mut bench),
             Workload::Connrate => requests::connrate(&mut bench),
@@ -196,11 +199,19 @@ pub fn run_all(args: RunArgs) -> anyhow::Result<()> {
         if let Err(error) = outcome {
             bench.results.note(format!("{workload:?}: {error:#}"));
         }
+        let others = (system::busy_cpu_seconds() - cpu_before.0)
+            - (system::own_cpu_seconds() - cpu_before.1);
+        background.push(report::Background {
+            workload,
+            others_cpu_seconds: others.max(0.0),
+            elapsed: workload_started.elapsed(),
+        });
     }
     let run = report::RunInfo {
         load_before,
         load_after: system::load_average(),
         elapsed: started.elapsed(),
+        background,
     };
     let document = report::document(&bench.plan, &bench.targets, &bench.results, &run);
     println!("{document}");
