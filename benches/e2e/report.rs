@@ -269,6 +269,9 @@ pub struct Background {
     pub elapsed: std::time::Duration,
 }
 
+/// Other processes' share of all CPUs above which a workload's numbers are marked noisy.
+const NOISY_SHARE: f64 = 10.0;
+
 /// "bulk 0.4 s (0.2 %), ...": other processes' CPU per workload, as a share of all CPUs.
 fn background_text(background: &[Background]) -> String {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -277,7 +280,8 @@ fn background_text(background: &[Background]) -> String {
         .map(|b| {
             let share = 100.0 * b.others_cpu_seconds / (b.elapsed.as_secs_f64() * cpus);
             let name = format!("{:?}", b.workload).to_lowercase();
-            format!("{name} {:.1} s ({share:.1} %)", b.others_cpu_seconds)
+            let noisy = if share > NOISY_SHARE { ", noisy" } else { "" };
+            format!("{name} {:.1} s ({share:.1} %{noisy})", b.others_cpu_seconds)
         })
         .collect();
     parts.join(", ")
