@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of betwixt beside HAProxy and nginx on loopback (BENCHMARKS.md).
 #
-#   scripts/bench.sh                       # everything, 3 repetitions, ~10-15 minutes
+#   scripts/bench.sh                       # everything, 5 repetitions, ~11 minutes
 #   scripts/bench.sh --quick               # every workload briefly: checks the harness
 #   scripts/bench.sh --workloads bulk,pingpong --targets betwixt-splice,haproxy --reps 5
 #
