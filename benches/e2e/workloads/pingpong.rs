@@ -9,11 +9,12 @@ use crate::cli::{BackendKind, ClientKind, TargetKind};
 
 /// Where each process runs, for the report.
 ///
-/// All on one CPU: on this kind of machine (a 2-vCPU VM) waking a process on the other,
-/// idle vCPU costs tens of microseconds to milliseconds (the vCPU halts and the host must
-/// schedule it again), which swamped every balancer's own cost (about 170 µs added, p99 3.7 ms,
-/// the same for all). On one CPU each hop is a context switch, so the time a balancer adds is
-/// its own work: wake-ups, system calls, scheduling. A 1-vCPU LB node runs that way too.
+/// All on one CPU: on this kind of machine (a 2-vCPU VM) waking a process on the other, idle
+/// vCPU costs tens of microseconds, which swamped every balancer's own cost alike (round trips
+/// of 128-147 µs for betwixt, HAProxy and nginx against 32-33 µs on one CPU, and a p99 of
+/// milliseconds while other processes ran). On one CPU each hop is a context switch, so the
+/// time a balancer adds is its own work: wake-ups, system calls, scheduling. A 1-vCPU LB node
+/// runs that way too.
 pub const PINNING: &str = "client, echo backend and balancer (all threads and workers) on CPU 0";
 const CPU: &str = "0";
 
