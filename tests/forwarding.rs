@@ -48,19 +48,21 @@ async fn echo_round_trip(addr: SocketAddr, seed: u64, len: usize) -> ([u8; 32], 
 
 /// Every forwarding path: splice with the default pipe, splice with the smallest pipe (so the
 /// pipe fills on nearly every read, the case the splice invariant guards), and user-space copy.
-const PATHS: [(&str, usize); 4] = [
+/// `auto` with a small copy buffer hands most bursts over from copy to splice.
+const PATHS: [(&str, usize); 6] = [
     ("splice", 1 << 20),
     ("splice", 4096),
     ("copy", 1 << 20),
     ("copy", 1024),
+    ("auto", 1 << 20),
+    ("auto", 16384),
 ];
 
 /// `[betwixt]` settings selecting one forwarding path, prepended to a server config.
 fn on_path((mode, size): (&str, usize), config: &str) -> String {
-    let size_key = if mode == "copy" {
-        "copy_buffer_size"
-    } else {
-        "pipe_size"
+    let size_key = match mode {
+        "copy" | "auto" => "copy_buffer_size",
+        _ => "pipe_size",
     };
     format!("[betwixt]\nforwarding = \"{mode}\"\n{size_key} = {size}\n{config}")
 }

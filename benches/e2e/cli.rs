@@ -75,6 +75,8 @@ impl Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
 pub enum TargetKind {
     Direct,
+    /// betwixt with its default forwarding (`auto`).
+    Betwixt,
     BetwixtSplice,
     BetwixtCopy,
     Haproxy,
@@ -83,8 +85,9 @@ pub enum TargetKind {
 
 impl TargetKind {
     /// In table order; `direct` first so each repetition has its reference before the others.
-    pub const ALL: [TargetKind; 5] = [
+    pub const ALL: [TargetKind; 6] = [
         TargetKind::Direct,
+        TargetKind::Betwixt,
         TargetKind::BetwixtSplice,
         TargetKind::BetwixtCopy,
         TargetKind::Haproxy,
@@ -94,6 +97,7 @@ impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
+            TargetKind::Betwixt => "betwixt",
             TargetKind::BetwixtSplice => "betwixt-splice",
             TargetKind::BetwixtCopy => "betwixt-copy",
             TargetKind::Haproxy => "haproxy",
@@ -102,7 +106,10 @@ impl TargetKind {
     }
 
     pub fn is_betwixt(self) -> bool {
-        matches!(self, TargetKind::BetwixtSplice | TargetKind::BetwixtCopy)
+        matches!(
+            self,
+            TargetKind::Betwixt | TargetKind::BetwixtSplice | TargetKind::BetwixtCopy
+        )
     }
 }
 

@@ -56,8 +56,10 @@ impl Tools {
     pub fn missing(&self, kind: TargetKind) -> Option<String> {
         match kind {
             TargetKind::Direct => None,
-            TargetKind::BetwixtSplice | TargetKind::BetwixtCopy => (!self.betwixt.is_file())
-                .then(|| format!("betwixt binary {} not found", self.betwixt.display())),
+            TargetKind::Betwixt | TargetKind::BetwixtSplice | TargetKind::BetwixtCopy => {
+                (!self.betwixt.is_file())
+                    .then(|| format!("betwixt binary {} not found", self.betwixt.display()))
+            }
             TargetKind::Haproxy => (!self.haproxy).then(|| "haproxy is not installed".into()),
             TargetKind::Nginx => self.nginx_stream.is_none().then(|| {
                 "nginx with the stream module is not installed (libnginx-mod-stream)".into()
@@ -117,6 +119,7 @@ impl Endpoint {
                     balancer: None,
                 });
             }
+            TargetKind::Betwixt => betwixt(tools, launch, port, "auto")?,
             TargetKind::BetwixtSplice => betwixt(tools, launch, port, "splice")?,
             TargetKind::BetwixtCopy => betwixt(tools, launch, port, "copy")?,
             TargetKind::Haproxy => haproxy(launch, port)?,

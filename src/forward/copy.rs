@@ -17,9 +17,13 @@ const INITIAL_BUFFER: usize = 16 * 1024;
 
 /// Moves data from the source to the sink until the source would block or ends. Called when
 /// the source is readable.
+///
+/// With `hand_over_bulk`, returns [`Step::Bulk`] as soon as a read fills the largest buffer:
+/// at least `max_buffer` bytes were waiting, and the caller moves the rest with splice.
 pub(super) async fn transfer(
     leg: &Leg<'_>,
     max_buffer: usize,
+    hand_over_bulk: bool,
     meter: &impl Meter,
 ) -> Result<Step, ForwardError> {
     let mut buffer = Vec::with_capacity(INITIAL_BUFFER.min(max_buffer));
@@ -44,6 +48,9 @@ pub(super) async fn transfer(
         leg.moved(read, meter);
         if drained {
             return Ok(Step::Drained(moved));
+        }
+        if hand_over_bulk && read >= max_buffer {
+            return Ok(Step::Bulk(moved));
         }
         grow_if_full(&mut buffer, read, max_buffer);
     }

@@ -102,7 +102,13 @@ pub(super) enum Step {
     Ended(u64),
     /// Splice cannot serve this direction (nothing was moved): copy instead.
     Unsupported,
+    /// A copy burst turned out to be bulk (its largest buffer keeps filling): the `auto`
+    /// strategy moves the rest of the burst with splice.
+    Bulk(u64),
 }
+
+/// A splicing burst of at least this many bytes keeps the next burst splicing (`auto`).
+const STILL_BULK: u64 = 64 * 1024;
 
 type Burst<'a> = Pin<Box<dyn Future<Output = Result<Step, ForwardError>> + Send + 'a>>;
 
@@ -110,7 +116,11 @@ type Burst<'a> = Pin<Box<dyn Future<Output = Result<Step, ForwardError>> + Send 
 /// while idle, plus the boxed burst while data moves.
 pub(super) struct Flow<'a> {
     direction: Direction,
-    splicing: bool,
+    mode: ForwardingMode,
+    /// The current burst escalated from copy to splice (`auto`).
+    escalated: bool,
+    /// splice(2) refused these sockets once: copy from then on.
+    splice_unsupported: bool,
     /// Set once the source ended and the EOF was passed on.
     done: bool,
     total: u64,
@@ -121,7 +131,9 @@ impl<'a> Flow<'a> {
     pub(super) fn new(direction: Direction, options: &Options) -> Self {
         Self {
             direction,
-            splicing: options.mode != ForwardingMode::Copy,
+            mode: options.mode,
+            escalated: false,
+            splice_unsupported: false,
             done: false,
             total: 0,
             burst: None,
@@ -154,7 +166,19 @@ impl<'a> Flow<'a> {
                 let step = ready!(burst.as_mut().poll(cx));
                 self.burst = None;
                 match step? {
-                    Step::Drained(moved) => self.total += moved,
+                    Step::Drained(moved) => {
+                        self.total += moved;
+                        // A bulk stream keeps splicing from one burst to the next; a small
+                        // burst sends the direction back to copying (`auto`).
+                        if moved < STILL_BULK {
+                            self.escalated = false;
+                        }
+                    }
+                    // The source is still readable: the loop starts a splice burst at once.
+                    Step::Bulk(moved) => {
+                        self.total += moved;
+                        self.escalated = true;
+                    }
                     Step::Ended(moved) => {
                         self.total += moved;
                         leg.finish()?;
@@ -162,26 +186,50 @@ impl<'a> Flow<'a> {
                         return Poll::Ready(Ok(()));
                     }
                     // The source is still readable: the loop starts a copy burst at once.
-                    Step::Unsupported => self.splicing = false,
+                    Step::Unsupported => self.splice_unsupported = true,
                 }
             }
             // Through the stream's own read waker slot: only this direction ever waits on its
             // source's read side, so the one slot is enough and costs nothing.
             ready!(leg.source.poll_read_ready(cx)).map_err(|error| leg.source_error(error))?;
-            self.burst = Some(start_burst(leg.clone(), self.splicing, options, meter));
+            self.burst = Some(start_burst(leg.clone(), self.strategy(), options, meter));
+        }
+    }
+}
+
+/// How the next burst of a direction moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    Splice,
+    Copy,
+    /// Copy, handing over to splice if the burst turns out to be bulk.
+    CopyThenSplice,
+}
+
+impl Flow<'_> {
+    fn strategy(&self) -> Strategy {
+        match (self.mode, self.splice_unsupported, self.escalated) {
+            (ForwardingMode::Copy, ..) | (_, true, _) => Strategy::Copy,
+            (ForwardingMode::Splice, ..) | (ForwardingMode::Auto, _, true) => Strategy::Splice,
+            (ForwardingMode::Auto, _, false) => Strategy::CopyThenSplice,
         }
     }
 }
 
 fn start_burst<'a, M: Meter + Sync>(
     leg: Leg<'a>,
-    splicing: bool,
+    strategy: Strategy,
     options: &'a Options,
     meter: &'a M,
 ) -> Burst<'a> {
-    if splicing {
-        Box::pin(async move { splice::transfer(&leg, options.pipe_size, meter).await })
-    } else {
-        Box::pin(async move { copy::transfer(&leg, options.copy_buffer_size, meter).await })
+    let buffer = options.copy_buffer_size;
+    match strategy {
+        Strategy::Splice => {
+            Box::pin(async move { splice::transfer(&leg, options.pipe_size, meter).await })
+        }
+        Strategy::Copy => Box::pin(async move { copy::transfer(&leg, buffer, false, meter).await }),
+        Strategy::CopyThenSplice => {
+            Box::pin(async move { copy::transfer(&leg, buffer, true, meter).await })
+        }
     }
 }
