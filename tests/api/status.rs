@@ -36,15 +36,18 @@ async fn status_prints_servers_and_backends_of_a_running_daemon() {
         .replace("127.0.0.1:0", &format!("127.0.0.1:{}", free_port()));
     let mut daemon = start_daemon(&format!("{endpoints}{servers}"));
     let api: SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while TcpStream::connect(api).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the daemon's API never listened"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    // Both listeners start after the daemon is up, one after the other.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for addr in [api, metrics] {
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the daemon's {addr} never listened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     let scrape = request(metrics, Method::GET, "/metrics", HeaderMap::new(), "").await;
     assert!(
         scrape
