@@ -48,25 +48,31 @@ impl Pool {
             pool: self,
             client,
             tried: Tried::new(self.backends.len()),
+            ignore_health: !self.any_healthy(),
         }
     }
 }
 
 /// One connection's walk through the pool: each call picks among the backends not tried yet.
 ///
-/// When no backend passes its checks the walk considers them all, like k3s's own client load
-/// balancer: a check that fails under load must not turn into a total outage.
+/// When no backend passed its checks as the walk began, it considers them all, like k3s's own
+/// client load balancer: a check that fails under load must not turn into a total outage.
 #[derive(Debug)]
 pub struct Attempts<'a> {
     pool: &'a Pool,
     client: IpAddr,
     tried: Tried,
+    ignore_health: bool,
 }
 
 impl<'a> Attempts<'a> {
+    /// True when every backend was down as the walk began, so down backends are tried too.
+    pub fn ignores_health(&self) -> bool {
+        self.ignore_health
+    }
+
     pub fn next_backend(&mut self) -> Option<&'a Arc<Backend>> {
-        let ignore_health = !self.pool.any_healthy();
-        let candidates = Candidates::new(&self.pool.backends, &self.tried, ignore_health);
+        let candidates = Candidates::new(&self.pool.backends, &self.tried, self.ignore_health);
         let index = self.pool.balancer.select(&candidates, self.client)?;
         self.tried.insert(index);
         self.pool.backends.get(index)

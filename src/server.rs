@@ -312,7 +312,7 @@ async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Conne
         // new state is visible by now (it is stored before the token is swapped): skip it.
         let backend_closer = backend.state.session_closer();
         let still_routable =
-            backend.accepts_new_sessions() && (backend.is_healthy() || !server.pool.any_healthy());
+            backend.accepts_new_sessions() && (backend.is_healthy() || attempts.ignores_health());
         if !still_routable {
             continue;
         }
