@@ -498,3 +498,41 @@ async fn a_backend_added_by_a_reload_gets_no_client_before_its_first_check() {
     );
     assert_eq!(added.state.health(), Health::Down);
 }
+
+#[tokio::test]
+async fn a_udp_probe_checks_a_datagram_answer() {
+    // The TCP port the balancer forwards to, and a UDP responder on the same port number.
+    let backend = name_backend("a").await;
+    let udp = tokio::net::UdpSocket::bind(backend.addr).await.unwrap();
+    tokio::spawn(async move {
+        let mut datagram = [0u8; 64];
+        for _ in 0..10_000 {
+            let Ok((len, from)) = udp.recv_from(&mut datagram).await else {
+                return;
+            };
+            let reply: &[u8] = if &datagram[..len] == b"status?" {
+                b"ok"
+            } else {
+                b"??"
+            };
+            let _ = udp.send_to(reply, from).await;
+        }
+    });
+    let cases = [
+        ("probe_send = 'status?'\nprobe_recv = 'ok'", Health::Up),
+        ("probe_send = 'other'\nprobe_recv = 'ok'", Health::Down),
+    ];
+    for (probe, expected) in cases {
+        let initial = if expected == Health::Up {
+            "unhealthy"
+        } else {
+            "healthy"
+        };
+        let healthcheck = format!(
+            "kind = \"probe\"\nprobe_protocol = \"udp\"\ninitial_status = \"{initial}\"\n{probe}"
+        );
+        let balancer = start_balancer(&checked(backend.addr, &healthcheck)).await;
+        wait_health(&balancer, "api", backend.addr, expected).await;
+        stays(&balancer, "api", backend.addr, expected).await;
+    }
+}
