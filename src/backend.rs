@@ -47,12 +47,6 @@ impl Backend {
         }
     }
 
-    /// Whether a new session may be sent here when health is considered: admin-enabled, healthy
-    /// and below its `max_connections`.
-    pub fn is_candidate(&self) -> bool {
-        self.is_healthy() && self.accepts_new_sessions() && self.has_capacity()
-    }
-
     pub fn is_healthy(&self) -> bool {
         self.state.health() == Health::Up
     }
@@ -260,16 +254,5 @@ mod tests {
         all.cancel();
         assert!(session.is_cancelled());
         assert_eq!(state.close_reason(), SessionEnd::Shutdown);
-    }
-
-    #[test]
-    fn candidate_needs_health_admin_and_capacity() {
-        let backend = Backend::new(spec(None), Arc::default());
-        assert!(backend.is_candidate());
-        backend.state.set_health(Health::Down);
-        assert!(!backend.is_candidate());
-        backend.state.set_health(Health::Up);
-        backend.state.set_admin(Admin::Draining);
-        assert!(!backend.is_candidate());
     }
 }

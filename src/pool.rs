@@ -25,10 +25,6 @@ impl Pool {
         &self.backends
     }
 
-    pub fn balancer(&self) -> &Balancer {
-        &self.balancer
-    }
-
     pub fn find(&self, target: &str) -> Option<&Arc<Backend>> {
         self.backends
             .iter()

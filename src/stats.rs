@@ -262,10 +262,6 @@ impl<T: ActiveCount> Slot<T> {
             owner: Arc::clone(owner),
         })
     }
-
-    pub fn owner(&self) -> &Arc<T> {
-        &self.owner
-    }
 }
 
 impl<T: ActiveCount> Drop for Slot<T> {

@@ -40,11 +40,6 @@ pub fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
-/// Updates the one-line status `systemctl status` shows.
-pub fn status(status: &str) {
-    send(&[NotifyState::Status(status)]);
-}
-
 fn send(states: &[NotifyState<'_>]) {
     if let Err(error) = sd_notify::notify(states) {
         warn!(%error, "cannot notify systemd");
@@ -123,10 +118,6 @@ impl InheritedSockets {
         let port = bind.addr.port();
         let v6_any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
         self.listeners.remove(&v6_any)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.listeners.is_empty()
     }
 
     /// Logs the passed sockets no server asked for.

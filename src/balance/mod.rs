@@ -127,17 +127,6 @@ impl Balancer {
         }
     }
 
-    pub fn kind(&self) -> BalanceKind {
-        match self {
-            Self::Weight(_) => BalanceKind::Weight,
-            Self::RoundRobin(_) => BalanceKind::RoundRobin,
-            Self::LeastConn(_) => BalanceKind::LeastConn,
-            Self::LeastBandwidth(_) => BalanceKind::LeastBandwidth,
-            Self::IpHash(_) => BalanceKind::IpHash,
-            Self::IpHash1(_) => BalanceKind::IpHash1,
-        }
-    }
-
     /// Picks one of `candidates` for a connection from `client`; `None` when there is none.
     pub fn select(&self, candidates: &Candidates<'_>, client: IpAddr) -> Option<usize> {
         match self {
@@ -169,11 +158,6 @@ impl<'a> Candidates<'a> {
             tried,
             ignore_health,
         }
-    }
-
-    /// The number of backends in the pool, candidates or not.
-    pub fn pool_len(&self) -> usize {
-        self.backends.len()
     }
 
     pub fn is_candidate(&self, index: usize) -> bool {
@@ -297,6 +281,25 @@ pub(crate) mod tests {
             tried.insert(0);
             assert!(tried.contains(len - 1) && tried.contains(0) && !tried.contains(1));
         }
+    }
+
+    #[test]
+    fn a_candidate_needs_health_admin_and_capacity() {
+        let mut limited = spec(1, 1, 1);
+        limited.max_connections = Some(1);
+        let backends = pool(&[limited]);
+        let tried = Tried::new(1);
+        let candidates = Candidates::new(&backends, &tried, false);
+        let state = &backends[0].state;
+        assert!(candidates.is_candidate(0));
+        state.set_health(crate::backend::Health::Down);
+        assert!(!candidates.is_candidate(0));
+        state.set_health(crate::backend::Health::Up);
+        state.set_admin(crate::backend::Admin::Draining);
+        assert!(!candidates.is_candidate(0));
+        state.set_admin(crate::backend::Admin::Enabled);
+        let _slot = backends[0].try_acquire();
+        assert!(!candidates.is_candidate(0), "full at max_connections");
     }
 
     #[test]

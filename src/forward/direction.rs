@@ -115,7 +115,6 @@ type Burst<'a> = Pin<Box<dyn Future<Output = Result<Step, ForwardError>> + Send 
 /// The state of one direction inside a session's [`Relay`](super::relay::Relay): a few words
 /// while idle, plus the boxed burst while data moves.
 pub(super) struct Flow<'a> {
-    direction: Direction,
     mode: ForwardingMode,
     /// The current burst escalated from copy to splice (`auto`).
     escalated: bool,
@@ -128,9 +127,8 @@ pub(super) struct Flow<'a> {
 }
 
 impl<'a> Flow<'a> {
-    pub(super) fn new(direction: Direction, options: &Options) -> Self {
+    pub(super) fn new(options: &Options) -> Self {
         Self {
-            direction,
             mode: options.mode,
             escalated: false,
             splice_unsupported: false,
@@ -138,10 +136,6 @@ impl<'a> Flow<'a> {
             total: 0,
             burst: None,
         }
-    }
-
-    pub(super) fn direction(&self) -> Direction {
-        self.direction
     }
 
     /// Bytes moved once the direction is done, else `None`.

@@ -53,8 +53,8 @@ impl<'a, M: Meter + Sync> Relay<'a, M> {
             meter,
             clock,
             watchdog,
-            to_backend: Flow::new(Direction::ToBackend, options),
-            to_client: Flow::new(Direction::ToClient, options),
+            to_backend: Flow::new(options),
+            to_client: Flow::new(options),
         }
     }
 
@@ -96,7 +96,6 @@ impl<M: Meter + Sync> Future for Relay<'_, M> {
                     Direction::ToBackend => &mut this.to_backend,
                     Direction::ToClient => &mut this.to_client,
                 };
-                debug_assert_eq!(flow.direction(), direction);
                 if let Poll::Ready(Err(error)) = flow.poll(cx, leg, options, meter) {
                     break 'failed error;
                 }

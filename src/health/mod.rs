@@ -16,7 +16,6 @@ pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -156,6 +155,3 @@ impl Check {
             .unwrap_or(Err(CheckError::Timeout(timeout)))
     }
 }
-
-/// A check's settings shared by its runs, cheap to clone into a task.
-pub type SharedCheck = Arc<Check>;
