@@ -1,27 +1,25 @@
 //! gobetween's `leastbandwidth`: the candidate moving the fewest bytes per second now.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use super::Candidates;
+use super::{Candidates, LeastLoaded};
 
 /// Lowest `rx_second + tx_second`, as sampled once a second by the statistics task; ties rotate.
 #[derive(Debug, Default)]
 pub struct LeastBandwidth {
-    tie_breaker: AtomicUsize,
+    least: LeastLoaded,
 }
 
 impl LeastBandwidth {
     pub fn select(&self, candidates: &Candidates<'_>) -> Option<usize> {
-        let start = self.tie_breaker.fetch_add(1, Ordering::Relaxed);
-        candidates
-            .iter_from(start)
-            .min_by_key(|(_, backend)| backend.state.stats.traffic.bytes_per_second())
-            .map(|(index, _)| index)
+        self.least.select(candidates, |backend| {
+            backend.state.stats.traffic.bytes_per_second()
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
     use crate::balance::Tried;
     use crate::balance::tests::{pool, spec};

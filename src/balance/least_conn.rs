@@ -1,22 +1,20 @@
 //! gobetween's `leastconn`: the candidate with the fewest active sessions.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use super::Candidates;
+use super::{Candidates, LeastLoaded};
 
 /// Fewest active sessions; ties (all idle is common) rotate instead of piling onto the first.
 #[derive(Debug, Default)]
 pub struct LeastConn {
-    tie_breaker: AtomicUsize,
+    least: LeastLoaded,
 }
 
 impl LeastConn {
     pub fn select(&self, candidates: &Candidates<'_>) -> Option<usize> {
-        let start = self.tie_breaker.fetch_add(1, Ordering::Relaxed);
-        candidates
-            .iter_from(start)
-            .min_by_key(|(_, backend)| backend.state.stats.active.load(Ordering::Relaxed))
-            .map(|(index, _)| index)
+        self.least.select(candidates, |backend| {
+            backend.state.stats.active.load(Ordering::Relaxed)
+        })
     }
 }
 

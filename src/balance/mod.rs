@@ -173,9 +173,8 @@ impl<'a> Candidates<'a> {
         self.iter_from(0)
     }
 
-    /// The candidates in pool order starting at `start` and wrapping around: the tie-breaking
-    /// order of the "least" algorithms.
-    pub fn iter_from(&self, start: usize) -> impl Iterator<Item = (usize, &'a Arc<Backend>)> + '_ {
+    /// The candidates in pool order starting at `start` and wrapping around.
+    fn iter_from(&self, start: usize) -> impl Iterator<Item = (usize, &'a Arc<Backend>)> + '_ {
         let len = self.backends.len();
         let start = if len == 0 { 0 } else { start % len };
         (start..len)
@@ -195,6 +194,27 @@ impl<'a> Candidates<'a> {
             last = Some(index);
         }
         last
+    }
+}
+
+/// The "least" algorithms' shared pick: the candidate with the smallest load, scanning from a
+/// position that rotates with every pick so that ties (all idle is common) spread over the
+/// candidates instead of piling onto the first.
+#[derive(Debug, Default)]
+pub struct LeastLoaded {
+    next_start: std::sync::atomic::AtomicUsize,
+}
+
+impl LeastLoaded {
+    fn select(&self, candidates: &Candidates<'_>, load: impl Fn(&Backend) -> u64) -> Option<usize> {
+        // Relaxed: the counter only spreads ties; no other memory depends on its order.
+        let start = self
+            .next_start
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        candidates
+            .iter_from(start)
+            .min_by_key(|(_, backend)| load(backend))
+            .map(|(index, _)| index)
     }
 }
 
