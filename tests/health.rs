@@ -291,21 +291,35 @@ async fn a_frozen_master_loses_its_sessions_and_comes_back_after_passes() {
 async fn passive_checks_mark_a_refusing_backend_down_before_the_next_check() {
     let live = name_backend("live").await;
     let dead = closed_port().await;
-    // Checks 30 s apart: only client traffic can notice the dead backend in this test.
+    // Checks 30 s apart and 5 failures needed: the one active check of this test (at start)
+    // cannot mark the dead backend down; only client traffic can.
     let config = server_config(
         "api",
         "balance = \"roundrobin\"",
         &[dead, live.addr],
-        "[servers.api.healthcheck]\nkind = \"ping\"\ninterval = \"30s\"\npassive_fails = 2",
+        "[servers.api.healthcheck]\nkind = \"ping\"\ninterval = \"30s\"\nfails = 5\npassive_fails = 2",
     );
     let balancer = start_balancer(&config).await;
     let addr = balancer.local_addr("api").unwrap();
-    // The first check ran at start, before the port could be known dead: it is up or down.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        health_of(&balancer, "api", dead),
+        Health::Up,
+        "the active check alone"
+    );
     for _ in 0..10 {
         assert_eq!(fetch_name(addr).await.unwrap(), "live");
     }
     assert_eq!(health_of(&balancer, "api", dead), Health::Down);
+    // Down after two failed client connects: no client was sent there afterwards.
+    let snapshot = balancer.snapshot();
+    let refused = snapshot
+        .server("api")
+        .unwrap()
+        .pool
+        .find(&dead.to_string())
+        .unwrap();
+    assert_eq!(refused.state.stats.refused.load(Ordering::Relaxed), 2);
 }
 
 #[tokio::test]
