@@ -95,6 +95,17 @@ async fn https_checks_against_a_k3s_like_api_server() {
             format!("kind = \"tls\"\ntls_ca_cert_path = \"{ca}\""),
             Health::Up,
         ),
+        // The name sent as SNI and verified: the certificate says "kubernetes", not "wrong".
+        (
+            format!(
+                "kind = \"tls\"\ntls_ca_cert_path = \"{ca}\"\ntls_server_name = \"kubernetes\""
+            ),
+            Health::Up,
+        ),
+        (
+            format!("kind = \"tls\"\ntls_ca_cert_path = \"{ca}\"\ntls_server_name = \"wrong\""),
+            Health::Down,
+        ),
         // Verified against the system roots: the private CA is unknown there.
         ("kind = \"tls\"".to_owned(), Health::Down),
     ];
