@@ -16,7 +16,7 @@ use super::response::{self, Body};
 use super::stats::ServerReport;
 use crate::config::raw::{self, RawConfig, RawServer};
 use crate::config::{Config, ConfigError, ConfigErrors, Format, validate};
-use crate::supervisor::{StartError, Supervisor};
+use crate::supervisor::{ReloadSummary, StartError, Supervisor};
 
 /// Why a change to the servers was refused.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,8 @@ pub async fn create(supervisor: &Supervisor, name: &str, body: &[u8]) -> Respons
         Ok(server) => server,
         Err(error) => return response::error(StatusCode::BAD_REQUEST, error.to_string()),
     };
+    // An obvious conflict is answered without counting a refused reload; the check inside
+    // the update decides for requests that race another change.
     if supervisor.snapshot().config.raw.servers.contains_key(name) {
         return ChangeError::Exists(name.to_owned()).into_response();
     }
@@ -88,17 +90,12 @@ pub async fn create(supervisor: &Supervisor, name: &str, body: &[u8]) -> Respons
             revalidate(&origin, name, &raw)
         })
         .await;
-    match result {
-        Ok(summary) => {
-            info!(server = name, %summary, "server added through the API");
-            response::json(StatusCode::OK, &())
-        }
-        Err(error) => error.into_response(),
-    }
+    answer(result, name, "added")
 }
 
 /// `DELETE /servers/NAME`: stops its listener; its sessions drain.
 pub async fn delete(supervisor: &Supervisor, name: &str) -> Response<Body> {
+    // As in `create`: answered without counting a refused reload.
     if !supervisor.snapshot().config.raw.servers.contains_key(name) {
         return ChangeError::Missing(name.to_owned()).into_response();
     }
@@ -112,9 +109,14 @@ pub async fn delete(supervisor: &Supervisor, name: &str) -> Response<Body> {
             revalidate(&origin, name, &raw)
         })
         .await;
+    answer(result, name, "removed")
+}
+
+/// The reply to a server change: 200 with gobetween's empty body, or the error's status.
+fn answer(result: Result<ReloadSummary, ChangeError>, name: &str, done: &str) -> Response<Body> {
     match result {
         Ok(summary) => {
-            info!(server = name, %summary, "server removed through the API");
+            info!(server = name, %summary, "server {done} through the API");
             response::json(StatusCode::OK, &())
         }
         Err(error) => error.into_response(),
