@@ -4,7 +4,7 @@
 //! by every snapshot that keeps the backend, so health and counters survive reloads. Everything
 //! the per-connection path touches is an atomic: accept tasks pick and count without locks.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
@@ -33,15 +33,10 @@ impl Backend {
     /// Builds a backend around existing state (carried over from the previous snapshot) or a
     /// fresh one.
     pub fn new(spec: BackendSpec, state: Arc<BackendState>) -> Self {
-        let resolved = spec
-            .host
-            .parse::<IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, spec.port));
         Self {
+            resolved: spec.ip_addr(),
             target: spec.target().into(),
             spec,
-            resolved,
             state,
             connect_failures_log: RateLimit::per_second(),
         }

@@ -228,6 +228,13 @@ pub struct BackendSpec {
 }
 
 impl BackendSpec {
+    /// The address to dial when the host is an IP literal; `None` for a DNS name, which is
+    /// resolved on every connect.
+    pub fn ip_addr(&self) -> Option<SocketAddr> {
+        let ip = self.host.parse::<std::net::IpAddr>().ok()?;
+        Some(SocketAddr::new(ip, self.port))
+    }
+
     /// `host:port`, with an IPv6 host in brackets: the backend's identity across reloads and
     /// its name in logs and the API.
     pub fn target(&self) -> String {

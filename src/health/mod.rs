@@ -73,11 +73,7 @@ impl Target {
         Self {
             host: spec.host.clone(),
             port: spec.port,
-            resolved: spec
-                .host
-                .parse()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, spec.port)),
+            resolved: spec.ip_addr(),
             sni: spec.sni.clone(),
         }
     }
