@@ -6,10 +6,10 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use betwixt::backend::{Backend, BackendState};
-use betwixt::balance::BalanceKind;
+use betwixt::bench::Pool;
+use betwixt::bench::{Backend, BackendState};
 use betwixt::config::BackendSpec;
-use betwixt::pool::Pool;
+use betwixt::config::BalanceKind;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn pool(kind: BalanceKind, size: usize) -> Pool {

@@ -1,41 +1,86 @@
 //! betwixt: an L4 TCP load balancer for Kubernetes/k3s API servers, a drop-in replacement for
-//! gobetween.
+//! gobetween, as a daemon (the `betwixt` binary) or embedded in another Rust program.
+//!
+//! # Embedding
+//! Build a [`Config`] from a file, a TOML string or a typed [`config::Builder`], start a
+//! [`LoadBalancer`] on the caller's tokio runtime, read its [`Report`], reload it, drain a
+//! backend, stop it:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use betwixt::{Admin, LoadBalancer, config::Config};
+//!
+//! let config = Config::from_toml(r#"
+//!     [servers.k3s]
+//!     bind = "127.0.0.1:6443"
+//!     [servers.k3s.discovery]
+//!     kind = "static"
+//!     static_list = ["10.0.0.11:6443", "10.0.0.12:6443", "10.0.0.13:6443"]
+//! "#)?;
+//! let balancer = LoadBalancer::start(config).await?;
+//! let report = balancer.report();
+//! println!("{} backends", report.servers[0].backends.len());
+//! balancer.set_backend_admin("k3s", "10.0.0.11:6443", Admin::Draining)?;
+//! balancer.stop(Duration::from_secs(30)).await;
+//! # Ok(()) }
+//! ```
 //!
 //! # Layout
-//! - [`config`]: gobetween's schema, read, parsed and validated into an immutable `Config`.
-//! - [`snapshot`]: the runtime view of a config (servers, pools) that connections load.
-//! - [`supervisor`]: owns listeners and the published snapshot; reload and graceful shutdown.
-//! - [`daemon`]: the process around it: pidfile, signals, reload from the config source.
-//! - [`systemd`]: readiness and reload notifications, the watchdog, socket activation.
-//! - [`server`]: one listener: accept, access rules, limits, connect with retry, forward.
-//! - [`pool`] and [`balance`]: a server's backends and the algorithm that picks among them.
-//! - [`backend`] and [`stats`]: per-backend state and lock-free counters.
-//! - [`health`]: active checks (one file per kind), passive checks, the up/down state machine.
-//! - [`forward`]: moving bytes between client and backend, both directions, half-close.
-//! - [`net`]: listener binding and the TCP options of both sides.
-//! - [`access`], [`proxy_protocol`]: `[access]` rules and the PROXY v1 header.
-//! - [`logging`], [`signal`]: `[logging]` set-up, rate-limited events, signal handling.
-//! - [`demo`]: `betwixt demo`, local backends to watch it balance and fail over.
-//! - [`api`]: gobetween's REST API and Prometheus metrics, runtime drain/disable of a backend,
-//!   and the `betwixt status` client.
+//! Modules import only from layers listed above them (`tests/architecture.rs` checks that
+//! there is no cycle):
+//! - [`config`]: gobetween's schema, read, parsed and validated into an immutable [`Config`];
+//!   a leaf that names no runtime type.
+//! - `net`, `logging`, `access`, `proxy_protocol`, `signal`, `systemd`: sockets, log set-up,
+//!   `[access]` rules, the PROXY header, Unix signals, the service manager.
+//! - `stats`, `forward`: lock-free counters and the byte movers (copy, splice).
+//! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
+//!   snapshot behind one `ArcSwap`, backend state carried over by target.
+//! - `health`: check kinds and the task that schedules them.
+//! - `listener`, `session`: accept, access rules and limits; connect with retry and forward.
+//! - `supervisor`: owns listeners and the published snapshot; reload and graceful shutdown.
+//! - [`report`]: what a running balancer reports about itself.
+//! - `http`, [`api`], `metrics`: HTTP plumbing, gobetween's REST API, Prometheus.
+//! - `endpoints`: the `[api]` and `[metrics]` listeners, following reloads.
+//! - [`daemon`]: the process: pidfile, signals, reload from the config source, endpoints.
+//! - `embed`: the [`LoadBalancer`] handle for programs that embed betwixt.
 #![deny(unsafe_code)]
 
-pub mod access;
+pub(crate) mod access;
 pub mod api;
-pub mod backend;
-pub mod balance;
+pub(crate) mod backend;
+pub(crate) mod balance;
 pub mod config;
 pub mod daemon;
-pub mod demo;
-pub mod forward;
-pub mod health;
+mod embed;
+pub(crate) mod endpoints;
+pub(crate) mod forward;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod listener;
 pub mod logging;
-pub mod net;
-pub mod pool;
-pub mod proxy_protocol;
-pub mod server;
-pub mod signal;
-pub mod snapshot;
-pub mod stats;
-pub mod supervisor;
-pub mod systemd;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod pool;
+pub(crate) mod proxy_protocol;
+pub mod report;
+pub(crate) mod session;
+pub(crate) mod signal;
+pub(crate) mod snapshot;
+pub(crate) mod stats;
+pub(crate) mod supervisor;
+pub(crate) mod systemd;
+
+pub use config::Config;
+pub use embed::LoadBalancer;
+pub use endpoints::{EndpointError, Endpoints};
+pub use report::{Admin, BackendReport, Health, Report, ServerReport, SessionEnd};
+pub use supervisor::{ReloadSummary, ShutdownSummary, StartError, UnknownBackend};
+
+/// Internals for `benches/pick.rs`, which measures a pick without a running balancer. Not a
+/// stable API.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::backend::{Backend, BackendState};
+    pub use crate::pool::Pool;
+}

@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use betwixt::api::status::StatusOptions;
-use betwixt::config::{self, Format, LoadOptions, Loaded};
+use betwixt::config::{Format, LoadOptions, Loaded};
 use betwixt::daemon::{self, ConfigSource, DaemonOptions};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+mod cli;
+
+use cli::status::StatusOptions;
 
 /// L4 TCP load balancer for Kubernetes/k3s API servers; a drop-in replacement for gobetween.
 #[derive(Debug, Parser)]
@@ -159,9 +162,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(path) = config.or(path) else {
                 bail!("check needs a configuration: betwixt check -c FILE");
             };
-            return Ok(check(path, LoadOptions { strict, ..options }));
+            return Ok(cli::check::run(&path, &LoadOptions { strict, ..options }));
         }
-        Some(Command::Demo { port }) => return demo(port),
+        Some(Command::Demo { port }) => return cli::demo::run_blocking(port),
         Some(Command::Status {
             api,
             login,
@@ -174,7 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 password,
                 ca_cert: cacert,
             };
-            return status(&options);
+            return cli::status::run(&options);
         }
     };
     let Some(path) = path else {
@@ -219,52 +222,6 @@ fn serve(source: ConfigSource, pidfile: Option<PathBuf>) -> anyhow::Result<ExitC
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-/// `betwixt check`: validates and prints a summary; exit status 0 or 1.
-fn check(path: PathBuf, options: LoadOptions) -> ExitCode {
-    match config::load_file(&path, &options) {
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                eprintln!("warning: {warning}");
-            }
-            print!("{}", config::summary::Summary(&loaded.config));
-            println!("{}: configuration is valid", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: configuration is invalid", path.display());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `betwixt status`: prints the table; exit status 1 when the API cannot be asked.
-fn status(options: &StatusOptions) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    match runtime.block_on(betwixt::api::status::fetch(options)) {
-        Ok(status) => {
-            print!("{status}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(error) => {
-            eprintln!("betwixt status: {error}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-fn demo(port: u16) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(betwixt::demo::run(port))?;
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

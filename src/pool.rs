@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::balance::{BalanceKind, Balancer, Candidates, Tried};
+use crate::balance::{Balancer, Candidates, Tried};
+use crate::config::BalanceKind;
 
 /// The backends of one server in one snapshot, sorted by `host:port` (gobetween's order for
 /// roundrobin and iphash), with the balancer built for them.

@@ -88,7 +88,7 @@ pub struct ServerStats {
 }
 
 /// Why an established session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum SessionEnd {
     /// Both sides closed.
@@ -131,11 +131,17 @@ impl SessionEnd {
         }
     }
 
-    pub fn from_u8(value: u8) -> Self {
+    pub(crate) fn from_u8(value: u8) -> Self {
         Self::ALL
             .get(usize::from(value))
             .copied()
             .unwrap_or(Self::Error)
+    }
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -177,14 +177,8 @@ async fn leastconn_sends_new_clients_to_the_least_busy() {
         assert_eq!(read_line(&mut stream).await, idle);
         drop(stream);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let snapshot = balancer.snapshot();
-        let server = snapshot.server("lc").unwrap();
         eventually("the short session to end", || {
-            server
-                .stats
-                .active
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == 3
+            server_report(&balancer, "lc").active == 3
         })
         .await;
     }

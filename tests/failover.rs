@@ -1,6 +1,5 @@
 //! No client pays for a dead backend: failed connects are retried on another one.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -35,17 +34,14 @@ async fn a_closed_backend_port_costs_no_client_a_failure() {
         while let Some(result) = tasks.join_next().await {
             result.unwrap().expect("client served");
         }
-        let snapshot = balancer.snapshot();
-        let server = snapshot.server("k3s").unwrap();
-        let dead_backend = server.pool.find(&dead.to_string()).unwrap();
-        let refused = dead_backend.state.stats.refused.load(Ordering::Relaxed);
-        assert!(refused > 0, "{balance}: the dead backend was never tried");
-        assert_eq!(dead_backend.state.stats.total.load(Ordering::Relaxed), 0);
-        assert_eq!(
-            server.stats.unserved.load(Ordering::Relaxed),
-            0,
-            "{balance}"
+        let server = server_report(&balancer, "k3s");
+        let dead_backend = server.backend(&dead.to_string()).unwrap();
+        assert!(
+            dead_backend.refused > 0,
+            "{balance}: the dead backend was never tried"
         );
+        assert_eq!(dead_backend.total, 0);
+        assert_eq!(server.unserved, 0, "{balance}");
     }
 }
 
@@ -64,19 +60,12 @@ async fn every_backend_down_closes_the_client_promptly_and_counts_it() {
     assert!(closed_by_peer(&mut client).await);
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    let snapshot = balancer.snapshot();
-    let server = snapshot.server("k3s").unwrap();
     eventually("unserved counted", || {
-        server.stats.unserved.load(Ordering::Relaxed) == 1
+        server_report(&balancer, "k3s").unserved == 1
     })
     .await;
-    for backend in server.pool.backends() {
-        assert_eq!(
-            backend.state.stats.refused.load(Ordering::Relaxed),
-            1,
-            "{}",
-            backend.target
-        );
+    for backend in server_report(&balancer, "k3s").backends {
+        assert_eq!(backend.refused, 1, "{}", backend.target);
     }
 }
 
@@ -105,21 +94,9 @@ async fn connect_attempts_caps_the_retries() {
         }
     }
     assert!(failures > 0, "connect_attempts = 2 never gave up");
-    let snapshot = balancer.snapshot();
-    let refused: u64 = snapshot
-        .server("k3s")
-        .unwrap()
-        .pool
-        .backends()
-        .iter()
-        .map(|b| b.state.stats.refused.load(Ordering::Relaxed))
-        .sum();
-    let unserved = snapshot
-        .server("k3s")
-        .unwrap()
-        .stats
-        .unserved
-        .load(Ordering::Relaxed);
+    let server = server_report(&balancer, "k3s");
+    let refused: u64 = server.backends.iter().map(|b| b.refused).sum();
+    let unserved = server.unserved;
     assert_eq!(unserved as usize, failures);
     // A client that gave up made exactly two attempts; a served one failed at most once.
     assert!(
@@ -145,10 +122,7 @@ async fn a_backend_that_never_answers_times_out_and_the_next_one_serves() {
     for _ in 0..4 {
         assert_eq!(fetch_name(addr).await.unwrap(), "live");
     }
-    let snapshot = balancer.snapshot();
-    let server = snapshot.server("k3s").unwrap();
-    let hole = server.pool.find(&blackhole.to_string()).unwrap();
-    assert!(hole.state.stats.refused.load(Ordering::Relaxed) >= 1);
+    assert!(backend_report(&balancer, "k3s", blackhole).refused >= 1);
 }
 
 /// A listener with a backlog of one that never accepts, filled until connects stop completing.

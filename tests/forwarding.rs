@@ -1,7 +1,6 @@
 //! Bytes arrive intact both ways, half-close and reset behave, idle timeouts cut.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -96,21 +95,16 @@ async fn concurrent_streams_on(path: (&str, usize)) {
         );
     }
 
-    let snapshot = balancer.snapshot();
-    let server = snapshot.server("bulk").unwrap();
+    let server = server_report(&balancer, "bulk");
     let total = (STREAMS * BYTES_PER_STREAM) as u64;
-    assert_eq!(server.stats.traffic.tx.load(Ordering::Relaxed), total);
-    assert_eq!(server.stats.traffic.rx.load(Ordering::Relaxed), total);
-    for backend in server.pool.backends() {
-        let stats = &backend.state.stats;
-        assert_eq!(stats.total.load(Ordering::Relaxed), (STREAMS / 2) as u64);
-        assert_eq!(
-            stats.traffic.tx.load(Ordering::Relaxed),
-            (STREAMS / 2 * BYTES_PER_STREAM) as u64
-        );
+    assert_eq!(server.to_backends, total);
+    assert_eq!(server.to_clients, total);
+    for backend in &server.backends {
+        assert_eq!(backend.total, (STREAMS / 2) as u64);
+        assert_eq!(backend.to_backend, (STREAMS / 2 * BYTES_PER_STREAM) as u64);
     }
     eventually("sessions end", || {
-        server.stats.active.load(Ordering::Relaxed) == 0
+        server_report(&balancer, "bulk").active == 0
     })
     .await;
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use betwixt::backend::Health;
-use betwixt::supervisor::Supervisor;
+use betwixt::{Health, LoadBalancer, SessionEnd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -18,24 +17,17 @@ fn scratch(test: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("betwixt-health-{test}-{}", std::process::id()))
 }
 
-fn health_of(balancer: &Supervisor, server: &str, target: SocketAddr) -> Health {
-    let snapshot = balancer.snapshot();
-    let server = snapshot.server(server).expect("server exists");
-    server
-        .pool
-        .find(&target.to_string())
-        .expect("backend exists")
-        .state
-        .health()
+fn health_of(balancer: &LoadBalancer, server: &str, target: SocketAddr) -> Health {
+    backend_report(balancer, server, target).health
 }
 
-async fn wait_health(balancer: &Supervisor, server: &str, target: SocketAddr, want: Health) {
+async fn wait_health(balancer: &LoadBalancer, server: &str, target: SocketAddr, want: Health) {
     let what = format!("{target} to be {want:?}");
     eventually(&what, || health_of(balancer, server, target) == want).await;
 }
 
 /// Checks that health stays `want` over several check intervals.
-async fn stays(balancer: &Supervisor, server: &str, target: SocketAddr, want: Health) {
+async fn stays(balancer: &LoadBalancer, server: &str, target: SocketAddr, want: Health) {
     for _ in 0..10 {
         assert_eq!(
             health_of(balancer, server, target),
@@ -246,12 +238,7 @@ async fn a_frozen_master_loses_its_sessions_and_comes_back_after_passes() {
         assert!(echo_once(&mut stream).await);
         sessions.push(stream);
     }
-    let sessions_on = |target: SocketAddr| {
-        let snapshot = balancer.snapshot();
-        let server = snapshot.server("api").unwrap();
-        let backend = server.pool.find(&target.to_string()).unwrap();
-        backend.state.stats.total.load(Ordering::Relaxed)
-    };
+    let sessions_on = |target: SocketAddr| backend_report(&balancer, "api", target).total;
     let on_doomed = sessions_on(doomed_addr);
     assert_eq!(on_doomed, 5, "roundrobin should split the sessions");
 
@@ -270,10 +257,8 @@ async fn a_frozen_master_loses_its_sessions_and_comes_back_after_passes() {
         closed += 1;
     }
     assert_eq!(closed, on_doomed as usize);
-    let snapshot = balancer.snapshot();
-    let ended = &snapshot.server("api").unwrap().stats.ended;
     eventually("the closes are counted", || {
-        ended.get(betwixt::stats::SessionEnd::BackendDown) == on_doomed
+        server_report(&balancer, "api").ended(SessionEnd::BackendDown) == on_doomed
     })
     .await;
 
@@ -323,14 +308,7 @@ async fn passive_checks_mark_a_refusing_backend_down_before_the_next_check() {
     }
     assert_eq!(health_of(&balancer, "api", dead), Health::Down);
     // Down after two failed client connects: no client was sent there afterwards.
-    let snapshot = balancer.snapshot();
-    let refused = snapshot
-        .server("api")
-        .unwrap()
-        .pool
-        .find(&dead.to_string())
-        .unwrap();
-    assert_eq!(refused.state.stats.refused.load(Ordering::Relaxed), 2);
+    assert_eq!(backend_report(&balancer, "api", dead).refused, 2);
 }
 
 #[tokio::test]
@@ -509,19 +487,12 @@ async fn a_backend_added_by_a_reload_gets_no_client_before_its_first_check() {
     for _ in 0..30 {
         assert_eq!(fetch_name(addr).await.unwrap(), "live");
     }
-    let snapshot = balancer.snapshot();
-    let added = snapshot
-        .server("api")
-        .unwrap()
-        .pool
-        .find(&dead.to_string())
-        .unwrap();
+    let added = backend_report(&balancer, "api", dead);
     assert_eq!(
-        added.state.stats.refused.load(Ordering::Relaxed),
-        0,
+        added.refused, 0,
         "a client was sent to a backend nobody had checked"
     );
-    assert_eq!(added.state.health(), Health::Down);
+    assert_eq!(added.health, Health::Down);
 }
 
 #[tokio::test]

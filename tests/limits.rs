@@ -1,7 +1,5 @@
 //! `max_connections` per server and per backend, and `[access]` rules.
 
-use std::sync::atomic::Ordering;
-
 use tokio::net::TcpStream;
 
 use crate::util::*;
@@ -18,13 +16,11 @@ async fn server_max_connections_refuses_the_excess_and_recovers() {
 
     let mut third = TcpStream::connect(addr).await.unwrap();
     assert!(closed_by_peer(&mut third).await);
-    let snapshot = balancer.snapshot();
-    let server = snapshot.server("cap").unwrap();
-    assert_eq!(server.stats.over_limit.load(Ordering::Relaxed), 1);
+    assert_eq!(server_report(&balancer, "cap").over_limit, 1);
 
     drop(first);
     eventually("a place frees up", || {
-        server.stats.active.load(Ordering::Relaxed) < 2
+        server_report(&balancer, "cap").active < 2
     })
     .await;
     assert_eq!(fetch_name(addr).await.unwrap(), "a");
@@ -72,9 +68,7 @@ async fn access_rules_deny_and_allow_by_source() {
         fetch_name_from([127, 0, 5, 1], addr).await.is_err(),
         "denied by default"
     );
-    let snapshot = balancer.snapshot();
-    let server = snapshot.server("acl").unwrap();
-    assert_eq!(server.stats.denied.load(Ordering::Relaxed), 2);
+    assert_eq!(server_report(&balancer, "acl").denied, 2);
     assert_eq!(
         backend.accepted(),
         1,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use betwixt::config::{self, LoadOptions};
-use betwixt::supervisor::Supervisor;
+use betwixt::{BackendReport, LoadBalancer, ServerReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -18,12 +18,34 @@ use tokio::task::JoinHandle;
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Starts a balancer from config text (servers should bind `127.0.0.1:0`).
-pub async fn start_balancer(toml: &str) -> Supervisor {
+pub async fn start_balancer(toml: &str) -> LoadBalancer {
     let loaded = config::load_str("test.toml", toml, &LoadOptions::default())
         .unwrap_or_else(|errors| panic!("test config invalid:\n{errors}"));
-    Supervisor::start(loaded.config)
+    LoadBalancer::start(loaded.config)
         .await
         .expect("balancer starts")
+}
+
+/// Server `name`'s report, now.
+pub fn server_report(balancer: &LoadBalancer, name: &str) -> ServerReport {
+    balancer
+        .report()
+        .server(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no server {name}"))
+}
+
+/// The report of backend `target` of server `server`, now.
+pub fn backend_report(
+    balancer: &LoadBalancer,
+    server: &str,
+    target: impl std::fmt::Display,
+) -> BackendReport {
+    let target = target.to_string();
+    server_report(balancer, server)
+        .backend(&target)
+        .cloned()
+        .unwrap_or_else(|| panic!("server {server} has no backend {target}"))
 }
 
 /// A one-server config: `[servers.NAME]` with `extra` lines, static backends, then `tail`

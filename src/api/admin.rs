@@ -13,55 +13,31 @@
 //!
 //! No session escapes `disable`: the state is stored before the backend's closer is swapped,
 //! and a connecting session re-reads the state after taking its closer (see
-//! `server::connect_with_retry`), so it either holds the old closer (and is closed) or sees
+//! `session::connect::connect_with_retry`), so it either holds the old closer (and is closed) or sees
 //! the new state (and skips the backend).
 
 use hyper::{Response, StatusCode};
-use tracing::info;
 
-use super::response::{self, Body};
 use super::route::AdminAction;
-use super::stats::{BackendReport, admin_name};
+use super::wire;
 use crate::backend::Admin;
-use crate::stats::SessionEnd;
+use crate::http::response::{self, Body};
 use crate::supervisor::Supervisor;
 
 /// Applies `action` to backend `target` of server `server`; answers the backend's report.
-pub fn apply(
+pub(super) fn apply(
     supervisor: &Supervisor,
     server: &str,
     target: &str,
     action: AdminAction,
 ) -> Response<Body> {
-    let snapshot = supervisor.snapshot();
-    let Some(found) = snapshot.server(server) else {
-        return response::error(StatusCode::NOT_FOUND, format!("no server {server:?}"));
-    };
-    let Some(backend) = found.pool.find(target) else {
-        return response::error(
-            StatusCode::NOT_FOUND,
-            format!("server {server:?} has no backend {target:?}"),
-        );
-    };
-    let state = &backend.state;
-    let before = state.admin();
-    let after = match action {
+    let admin = match action {
         AdminAction::Drain => Admin::Draining,
         AdminAction::Disable => Admin::Disabled,
         AdminAction::Enable => Admin::Enabled,
     };
-    state.set_admin(after);
-    if after == Admin::Disabled {
-        // After the store: sessions established from now on cannot pick this backend.
-        state.close_sessions(SessionEnd::BackendDisabled);
+    match supervisor.set_backend_admin(server, target, admin) {
+        Ok(backend) => response::json(StatusCode::OK, &wire::Backend::of(&backend)),
+        Err(error) => response::error(StatusCode::NOT_FOUND, error.to_string()),
     }
-    info!(
-        server,
-        backend = %backend.target,
-        from = admin_name(before),
-        to = admin_name(after),
-        sessions = state.stats.active.load(std::sync::atomic::Ordering::Relaxed),
-        "backend admin state set through the API"
-    );
-    response::json(StatusCode::OK, &BackendReport::of(backend))
 }

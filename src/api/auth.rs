@@ -7,8 +7,8 @@
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
-use super::response::{self, Body};
 use crate::config::BasicAuth;
+use crate::http::response::{self, Body};
 
 /// The realm gin announces.
 const REALM: &str = "Basic realm=\"Authorization Required\"";

@@ -14,7 +14,7 @@ use hyper::header::{
 };
 use hyper::{Method, Response, StatusCode};
 
-use super::response::{self, Body};
+use crate::http::response::{self, Body};
 
 const METHODS: &str = "PUT, POST, DELETE, GET, OPTIONS";
 const HEADERS: &str = "Origin, Authorization";

@@ -1,10 +1,8 @@
-//! gobetween's REST API and Prometheus endpoint, betwixt's runtime backend control, and the
-//! `betwixt status` client.
+//! gobetween's REST API and betwixt's runtime backend control, served by an
+//! [`HttpListener`](crate::http::listener::HttpListener) on `[api] bind`.
 //!
-//! The daemon starts [`Endpoints`]: one HTTP listener for `[api]` and one for `[metrics]`, each
-//! an accept task ([`listener`]) that serves HTTP/1.1 connections on their own tasks. Handlers
-//! read the supervisor's current snapshot and the live atomics; nothing here is on the data
-//! path. Changes to servers (`POST`/`DELETE /servers/NAME`) go through
+//! Handlers read the supervisor's current snapshot and the live atomics; nothing here is on the
+//! data path. Changes to servers (`POST`/`DELETE /servers/NAME`) go through
 //! [`Supervisor::update`], the same snapshot swap as a SIGHUP reload, serialised with it.
 //! A backend's admin state (drain, disable, enable) is stored in its shared state, which the
 //! balancer reads when picking.
@@ -13,22 +11,16 @@
 //! checks basic authentication ([`auth`]) on everything but `/ping`, and dispatches to
 //! [`root`], [`servers`] or [`admin`].
 
-pub mod admin;
-pub mod auth;
-pub mod client;
-pub mod clock;
-pub mod cors;
-pub mod endpoints;
-pub mod exposition;
-pub mod listener;
-pub mod metrics;
-pub mod response;
-pub mod root;
-pub mod route;
-pub mod servers;
-pub mod stats;
-pub mod status;
-pub mod tls;
+mod admin;
+mod auth;
+
+pub use auth::authorization_value as basic_authorization;
+mod clock;
+mod cors;
+mod root;
+mod route;
+mod servers;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,12 +35,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
-pub use endpoints::{EndpointError, Endpoints};
-
 use self::auth::Credentials;
-use self::response::Body;
 use self::route::{Resolved, Route};
 use crate::config::ApiConfig;
+use crate::http::listener::Site;
+use crate::http::response::{self, Body};
+use crate::http::tls::{self, TlsError};
 use crate::supervisor::Supervisor;
 
 /// The largest request body accepted (a `POST /servers/NAME`).
@@ -79,7 +71,7 @@ impl ApiSettings {
     ///
     /// # Errors
     /// A TLS file cannot be used.
-    pub fn load(config: &ApiConfig) -> Result<Self, tls::TlsError> {
+    pub fn load(config: &ApiConfig) -> Result<Self, TlsError> {
         Ok(Self {
             credentials: config.basic_auth.as_ref().map(Credentials::new),
             cors: config.cors,
@@ -112,13 +104,8 @@ impl Api {
         self.settings.store(Arc::new(settings));
     }
 
-    /// The TLS acceptor for a new connection, when the API serves HTTPS.
-    pub fn tls(&self) -> Option<TlsAcceptor> {
-        self.settings.load().tls.clone()
-    }
-
     /// Answers one request from `peer`.
-    pub async fn respond(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn respond(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let settings = self.settings.load_full();
         let origin = settings
             .cors
@@ -182,6 +169,16 @@ impl Api {
                 action,
             } => admin::apply(supervisor, &server, &target, action),
         }
+    }
+}
+
+impl Site for Api {
+    fn tls(&self) -> Option<TlsAcceptor> {
+        self.settings.load().tls.clone()
+    }
+
+    async fn respond(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        Api::respond(self, request, peer).await
     }
 }
 

@@ -8,39 +8,14 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use hyper::{Response, StatusCode};
-use serde::{Deserialize, Serialize};
 
 use super::clock;
-use super::response::{self, Body};
+use super::wire::{ConfigurationSource, ProcessInfo};
+use crate::http::response::{self, Body};
 use crate::supervisor::Supervisor;
 
-/// `GET /`: gobetween's keys, in the order its JSON has them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessInfo {
-    /// Where the configuration came from: `{"kind": "file", "path": ...}`.
-    pub configuration: ConfigurationSource,
-    pub pid: u32,
-    /// RFC 3339.
-    #[serde(rename = "startTime")]
-    pub start_time: String,
-    /// RFC 3339, now.
-    pub time: String,
-    /// Go's duration syntax, `1h2m3.5s`.
-    pub uptime: String,
-    pub version: String,
-}
-
-/// gobetween's `info.Configuration` for `from-file`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigurationSource {
-    pub kind: String,
-    /// Empty for sources without a path (gobetween's `from-consul`).
-    #[serde(default)]
-    pub path: String,
-}
-
 /// Answers `GET /`.
-pub fn info(supervisor: &Supervisor, config_path: &Path) -> Response<Body> {
+pub(super) fn info(supervisor: &Supervisor, config_path: &Path) -> Response<Body> {
     let started = supervisor.process_stats().started_at;
     let now = SystemTime::now();
     let info = ProcessInfo {
@@ -58,7 +33,7 @@ pub fn info(supervisor: &Supervisor, config_path: &Path) -> Response<Body> {
 }
 
 /// Answers `GET /dump?format=toml|json` (default toml), as text like gobetween.
-pub fn dump(supervisor: &Supervisor, query: Option<&str>) -> Response<Body> {
+pub(super) fn dump(supervisor: &Supervisor, query: Option<&str>) -> Response<Body> {
     let format = query
         .into_iter()
         .flat_map(|query| query.split('&'))

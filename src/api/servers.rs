@@ -12,10 +12,10 @@
 use hyper::{Response, StatusCode};
 use tracing::{info, warn};
 
-use super::response::{self, Body};
-use super::stats::ServerReport;
+use super::wire;
 use crate::config::raw::{self, RawConfig, RawServer};
 use crate::config::{Config, ConfigError, ConfigErrors, Format, validate};
+use crate::http::response::{self, Body};
 use crate::supervisor::{ReloadSummary, StartError, Supervisor};
 
 /// Why a change to the servers was refused.
@@ -64,7 +64,7 @@ pub fn get(supervisor: &Supervisor, name: &str) -> Response<Body> {
 /// `GET /servers/NAME/stats`: its counters, or `null`.
 pub fn stats(supervisor: &Supervisor, name: &str) -> Response<Body> {
     let snapshot = supervisor.snapshot();
-    let report = snapshot.server(name).map(|server| ServerReport::of(server));
+    let report = snapshot.server(name).map(|server| wire::Server::of(server));
     response::json(StatusCode::OK, &report)
 }
 

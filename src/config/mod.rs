@@ -13,11 +13,12 @@
 //! A [`Config`] is plain data; the supervisor builds a runtime snapshot from it and a reload
 //! builds a new one from a new `Config`.
 
+mod balance;
+mod builder;
 pub mod duration;
 pub mod raw;
 pub mod source;
 pub mod static_list;
-pub mod summary;
 pub mod validate;
 
 #[cfg(test)]
@@ -31,7 +32,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use crate::balance::BalanceKind;
+pub use balance::{BalanceKind, UnknownBalance};
+pub use builder::{Builder, ServerBuilder};
 pub use source::{Format, LoadOptions, Loaded, load_file, load_str};
 
 /// The whole validated configuration of one betwixt process.
@@ -47,6 +49,35 @@ pub struct Config {
     /// The file as parsed, which this config was validated from: what `/dump` serialises and
     /// what the REST API edits (adding or removing a server) before validating it again.
     pub raw: raw::RawConfig,
+}
+
+impl Config {
+    /// Reads and validates the TOML (or, by extension `.json`, JSON) file at `path`. Unknown
+    /// keys are logged as warnings, as the daemon does.
+    ///
+    /// # Errors
+    /// The file cannot be read, or every problem found in it, each naming the file and key.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigErrors> {
+        let path = path.as_ref();
+        let format = match path.extension().and_then(|extension| extension.to_str()) {
+            Some("json") => Format::Json,
+            _ => Format::Toml,
+        };
+        let options = LoadOptions {
+            format,
+            ..LoadOptions::default()
+        };
+        load_file(path, &options).map(Loaded::into_config_logging_warnings)
+    }
+
+    /// Validates a config written in TOML; messages name it `config.toml`.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its key.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
+        load_str("config.toml", text, &LoadOptions::default())
+            .map(Loaded::into_config_logging_warnings)
+    }
 }
 
 /// `[logging]`.

@@ -50,6 +50,16 @@ pub struct Loaded {
     pub warnings: Vec<ConfigWarning>,
 }
 
+impl Loaded {
+    /// The config, after logging each warning.
+    pub fn into_config_logging_warnings(self) -> Config {
+        for warning in &self.warnings {
+            tracing::warn!("{warning}");
+        }
+        self.config
+    }
+}
+
 /// Reads and loads the config at `path`; messages name the file as `path` displays.
 ///
 /// # Errors

@@ -9,7 +9,7 @@ use std::io;
 
 use tokio::io::Interest;
 
-use super::direction::{Leg, Step};
+use super::leg::{Leg, Step};
 use super::{ForwardError, Meter};
 
 /// The first buffer of a burst: enough for a typical API request or watch event.

@@ -14,11 +14,11 @@
 mod copy;
 mod direction;
 mod idle;
+mod leg;
 mod relay;
 #[allow(unsafe_code)]
 mod splice;
 
-use direction::{Leg, Step};
 pub use relay::Relay;
 
 use std::io;

@@ -13,8 +13,9 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
-use super::direction::{Flow, Leg};
+use super::direction::Flow;
 use super::idle::{self, IdleClock};
+use super::leg::Leg;
 use super::{Direction, ForwardError, Meter, Options, Side, Transferred};
 
 type Watchdog = Pin<Box<dyn Future<Output = ForwardError> + Send>>;

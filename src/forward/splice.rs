@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::Interest;
 use tracing::warn;
 
-use super::{ForwardError, Leg, Meter, Step};
+use super::leg::{Leg, Step};
+use super::{ForwardError, Meter};
 
 /// Idle pipes kept per worker thread: enough to absorb bursts without holding many
 /// descriptors, or much of the per-user pipe quota (64 MiB by default), on a mostly idle

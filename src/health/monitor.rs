@@ -13,8 +13,8 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::state::{self, Thresholds};
-use super::{Check, CheckError, Target};
+use super::check::{Check, CheckError, Target};
+use crate::backend::health::{self as state, Thresholds};
 use crate::backend::{Backend, BackendState, Health};
 use crate::config::{CheckKind, HealthcheckConfig};
 use crate::snapshot::{Server, Snapshot};

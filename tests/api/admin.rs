@@ -63,8 +63,8 @@ async fn drain_keeps_sessions_and_sends_new_ones_elsewhere() {
     assert_eq!(entry["stats"]["active_connections"], 1);
 
     // A reload that keeps the backend keeps its admin state.
-    let config = lb.supervisor.snapshot().config.as_ref().clone();
-    lb.supervisor.reload(config).await.unwrap();
+    let config = lb.balancer.config().as_ref().clone();
+    lb.balancer.reload(config).await.unwrap();
     let (_, name) = open_named(lb.server("k3s")).await;
     assert_eq!(name, "b");
 

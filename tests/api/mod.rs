@@ -11,11 +11,9 @@ mod tls;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use betwixt::api::Endpoints;
 use betwixt::config::{self, LoadOptions};
-use betwixt::supervisor::Supervisor;
+use betwixt::{Endpoints, LoadBalancer};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue};
@@ -37,7 +35,7 @@ pub const ENDPOINTS: &str = "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n\
 
 /// A balancer with its API and metrics listeners.
 pub struct Balancer {
-    pub supervisor: Arc<Supervisor>,
+    pub balancer: LoadBalancer,
     pub endpoints: Endpoints,
 }
 
@@ -46,19 +44,14 @@ impl Balancer {
     pub async fn start(toml: &str) -> Self {
         let loaded = config::load_str("test.toml", toml, &LoadOptions::default())
             .unwrap_or_else(|errors| panic!("test config invalid:\n{errors}"));
-        let supervisor = Arc::new(
-            Supervisor::start(loaded.config)
-                .await
-                .expect("balancer starts"),
-        );
-        let endpoints = Endpoints::start(
-            &supervisor.snapshot().config,
-            Arc::clone(&supervisor),
-            PathBuf::from("test.toml"),
-        )
-        .expect("API and metrics start");
+        let balancer = LoadBalancer::start(loaded.config)
+            .await
+            .expect("balancer starts");
+        let endpoints = balancer
+            .serve_endpoints(PathBuf::from("test.toml"))
+            .expect("API and metrics start");
         Self {
-            supervisor,
+            balancer,
             endpoints,
         }
     }
@@ -73,7 +66,7 @@ impl Balancer {
 
     /// The address server `name` listens on.
     pub fn server(&self, name: &str) -> SocketAddr {
-        self.supervisor.local_addr(name).expect("server listens")
+        self.balancer.local_addr(name).expect("server listens")
     }
 
     /// An authenticated request to the API.
@@ -126,7 +119,7 @@ impl Reply {
 
 /// The `Authorization` header of basic authentication.
 pub fn basic(login: &str, password: &str) -> HeaderValue {
-    let value = betwixt::api::auth::authorization_value(login, password);
+    let value = betwixt::api::basic_authorization(login, password);
     HeaderValue::from_str(&value).unwrap()
 }
 

@@ -92,7 +92,7 @@ async fn credentials_are_required_except_for_ping() {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}");
     }
     assert_eq!(lb.get("/servers").await.status, StatusCode::OK);
-    assert!(lb.supervisor.snapshot().server("k3s").is_some());
+    assert!(lb.balancer.report().server("k3s").is_some());
 
     assert_eq!(lb.get("/nope").await.status, StatusCode::NOT_FOUND);
     let reply = lb.call(Method::PUT, "/servers/k3s", "").await;
@@ -245,12 +245,8 @@ async fn a_bad_server_is_refused_with_every_problem_named() {
         .await;
     assert!(reply.body.contains("bind"), "{}", reply.body);
     assert_eq!(lb.get_json("/servers/bad").await, Value::Null);
-    let refused = lb
-        .supervisor
-        .process_stats()
-        .reloads_refused
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(refused >= 1);
+    let metrics = lb.scrape().await;
+    assert!(metrics.value("betwixt_reloads_total", &[("result", "refused")]) >= 1.0);
 }
 
 #[tokio::test]
@@ -266,7 +262,7 @@ async fn dump_round_trips_the_running_config_with_api_changes() {
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 
-    let running = lb.supervisor.snapshot().config.clone();
+    let running = lb.balancer.config();
     let toml = lb.get("/dump").await;
     assert_eq!(toml.status, StatusCode::OK);
     assert!(toml.body.contains("[servers.extra]"), "{}", toml.body);

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use betwixt::api::client::ApiClient;
-use betwixt::api::root::ProcessInfo;
 use hyper::header::HeaderMap;
 use hyper::{Method, StatusCode};
 use rustls::RootCertStore;
@@ -61,14 +59,32 @@ async fn the_api_serves_https_with_its_certificate() {
 
     // The `betwixt status` client verifies against --cacert.
     let url = format!("https://127.0.0.1:{}", lb.api().port());
-    let client = ApiClient::new(&url, Some((LOGIN, PASSWORD)), Some(&pki.ca)).unwrap();
-    let info: ProcessInfo = client.get("/").await.expect("HTTPS request");
-    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
-    let untrusted = ApiClient::new(&url, Some((LOGIN, PASSWORD)), None).unwrap();
+    let status = |cacert: Option<&std::path::Path>| {
+        let mut command = tokio::process::Command::new(BINARY);
+        command.args([
+            "status",
+            "--api",
+            &url,
+            "--login",
+            LOGIN,
+            "--password",
+            PASSWORD,
+        ]);
+        if let Some(cacert) = cacert {
+            command.arg("--cacert").arg(cacert);
+        }
+        command.output()
+    };
+    let trusted = status(Some(&pki.ca)).await.unwrap();
+    let stdout = String::from_utf8_lossy(&trusted.stdout);
     assert!(
-        untrusted.get::<ProcessInfo>("/").await.is_err(),
-        "private CA not trusted"
+        trusted.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&trusted.stderr)
     );
+    assert!(stdout.contains("k3s"), "{stdout}");
+    let untrusted = status(None).await.unwrap();
+    assert!(!untrusted.status.success(), "private CA not trusted");
 }
 
 #[tokio::test]

@@ -3,7 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{CheckKind, Config, ServerConfig};
+use std::path::Path;
+use std::process::ExitCode;
+
+use betwixt::config::{self, CheckKind, Config, LoadOptions, ServerConfig};
 
 /// Displays each server with its listener, algorithm, limits, check and backends.
 pub struct Summary<'a>(pub &'a Config);
@@ -97,4 +100,23 @@ fn kind_name(kind: &CheckKind) -> &'static str {
 
 fn duration(value: Option<Duration>) -> String {
     value.map_or("none".to_owned(), |d| format!("{d:?}"))
+}
+
+/// `betwixt check`: validates and prints a summary; exit status 0 or 1.
+pub fn run(path: &Path, options: &LoadOptions) -> ExitCode {
+    match config::load_file(path, options) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", Summary(&loaded.config));
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: configuration is invalid", path.display());
+            ExitCode::FAILURE
+        }
+    }
 }

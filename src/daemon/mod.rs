@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{EndpointError, Endpoints};
 use crate::config::{self, Config, ConfigErrors, LoadOptions, Loaded};
+use crate::endpoints::{EndpointError, Endpoints};
 use crate::logging::LogControl;
 use crate::signal::{Command, Signals};
 use crate::supervisor::{StartError, Supervisor};

@@ -4,6 +4,9 @@
 //! by every snapshot that keeps the backend, so health and counters survive reloads. Everything
 //! the per-connection path touches is an atomic: accept tasks pick and count without locks.
 
+pub(crate) mod health;
+
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -12,9 +15,9 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BackendSpec;
-use crate::health::state::Streaks;
 use crate::logging::RateLimit;
 use crate::stats::{ActiveCount, BackendStats, SessionEnd, Slot};
+use health::Streaks;
 
 /// One backend as configured in the current snapshot.
 #[derive(Debug)]
@@ -82,6 +85,39 @@ pub enum Admin {
     Draining = 1,
     /// No new sessions; established ones are closed.
     Disabled = 2,
+}
+
+impl Health {
+    /// `up` or `down`, as logs, the API and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Admin {
+    /// `enabled`, `draining` or `disabled`, as logs, the API and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::Draining => "draining",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The part of a backend that outlives snapshots: health, admin state, counters, and the

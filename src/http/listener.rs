@@ -21,15 +21,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::Api;
-use super::metrics;
 use super::response::Body;
 use crate::logging::RateLimit;
-use crate::supervisor::Supervisor;
 
 /// Connections served at once per listener.
 pub const MAX_CONNECTIONS: usize = 128;
@@ -42,31 +40,17 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Pause after an accept error that is not about one connection (e.g. out of descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// What a listener serves.
-#[derive(Debug, Clone)]
-pub enum Site {
-    /// The REST API.
-    Api(Arc<Api>),
-    /// `GET /metrics`.
-    Metrics(Arc<Supervisor>),
-}
+/// What a listener serves: the REST API, the metrics endpoint.
+pub(crate) trait Site: Send + Sync + 'static {
+    /// The TLS acceptor for a new connection, when the site serves HTTPS.
+    fn tls(&self) -> Option<TlsAcceptor>;
 
-impl Site {
-    fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
-        match self {
-            Self::Api(api) => api.tls(),
-            Self::Metrics(_) => None,
-        }
-    }
-
-    async fn respond(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        match self {
-            Self::Api(api) => api.respond(request, peer).await,
-            Self::Metrics(supervisor) => {
-                metrics::respond(supervisor, request.method(), request.uri().path())
-            }
-        }
-    }
+    /// Answers one request from `peer`.
+    fn respond(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send;
 }
 
 /// A running listener and its accept task.
@@ -82,7 +66,10 @@ impl HttpListener {
     ///
     /// # Errors
     /// The socket cannot be registered with the runtime or has no local address.
-    pub fn serve(listener: std::net::TcpListener, site: Site) -> io::Result<Self> {
+    pub(crate) fn serve<S: Site>(
+        listener: std::net::TcpListener,
+        site: Arc<S>,
+    ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let listener = TcpListener::from_std(listener)?;
@@ -114,7 +101,7 @@ impl Drop for HttpListener {
     }
 }
 
-async fn accept_loop(listener: TcpListener, site: Site, stop: CancellationToken) {
+async fn accept_loop<S: Site>(listener: TcpListener, site: Arc<S>, stop: CancellationToken) {
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let errors_log = RateLimit::per_second();
@@ -140,7 +127,7 @@ async fn accept_loop(listener: TcpListener, site: Site, stop: CancellationToken)
             }
             continue;
         };
-        let (site, stop) = (site.clone(), stop.clone());
+        let (site, stop) = (Arc::clone(&site), stop.clone());
         connections.spawn(async move {
             serve_connection(stream, peer, site, stop).await;
             drop(permit);
@@ -159,10 +146,10 @@ async fn accept_loop(listener: TcpListener, site: Site, stop: CancellationToken)
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<S: Site>(
     stream: TcpStream,
     peer: SocketAddr,
-    site: Site,
+    site: Arc<S>,
     stop: CancellationToken,
 ) {
     let Some(acceptor) = site.tls() else {
@@ -170,17 +157,18 @@ async fn serve_connection(
     };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, site, stop).await,
-        Ok(Err(error)) => debug!(client = %peer, %error, "API TLS handshake failed"),
-        Err(_) => debug!(client = %peer, "API TLS handshake timed out"),
+        Ok(Err(error)) => debug!(client = %peer, %error, "HTTPS handshake failed"),
+        Err(_) => debug!(client = %peer, "HTTPS handshake timed out"),
     }
 }
 
-async fn serve_http<I>(io: I, peer: SocketAddr, site: Site, stop: CancellationToken)
+async fn serve_http<I, S>(io: I, peer: SocketAddr, site: Arc<S>, stop: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Site,
 {
     let service = service_fn(move |request| {
-        let site = site.clone();
+        let site = Arc::clone(&site);
         async move { Ok::<_, Infallible>(site.respond(request, peer).await) }
     });
     let mut builder = http1::Builder::new();

@@ -3,12 +3,12 @@
 //!
 //! The backends are tiny HTTP servers on ephemeral loopback ports, run in this process. The
 //! balancer is configured from TOML text through the normal loader, with a 1 s ping check, and
-//! runs through the same supervisor as the daemon. Commands on standard input stop and start
+//! runs through the library API ([`LoadBalancer`]). Commands on standard input stop and start
 //! backends and print the counters.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,8 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::config::{self, LoadOptions};
-use crate::supervisor::Supervisor;
+use betwixt::LoadBalancer;
+use betwixt::config::{self, LoadOptions};
 
 const BACKENDS: usize = 3;
 
@@ -25,6 +25,16 @@ const BACKENDS: usize = 3;
 ///
 /// # Errors
 /// A demo backend or the balancer cannot listen (e.g. `port` is taken: pass another).
+/// Runs the demo on its own runtime until the user quits.
+pub fn run_blocking(port: u16) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(port))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(port: u16) -> anyhow::Result<()> {
     let mut backends = BTreeMap::new();
     for number in 1..=BACKENDS {
@@ -34,8 +44,8 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     let text = config_text(port, backends.values().map(|backend| backend.addr));
     let loaded = config::load_str("demo.toml", &text, &LoadOptions::default())
         .map_err(|errors| anyhow::anyhow!("{errors}"))?;
-    crate::logging::init(&loaded.config.logging).context("cannot set up logging")?;
-    let supervisor = Supervisor::start(loaded.config)
+    betwixt::logging::init(&loaded.config.logging).context("cannot set up logging")?;
+    let balancer = LoadBalancer::start(loaded.config)
         .await
         .context("the demo balancer cannot listen; try --port with a free port")?;
     print_intro(port, &backends);
@@ -47,10 +57,10 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         };
         let Ok(Some(line)) = line else { break };
-        handle_command(line.trim(), &mut backends, &supervisor).await;
+        handle_command(line.trim(), &mut backends, &balancer).await;
     }
     println!("draining...");
-    supervisor.shutdown(Duration::from_secs(5)).await;
+    balancer.stop(Duration::from_secs(5)).await;
     Ok(())
 }
 
@@ -102,7 +112,7 @@ fn print_intro(port: u16, backends: &BTreeMap<usize, DemoBackend>) {
 async fn handle_command(
     command: &str,
     backends: &mut BTreeMap<usize, DemoBackend>,
-    supervisor: &Supervisor,
+    balancer: &LoadBalancer,
 ) {
     let mut words = command.split_whitespace();
     let (verb, number) = (words.next(), words.next().and_then(|n| n.parse().ok()));
@@ -121,30 +131,28 @@ async fn handle_command(
             },
             None => println!("no backend-{number}"),
         },
-        (Some("status"), _) => print_status(supervisor),
+        (Some("status"), _) => print_status(balancer),
         (None, _) => {}
         _ => println!("commands: stop N, start N, status (Ctrl-C to exit)"),
     }
 }
 
-fn print_status(supervisor: &Supervisor) {
-    let snapshot = supervisor.snapshot();
-    for server in snapshot.servers() {
+fn print_status(balancer: &LoadBalancer) {
+    for server in balancer.report().servers {
         println!(
             "{:<18} {:<6} {:>7} {:>7} {:>8} {:>10} {:>10}",
             "backend", "health", "active", "total", "refused", "rx bytes", "tx bytes"
         );
-        for backend in server.pool.backends() {
-            let stats = &backend.state.stats;
+        for backend in &server.backends {
             println!(
                 "{:<18} {:<6} {:>7} {:>7} {:>8} {:>10} {:>10}",
                 backend.target,
-                if backend.is_healthy() { "up" } else { "down" },
-                stats.active.load(Ordering::Relaxed),
-                stats.total.load(Ordering::Relaxed),
-                stats.refused.load(Ordering::Relaxed),
-                stats.traffic.rx.load(Ordering::Relaxed),
-                stats.traffic.tx.load(Ordering::Relaxed),
+                backend.health.as_str(),
+                backend.active,
+                backend.total,
+                backend.refused,
+                backend.to_client,
+                backend.to_backend,
             );
         }
     }

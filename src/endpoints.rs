@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::listener::{HttpListener, Site};
-use super::tls::TlsError;
-use super::{Api, ApiSettings};
+use crate::api::{Api, ApiSettings};
 use crate::config::{ApiConfig, BindAddr, Config, MetricsConfig};
+use crate::http::listener::{HttpListener, Site};
+use crate::http::tls::TlsError;
+use crate::metrics::Metrics;
 use crate::net;
 use crate::supervisor::Supervisor;
 
@@ -127,7 +128,7 @@ impl Endpoints {
             self.config_path.clone(),
             settings,
         ));
-        let listener = listen("api", &config.bind, Site::Api(Arc::clone(&api)))?;
+        let listener = listen("api", &config.bind, Arc::clone(&api))?;
         let scheme = if config.tls.is_some() {
             "https"
         } else {
@@ -142,7 +143,7 @@ impl Endpoints {
     }
 
     fn start_metrics(&self, config: &MetricsConfig) -> Result<RunningMetrics, EndpointError> {
-        let site = Site::Metrics(Arc::clone(&self.supervisor));
+        let site = Arc::new(Metrics(Arc::clone(&self.supervisor)));
         let listener = listen("metrics", &config.bind, site)?;
         info!(address = %listener.local_addr(), "metrics listening on /metrics");
         Ok(RunningMetrics {
@@ -261,7 +262,11 @@ impl Running for RunningMetrics {
 }
 
 /// Resolves `bind` and serves `site` on it.
-fn listen(section: &'static str, bind: &str, site: Site) -> Result<HttpListener, EndpointError> {
+fn listen<S: Site>(
+    section: &'static str,
+    bind: &str,
+    site: Arc<S>,
+) -> Result<HttpListener, EndpointError> {
     let address = BindAddr::resolve(bind).map_err(|message| EndpointError::Address {
         section,
         bind: bind.to_owned(),

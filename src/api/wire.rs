@@ -1,23 +1,47 @@
-//! `GET /servers/NAME/stats`: gobetween's JSON shape of a server's and its backends' counters,
-//! read from the live atomics, plus betwixt's health and admin state.
+//! The JSON of gobetween's REST API, as betwixt serves it and as `betwixt status` reads it.
 //!
-//! Field names and types are gobetween's (`core.Backend`, `stats.Stats`): `port` is a string,
-//! `rx` counts bytes from the backend to the client and `tx` the other way, `discovered` is
-//! true for every backend in the config (betwixt only has static discovery). The types also
-//! deserialise gobetween's own answers, so `betwixt status` can read either.
+//! Field names and types are gobetween's (`core.Backend`, `stats.Stats`, `info`): `port` is a
+//! string, `rx` counts bytes from the backend to the client and `tx` the other way,
+//! `discovered` is true for every backend in the config (betwixt only has static discovery).
+//! betwixt adds `health` and `admin`, optional, so the types also read gobetween's own answers.
 
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Admin, Backend, Health};
+use crate::backend::{self, Health};
 use crate::config::BackendSpec;
-use crate::snapshot::Server;
+use crate::snapshot;
 use crate::stats::Traffic;
 
-/// A server's counters and its backends.
+/// `GET /`: gobetween's keys, in the order its JSON has them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerReport {
+pub struct ProcessInfo {
+    /// Where the configuration came from: `{"kind": "file", "path": ...}`.
+    pub configuration: ConfigurationSource,
+    pub pid: u32,
+    /// RFC 3339.
+    #[serde(rename = "startTime")]
+    pub start_time: String,
+    /// RFC 3339, now.
+    pub time: String,
+    /// Go's duration syntax, `1h2m3.5s`.
+    pub uptime: String,
+    pub version: String,
+}
+
+/// gobetween's `info.Configuration` for `from-file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigurationSource {
+    pub kind: String,
+    /// Empty for sources without a path (gobetween's `from-consul`).
+    #[serde(default)]
+    pub path: String,
+}
+
+/// `GET /servers/NAME/stats`: a server's counters and its backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
     /// Client sessions open now.
     pub active_connections: u64,
     /// Bytes sent to clients.
@@ -26,12 +50,12 @@ pub struct ServerReport {
     pub tx_total: u64,
     pub rx_second: u64,
     pub tx_second: u64,
-    pub backends: Vec<BackendReport>,
+    pub backends: Vec<Backend>,
 }
 
 /// One backend: its spec and its counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendReport {
+pub struct Backend {
     /// IPv6 addresses in brackets, as gobetween reads them from `static_list`.
     pub host: String,
     /// A string, as in gobetween.
@@ -73,9 +97,9 @@ pub struct BackendCounters {
     pub admin: Option<String>,
 }
 
-impl ServerReport {
+impl Server {
     /// Reads `server`'s counters now.
-    pub fn of(server: &Server) -> Self {
+    pub(crate) fn of(server: &snapshot::Server) -> Self {
         let traffic = &server.stats.traffic;
         Self {
             active_connections: server.stats.active.load(Ordering::Relaxed),
@@ -87,15 +111,15 @@ impl ServerReport {
                 .pool
                 .backends()
                 .iter()
-                .map(|backend| BackendReport::of(backend))
+                .map(|backend| Backend::of(backend))
                 .collect(),
         }
     }
 }
 
-impl BackendReport {
+impl Backend {
     /// Reads `backend`'s state and counters now.
-    pub fn of(backend: &Backend) -> Self {
+    pub(crate) fn of(backend: &backend::Backend) -> Self {
         let state = &backend.state;
         let stats = &state.stats;
         let Traffic {
@@ -122,8 +146,8 @@ impl BackendReport {
                 tx: tx.load(Ordering::Relaxed),
                 rx_second: rx_second.load(Ordering::Relaxed),
                 tx_second: tx_second.load(Ordering::Relaxed),
-                health: Some(health_name(state.health()).to_owned()),
-                admin: Some(admin_name(state.admin()).to_owned()),
+                health: Some(state.health().to_string()),
+                admin: Some(state.admin().to_string()),
             },
         }
     }
@@ -131,28 +155,11 @@ impl BackendReport {
 
 /// The `host` of a backend as gobetween shows it: an IPv6 address in brackets (its
 /// `static_list` parser keeps them), so that `host:port` is the backend's address.
-pub fn host_label(spec: &BackendSpec) -> String {
+pub(crate) fn host_label(spec: &BackendSpec) -> String {
     if spec.host.contains(':') {
         format!("[{}]", spec.host)
     } else {
         spec.host.clone()
-    }
-}
-
-/// `up` or `down`.
-pub fn health_name(health: Health) -> &'static str {
-    match health {
-        Health::Up => "up",
-        Health::Down => "down",
-    }
-}
-
-/// `enabled`, `draining` or `disabled`.
-pub fn admin_name(admin: Admin) -> &'static str {
-    match admin {
-        Admin::Enabled => "enabled",
-        Admin::Draining => "draining",
-        Admin::Disabled => "disabled",
     }
 }
 
@@ -161,10 +168,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::backend::BackendState;
+    use crate::backend::{Admin, BackendState};
     use crate::forward::Direction;
 
-    fn backend(host: &str, max_connections: Option<u32>) -> Backend {
+    fn backend(host: &str, max_connections: Option<u32>) -> backend::Backend {
         let spec = BackendSpec {
             host: host.into(),
             port: 6443,
@@ -173,16 +180,16 @@ mod tests {
             max_connections,
             sni: None,
         };
-        Backend::new(spec, Arc::new(BackendState::default()))
+        backend::Backend::new(spec, Arc::new(BackendState::default()))
     }
 
     #[test]
     fn backend_report_has_gobetween_fields_and_types() {
-        let backend = backend("::1", None);
-        backend.state.stats.traffic.add(Direction::ToClient, 100);
-        backend.state.stats.traffic.add(Direction::ToBackend, 7);
-        backend.state.set_admin(Admin::Draining);
-        let json = serde_json::to_value(BackendReport::of(&backend)).unwrap();
+        let runtime = backend("::1", None);
+        runtime.state.stats.traffic.add(Direction::ToClient, 100);
+        runtime.state.stats.traffic.add(Direction::ToBackend, 7);
+        runtime.state.set_admin(Admin::Draining);
+        let json = serde_json::to_value(Backend::of(&runtime)).unwrap();
         assert_eq!(json["host"], "[::1]");
         assert_eq!(json["port"], "6443");
         assert_eq!(json["weight"], 2);
@@ -204,10 +211,10 @@ mod tests {
             "stats": {"live": false, "discovered": true, "total_connections": 1,
               "active_connections": 0, "refused_connections": 2, "rx": 3, "tx": 4,
               "rx_second": 0, "tx_second": 0}}"#;
-        let report: BackendReport = serde_json::from_str(text).unwrap();
+        let report: Backend = serde_json::from_str(text).unwrap();
         assert_eq!(report.stats.refused_connections, 2);
         assert_eq!(report.stats.admin, None);
-        let limited = BackendReport::of(&backend("10.0.0.1", Some(5)));
+        let limited = Backend::of(&backend("10.0.0.1", Some(5)));
         let json = serde_json::to_value(limited).unwrap();
         assert_eq!(json["max_connections"], 5);
     }

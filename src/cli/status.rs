@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
 
 use super::client::{ApiClient, ClientError};
-use super::root::ProcessInfo;
-use super::stats::{BackendReport, ServerReport};
+use betwixt::api::wire::{Backend as BackendReport, ProcessInfo, Server as ServerReport};
 
 /// `betwixt status`'s options.
 #[derive(Debug, Clone)]
@@ -201,11 +203,28 @@ fn encode_segment(name: &str) -> String {
         .collect()
 }
 
+/// `betwixt status`: prints the table; exit status 1 when the API cannot be asked.
+pub fn run(options: &StatusOptions) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(fetch(options)) {
+        Ok(status) => {
+            print!("{status}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("betwixt status: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::root::ConfigurationSource;
-    use crate::api::stats::BackendCounters;
+    use betwixt::api::wire::{BackendCounters, ConfigurationSource};
 
     #[test]
     fn byte_counts_are_readable() {

@@ -5,21 +5,40 @@
 //! scrape walks the current snapshot. Servers and backends that a reload removed disappear
 //! from the next scrape, as gobetween deletes their label sets.
 
+mod exposition;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hyper::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio_rustls::TlsAcceptor;
 
-use super::exposition::{self, Exposition, Kind};
-use super::response::{self, Body};
-use super::stats::{admin_name, host_label};
 use crate::backend::{Admin, Backend, Health};
+use crate::http::listener::Site;
+use crate::http::response::{self, Body};
 use crate::snapshot::Server;
 use crate::stats::SessionEnd;
 use crate::supervisor::Supervisor;
+use exposition::{Exposition, Kind};
 
 /// Answers a request to the metrics listener: `GET /metrics`, else 404 or 405.
-pub fn respond(supervisor: &Supervisor, method: &Method, path: &str) -> Response<Body> {
+/// The `[metrics]` listener's site: `GET /metrics`, plain HTTP.
+#[derive(Debug)]
+pub(crate) struct Metrics(pub(crate) Arc<Supervisor>);
+
+impl Site for Metrics {
+    fn tls(&self) -> Option<TlsAcceptor> {
+        None
+    }
+
+    async fn respond(&self, request: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        respond(&self.0, request.method(), request.uri().path())
+    }
+}
+
+fn respond(supervisor: &Supervisor, method: &Method, path: &str) -> Response<Body> {
     match (method, path) {
         (&Method::GET, "/metrics") => {
             let text = render(supervisor);
@@ -128,7 +147,7 @@ impl<'a> BackendLabels<'a> {
     fn of(server: &'a Server, backend: &Backend) -> Self {
         Self {
             server: server.name(),
-            host: host_label(&backend.spec),
+            host: crate::api::wire::host_label(&backend.spec),
             port: backend.spec.port.to_string(),
         }
     }
@@ -306,7 +325,7 @@ fn backend_states(out: &mut Exposition, servers: &[&Arc<Server>]) {
     for_backends(servers, |labels, backend| {
         let current = backend.state.admin();
         for state in [Admin::Enabled, Admin::Draining, Admin::Disabled] {
-            let labels = labels.with(Some(("state", admin_name(state))));
+            let labels = labels.with(Some(("state", state.as_str())));
             family.sample(&labels, u64::from(state == current));
         }
     });

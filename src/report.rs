@@ -1,0 +1,144 @@
+//! A point-in-time report of a running balancer: every server, its backends, their health,
+//! admin state and counters. What an embedding program, the tests and `betwixt check` read,
+//! instead of reaching into the runtime's atomics.
+//!
+//! A report is a copy: taking one reads each counter once (relaxed), so counters of one report
+//! are not a consistent cut, but each is exact at the moment it was read.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use crate::backend::Backend;
+pub use crate::backend::{Admin, Health};
+use crate::config::BalanceKind;
+use crate::snapshot::{Server, Snapshot};
+pub use crate::stats::SessionEnd;
+
+/// Every server of a running balancer, ordered by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub servers: Vec<ServerReport>,
+}
+
+impl Report {
+    /// The server named `name`.
+    pub fn server(&self, name: &str) -> Option<&ServerReport> {
+        self.servers.iter().find(|server| server.name == name)
+    }
+
+    pub(crate) fn of(snapshot: &Snapshot, local_addr: impl Fn(&str) -> Option<SocketAddr>) -> Self {
+        Self {
+            servers: snapshot
+                .servers()
+                .map(|server| ServerReport::of(server, local_addr(server.name())))
+                .collect(),
+        }
+    }
+}
+
+/// One `[servers.NAME]`: its listener, balancer, counters and backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerReport {
+    pub name: String,
+    /// The address its listener is bound to (with the port the kernel chose for port 0).
+    pub local_addr: Option<SocketAddr>,
+    pub balance: BalanceKind,
+    /// Client sessions open now, connected to a backend or still connecting.
+    pub active: u64,
+    /// Clients accepted and admitted.
+    pub total: u64,
+    /// Clients refused by the `[access]` rules.
+    pub denied: u64,
+    /// Clients refused because the server was at `max_connections`.
+    pub over_limit: u64,
+    /// Clients closed because no backend could be connected.
+    pub unserved: u64,
+    /// Connects tried after a failed one.
+    pub connect_retries: u64,
+    /// Bytes from clients to backends.
+    pub to_backends: u64,
+    /// Bytes from backends to clients.
+    pub to_clients: u64,
+    /// How established sessions ended, one count per [`SessionEnd`].
+    pub ended: BTreeMap<SessionEnd, u64>,
+    /// Ordered by `host:port`.
+    pub backends: Vec<BackendReport>,
+}
+
+impl ServerReport {
+    /// The backend whose `host:port` is `target`.
+    pub fn backend(&self, target: &str) -> Option<&BackendReport> {
+        self.backends
+            .iter()
+            .find(|backend| backend.target == target)
+    }
+
+    /// How many established sessions ended for `reason`.
+    pub fn ended(&self, reason: SessionEnd) -> u64 {
+        self.ended.get(&reason).copied().unwrap_or(0)
+    }
+
+    fn of(server: &Server, local_addr: Option<SocketAddr>) -> Self {
+        let stats = &server.stats;
+        Self {
+            name: server.name().to_owned(),
+            local_addr,
+            balance: server.config.balance,
+            active: stats.active.load(Ordering::Relaxed),
+            total: stats.total.load(Ordering::Relaxed),
+            denied: stats.denied.load(Ordering::Relaxed),
+            over_limit: stats.over_limit.load(Ordering::Relaxed),
+            unserved: stats.unserved.load(Ordering::Relaxed),
+            connect_retries: stats.connect_retries.load(Ordering::Relaxed),
+            to_backends: stats.traffic.tx.load(Ordering::Relaxed),
+            to_clients: stats.traffic.rx.load(Ordering::Relaxed),
+            ended: SessionEnd::ALL
+                .iter()
+                .map(|&end| (end, stats.ended.get(end)))
+                .collect(),
+            backends: server
+                .pool
+                .backends()
+                .iter()
+                .map(|backend| BackendReport::of(backend))
+                .collect(),
+        }
+    }
+}
+
+/// One backend of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendReport {
+    /// `host:port`, the backend's identity across reloads.
+    pub target: String,
+    pub health: Health,
+    pub admin: Admin,
+    /// Sessions open now.
+    pub active: u64,
+    /// Sessions ever established.
+    pub total: u64,
+    /// Connects that failed (refused, timed out, unreachable).
+    pub refused: u64,
+    /// Bytes from clients to this backend.
+    pub to_backend: u64,
+    /// Bytes from this backend to clients.
+    pub to_client: u64,
+}
+
+impl BackendReport {
+    fn of(backend: &Backend) -> Self {
+        let state = &backend.state;
+        let stats = &state.stats;
+        Self {
+            target: backend.target.to_string(),
+            health: state.health(),
+            admin: state.admin(),
+            active: stats.active.load(Ordering::Relaxed),
+            total: stats.total.load(Ordering::Relaxed),
+            refused: stats.refused.load(Ordering::Relaxed),
+            to_backend: stats.traffic.tx.load(Ordering::Relaxed),
+            to_client: stats.traffic.rx.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Reaching a backend for a session: the balancer's order, each backend at most once, passive
+//! health from every attempt, and a place held on the backend for the session's life.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::backend::{Backend, BackendState};
+use crate::health::monitor;
+use crate::net;
+use crate::snapshot::Server;
+use crate::stats::Slot;
+
+/// A session's backend connection and the place it holds on that backend.
+pub(crate) struct Connected {
+    pub(crate) stream: TcpStream,
+    pub(crate) backend: Arc<Backend>,
+    /// Fires when the backend's sessions are closed (marked down, removed, disabled).
+    pub(crate) backend_closer: CancellationToken,
+    _slot: Slot<BackendState>,
+}
+
+/// Tries backends in the balancer's order, each at most once (and at most `connect_attempts`
+/// in all), until one accepts. `None` when every one failed.
+pub(crate) async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Connected> {
+    let max_attempts = server.config.connect_attempts.unwrap_or(u32::MAX);
+    let mut attempts = server.pool.attempts(client.ip());
+    let mut made = 0;
+    while made < max_attempts {
+        let backend = attempts.next_backend()?;
+        // Full since the pick (another session took the last place): try the next one.
+        let Some(slot) = backend.try_acquire() else {
+            continue;
+        };
+        // Taken before connecting: a backend closed while we connect closes this session too.
+        // A backend closed between the pick and this line handed out a fresh token, but its
+        // new state is visible by now (it is stored before the token is swapped): skip it.
+        let backend_closer = backend.state.session_closer();
+        let still_routable =
+            backend.accepts_new_sessions() && (backend.is_healthy() || attempts.ignores_health());
+        if !still_routable {
+            continue;
+        }
+        if made > 0 {
+            server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
+        }
+        made += 1;
+        let started = tokio::time::Instant::now();
+        match connect_backend(backend, server.config.backend_connection_timeout).await {
+            Ok(stream) => {
+                backend
+                    .state
+                    .stats
+                    .connect_latency
+                    .observe(started.elapsed());
+                monitor::observe_connect(server, backend, None);
+                backend.state.stats.total.fetch_add(1, Ordering::Relaxed);
+                return Some(Connected {
+                    stream,
+                    backend: Arc::clone(backend),
+                    backend_closer,
+                    _slot: slot,
+                });
+            }
+            Err(error) if net::is_local_exhaustion(&error) => {
+                // Not the backend's fault, and every other backend would fail the same way.
+                if let Some(suppressed) = server.log_limits.exhausted.check() {
+                    error!(server = server.name(), client = %client, %error, suppressed, "cannot open a backend connection: out of local resources");
+                }
+                return None;
+            }
+            Err(error) => {
+                backend.state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                monitor::observe_connect(server, backend, Some(&error));
+                if let Some(suppressed) = backend.connect_failures_log.check() {
+                    warn!(
+                        server = server.name(),
+                        client = %client,
+                        backend = %backend.target,
+                        %error,
+                        suppressed,
+                        "connect to backend failed; trying the next one"
+                    );
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Connects to one backend within `timeout`.
+async fn connect_backend(backend: &Backend, timeout: Option<Duration>) -> io::Result<TcpStream> {
+    let attempt = net::connect_host(backend.resolved, &backend.spec.host, backend.spec.port);
+    match timeout {
+        None => attempt.await,
+        Some(timeout) => tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                ))
+            }),
+    }
+}
