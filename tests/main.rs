@@ -1,7 +1,11 @@
 //! End-to-end tests over loopback: in-process backends on ephemeral ports, the balancer in
 //! front of them, real sockets in between.
 
+// Helpers outside #[test] functions panic on purpose: a failed step fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod api;
+mod architecture;
 mod balancing;
 mod cli;
 mod daemon;
