@@ -12,7 +12,7 @@ async fn server_max_connections_refuses_the_excess_and_recovers() {
     let addr = balancer.local_addr("cap").unwrap();
     let mut first = TcpStream::connect(addr).await.unwrap();
     let second = TcpStream::connect(addr).await.unwrap();
-    assert_eq!(read_name_line(&mut first).await, "a");
+    assert_eq!(read_line(&mut first).await.unwrap(), "a");
 
     let mut third = TcpStream::connect(addr).await.unwrap();
     assert!(closed_by_peer(&mut third).await);
@@ -42,7 +42,7 @@ async fn a_full_backend_is_skipped() {
     let mut names = Vec::new();
     for _ in 0..6 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        names.push(read_name_line(&mut stream).await);
+        names.push(read_line(&mut stream).await.unwrap());
         held.push(stream);
     }
     assert_eq!(
@@ -74,14 +74,4 @@ async fn access_rules_deny_and_allow_by_source() {
         1,
         "a denied client must never reach a backend"
     );
-}
-
-async fn read_name_line(stream: &mut TcpStream) -> String {
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    tokio::io::BufReader::new(stream)
-        .read_line(&mut line)
-        .await
-        .unwrap();
-    line.trim_end().to_owned()
 }

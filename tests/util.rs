@@ -162,18 +162,20 @@ pub async fn closed_port() -> SocketAddr {
 
 /// Connects to the balancer and reads the backend's name line.
 pub async fn fetch_name(addr: SocketAddr) -> std::io::Result<String> {
-    let stream = TcpStream::connect(addr).await?;
-    read_name(stream).await
+    let mut stream = TcpStream::connect(addr).await?;
+    read_line(&mut stream).await
 }
 
 /// Connects from a chosen loopback source address (127.0.0.0/8 is all local).
 pub async fn fetch_name_from(source: [u8; 4], addr: SocketAddr) -> std::io::Result<String> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((source, 0)))?;
-    read_name(socket.connect(addr).await?).await
+    read_line(&mut socket.connect(addr).await?).await
 }
 
-async fn read_name(mut stream: TcpStream) -> std::io::Result<String> {
+/// Reads one line (without its `\n`) within [`PATIENCE`], byte by byte so nothing after it is
+/// consumed. An error when the stream closes before any byte.
+pub async fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     let read = async {

@@ -22,6 +22,14 @@ pub(super) fn parse_bind(report: &mut Report<'_>, key: &Key, text: &str) -> Opti
 }
 
 fn resolve(text: &str) -> Result<BindAddr, String> {
+    resolve_with(text, lookup)
+}
+
+/// [`resolve`] with the DNS lookup passed in, so tests need no resolver.
+fn resolve_with(
+    text: &str,
+    lookup: impl FnOnce(&str, u16) -> Result<SocketAddr, String>,
+) -> Result<BindAddr, String> {
     let (host, port, bracketed) = split(text)?;
     let port: u16 = port
         .parse()
@@ -101,8 +109,16 @@ impl BindAddr {
 mod tests {
     use super::*;
 
+    /// Knows `localhost` only, like a resolver with nothing but `/etc/hosts`.
+    fn hosts_file(host: &str, port: u16) -> Result<SocketAddr, String> {
+        match host {
+            "localhost" => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+            _ => Err(format!("cannot resolve {host:?}: no such host")),
+        }
+    }
+
     fn bind(text: &str) -> BindAddr {
-        match resolve(text) {
+        match resolve_with(text, hosts_file) {
             Ok(bind) => bind,
             Err(problem) => panic!("{text}: {problem}"),
         }
@@ -145,7 +161,7 @@ mod tests {
             ),
         ];
         for (text, expected) in table {
-            let problem = resolve(text).expect_err(text);
+            let problem = resolve_with(text, hosts_file).expect_err(text);
             assert!(problem.contains(expected), "{text}: {problem}");
         }
     }
