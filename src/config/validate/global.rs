@@ -118,7 +118,8 @@ pub(super) fn metrics(raw: Option<&RawMetrics>) -> MetricsConfig {
     }
 }
 
-/// `[betwixt]`: shutdown 30s, forwarding auto, 64 KiB pipes and buffers unless set.
+/// `[betwixt]`: shutdown 30s, forwarding auto, 1 MiB pipes and copy buffers (the most a
+/// buffer grows to; it starts at 16 KiB) unless set.
 pub(super) fn runtime(report: &mut Report<'_>, raw: Option<&RawBetwixt>) -> RuntimeConfig {
     let raw = raw.cloned().unwrap_or_default();
     let key = Key::root("betwixt");
