@@ -31,8 +31,9 @@
 //! there is no cycle):
 //! - [`config`]: gobetween's schema, read, parsed and validated into an immutable [`Config`];
 //!   a leaf that names no runtime type.
-//! - `net`, `logging`, `access`, `proxy_protocol`, `signal`, `systemd`: sockets, log set-up,
-//!   `[access]` rules, the PROXY header, Unix signals, the service manager.
+//! - `net`, `tls`, `logging`, `access`, `proxy_protocol`, `signal`, `systemd`: sockets, PEM
+//!   certificates and keys, log set-up, `[access]` rules, the PROXY header, Unix signals, the
+//!   service manager.
 //! - `stats`, `forward`: lock-free counters and the byte movers (copy, splice).
 //! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
 //!   snapshot behind one `ArcSwap`, backend state carried over by target.
@@ -70,6 +71,7 @@ pub(crate) mod snapshot;
 pub(crate) mod stats;
 pub(crate) mod supervisor;
 pub(crate) mod systemd;
+pub(crate) mod tls;
 
 pub use config::Config;
 pub use embed::LoadBalancer;

@@ -4,14 +4,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -97,11 +98,42 @@ impl Drop for Pki {
 }
 
 /// The fake API server. `readyz_status` overrides what an authenticated `/readyz` answers
-/// (200 by default), to play a server that is shutting down.
+/// (200 by default), to play a server that is shutting down. `closes` counts how clients
+/// ended their TLS connections.
 pub struct FakeApiServer {
     pub addr: SocketAddr,
     pub readyz_status: Arc<AtomicU16>,
+    pub closes: Arc<Closes>,
     task: JoinHandle<()>,
+}
+
+/// How clients left after a completed handshake: with close_notify (`clean`), or by closing
+/// TCP without it (`unclean`, what a k3s server logs as an error).
+#[derive(Debug, Default)]
+pub struct Closes {
+    pub clean: AtomicU32,
+    pub unclean: AtomicU32,
+}
+
+impl Closes {
+    /// Waits up to `patience` for the client to close, and counts how it did.
+    async fn observe(&self, tls: &mut (impl AsyncRead + Unpin), patience: Duration) {
+        let mut rest = [0u8; 1024];
+        for _ in 0..64 {
+            match tokio::time::timeout(patience, tls.read(&mut rest)).await {
+                Ok(Ok(0)) => {
+                    self.clean.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) => {
+                    self.unclean.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 impl FakeApiServer {
@@ -110,21 +142,33 @@ impl FakeApiServer {
         let addr = listener.local_addr().unwrap();
         let acceptor = pki.acceptor();
         let readyz_status = Arc::new(AtomicU16::new(200));
+        let closes = Arc::new(Closes::default());
         let status = Arc::clone(&readyz_status);
+        let observer = Arc::clone(&closes);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (acceptor, status) = (acceptor.clone(), Arc::clone(&status));
+                let closes = Arc::clone(&observer);
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(stream).await else {
                         return;
                     };
                     let authenticated = tls.get_ref().1.peer_certificates().is_some();
                     let mut request = vec![0u8; 4096];
-                    let Ok(read) = tls.read(&mut request).await else {
-                        return;
+                    let read = match tls.read(&mut request).await {
+                        // A tls check: the handshake, then the client's close.
+                        Ok(0) => {
+                            closes.clean.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Ok(read) => read,
+                        Err(_) => {
+                            closes.unclean.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
                     };
                     let line = String::from_utf8_lossy(&request[..read]).into_owned();
                     let (code, body) = if line.starts_with("GET /ping ") {
@@ -142,12 +186,14 @@ impl FakeApiServer {
                     );
                     let _ = tls.write_all(response.as_bytes()).await;
                     let _ = tls.shutdown().await;
+                    closes.observe(&mut tls, Duration::from_secs(5)).await;
                 });
             }
         });
         Self {
             addr,
             readyz_status,
+            closes,
             task,
         }
     }

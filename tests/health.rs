@@ -114,6 +114,12 @@ async fn https_checks_against_a_k3s_like_api_server() {
         wait_health(&balancer, "api", api.addr, expected).await;
         stays(&balancer, "api", api.addr, expected).await;
     }
+    // Every check that got past the handshake ended it with close_notify.
+    eventually("checks to close their connections", || {
+        api.closes.clean.load(Ordering::SeqCst) >= 10
+    })
+    .await;
+    assert_eq!(api.closes.unclean.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -531,4 +537,64 @@ async fn a_udp_probe_checks_a_datagram_answer() {
         wait_health(&balancer, "api", backend.addr, expected).await;
         stays(&balancer, "api", backend.addr, expected).await;
     }
+}
+
+/// A CA file whose read blocks (here a FIFO nobody writes to, in production a hung network
+/// mount) must not stall the runtime: checks are prepared off its workers. The balancer runs
+/// on a one-worker runtime in its own thread, so a blocked worker would stop it entirely.
+#[test]
+fn a_blocking_ca_file_does_not_stall_the_runtime() {
+    let dir = scratch("fifo-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("ca.pem");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (served_tx, served_rx) = std::sync::mpsc::channel();
+    let ca = fifo.clone();
+    let balancer_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let backend = name_backend("a").await;
+            let healthcheck = format!("kind = \"tls\"\ntls_ca_cert_path = \"{}\"", ca.display());
+            let balancer = start_balancer(&checked(backend.addr, &healthcheck)).await;
+            let addr = balancer.local_addr("api").unwrap();
+            // Several check intervals: every check task has been polled.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // The receiver is gone when the test already failed.
+            let _ = served_tx.send(fetch_name(addr).await.ok());
+        });
+    });
+    let served = served_rx.recv_timeout(Duration::from_secs(10));
+    // Let the reader of the FIFO go (it reads an empty file), so the thread can end: opening
+    // the writing end without blocking succeeds once a reader waits.
+    let mut released = false;
+    for _ in 0..200 {
+        use std::os::unix::fs::OpenOptionsExt;
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        if writer.is_ok() {
+            released = true;
+            break;
+        }
+        if balancer_thread.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(released, "nothing ever read the CA file");
+    balancer_thread.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        served,
+        Ok(Some("a".to_owned())),
+        "the balancer stalled while a check read its CA file"
+    );
 }

@@ -325,8 +325,15 @@ pub struct ProbeCheck {
     pub send: Vec<u8>,
     /// `probe_recv` with Go escapes decoded; for regexp, the pattern text.
     pub recv: Vec<u8>,
-    /// `probe_recv_len`: bytes to read. 0 with starts_with means `recv.len()`.
+    /// `probe_recv_len`: bytes to read, at most [`Self::MAX_RECV_LEN`]. 0 with starts_with
+    /// means `recv.len()`.
     pub recv_len: usize,
+}
+
+impl ProbeCheck {
+    /// The largest `probe_recv_len`: a probe compares a banner or a short reply, and a
+    /// larger value (gobetween accepts any) only lets a typo reserve memory on every check.
+    pub const MAX_RECV_LEN: usize = 64 * 1024;
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,8 @@
 //! The supervisor calls [`Monitor::reconcile`] after every published snapshot: backends that
 //! stay with the same check keep their task (no flap, no reset), changed or new ones get a
 //! fresh task, removed ones lose theirs. A task owns nothing but its check settings and the
-//! backend's shared state; it writes health through atomics the balancer reads.
+//! backend's shared state; it writes health through atomics the balancer reads. It prepares
+//! its check (reads TLS files) on the blocking pool before its first run.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +14,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::check::{Check, CheckError, Target};
+use super::check::{Check, CheckError, SetupError, Target};
 use crate::backend::health::{self as state, Thresholds};
 use crate::backend::{Backend, BackendState, Health};
 use crate::config::{CheckKind, HealthcheckConfig};
@@ -131,7 +132,10 @@ struct CheckTask {
 impl CheckTask {
     async fn run(self, stop: CancellationToken) {
         let healthcheck = &self.spec.healthcheck;
-        let check = Check::prepare(&healthcheck.kind, &self.spec.target);
+        let check = tokio::select! {
+            () = stop.cancelled() => return,
+            check = prepare(&healthcheck.kind, &self.spec.target) => check,
+        };
         if let Err(error) = &check {
             error!(server = %self.server, backend = %self.backend, %error, "health check cannot run; counting every run as failed");
         }
@@ -156,7 +160,7 @@ impl CheckTask {
             let result = match &check {
                 Ok(Some(check)) => check.run(&self.spec.target, timeout).await,
                 Ok(None) => return,
-                Err(error) => Err(CheckError::TlsSetup(error.to_string())),
+                Err(error) => Err(CheckError::Setup(error.clone())),
             };
             self.state.stats.check_duration.observe(started.elapsed());
             if stop.is_cancelled() {
@@ -188,6 +192,16 @@ impl CheckTask {
             }
         }
     }
+}
+
+/// [`Check::prepare`] on the blocking pool: it reads CA files, client certificates and the
+/// system roots, which may block (a slow disk, a hung network mount) and must not stall the
+/// runtime workers that forward traffic.
+async fn prepare(kind: &CheckKind, target: &Target) -> Result<Option<Check>, SetupError> {
+    let (kind, target) = (kind.clone(), target.clone());
+    tokio::task::spawn_blocking(move || Check::prepare(&kind, &target))
+        .await
+        .unwrap_or_else(|error| Err(SetupError(format!("preparing the check failed: {error}"))))
 }
 
 /// Records a client connect on `backend` (passive check) and acts when it marked it down.

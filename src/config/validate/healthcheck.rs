@@ -96,7 +96,11 @@ fn no_check() -> HealthcheckConfig {
     }
 }
 
-/// `interval`: required and above zero for every kind but none.
+/// The shortest `interval`: each check is a connection (and for exec a process) per backend,
+/// and a verdict needs `fails` of them; checking more often loads the backends for no gain.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `interval`: required, and at least [`MIN_INTERVAL`], for every kind but none.
 fn interval(report: &mut Report<'_>, key: &Key, raw: &RawHealthcheck, kind: &str) -> Duration {
     let interval_key = key.child("interval");
     let Some(text) = text(&raw.interval) else {
@@ -109,6 +113,13 @@ fn interval(report: &mut Report<'_>, key: &Key, raw: &RawHealthcheck, kind: &str
             report.error(
                 &interval_key,
                 format!("must be greater than 0 for kind {kind}"),
+            );
+            interval
+        }
+        Some(interval) if interval < MIN_INTERVAL => {
+            report.error(
+                &interval_key,
+                format!("{text:?} is shorter than the minimum, {MIN_INTERVAL:?}"),
             );
             interval
         }
@@ -187,5 +198,38 @@ fn warn_foreign_keys(report: &mut Report<'_>, key: &Key, raw: &RawHealthcheck, k
             None => continue,
         };
         report.warn(&key.child(&name), message);
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use crate::config::{LoadOptions, load_str};
+
+    /// The errors of a server whose healthcheck table holds `keys`; none when it loads.
+    pub(in crate::config::validate) fn errors(keys: &str) -> Vec<String> {
+        let text = format!(
+            "[servers.k3s]\nbind = \":6443\"\n[servers.k3s.discovery]\nkind = \"static\"\n\
+             static_list = [\"10.0.0.1:6443\"]\n[servers.k3s.healthcheck]\n{keys}\n"
+        );
+        match load_str("gobetween.toml", &text, &LoadOptions::default()) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn an_interval_under_100ms_is_refused() {
+        assert_eq!(
+            errors("kind = \"ping\"\ninterval = \"99ms\""),
+            [
+                "gobetween.toml: servers.k3s.healthcheck.interval: \"99ms\" is shorter than the \
+              minimum, 100ms"
+            ]
+        );
+        assert_eq!(
+            errors("kind = \"exec\"\nexec_command = \"true\"\ninterval = \"1us\"").len(),
+            1
+        );
+        assert!(errors("kind = \"ping\"\ninterval = \"100ms\"").is_empty());
     }
 }

@@ -3,8 +3,9 @@
 //! Rules as in gobetween 0.8: `probe_send` and `probe_recv` are required and decoded as Go
 //! escapes, except that a regexp `probe_recv` is a pattern (Go regexp syntax, which has its own
 //! escapes); regexp needs `probe_recv_len`, the bytes to read. Differences: `probe_protocol`
-//! defaults to tcp (gobetween requires it), and starts_with accepts a `probe_recv_len` at least
-//! as long as `probe_recv` (gobetween refuses any).
+//! defaults to tcp (gobetween requires it), starts_with accepts a `probe_recv_len` at least
+//! as long as `probe_recv` (gobetween refuses any), and `probe_recv_len` is at most 64 KiB
+//! (gobetween allocates whatever it says on every check).
 
 use regex::bytes::RegexBuilder;
 
@@ -43,6 +44,14 @@ pub(super) fn probe(report: &mut Report<'_>, key: &Key, raw: &RawHealthcheck) ->
         .probe_recv_len
         .and_then(|len| value::unsigned(report, &len_key, len))
         .map_or(0, |len| len as usize);
+    if recv_len > ProbeCheck::MAX_RECV_LEN {
+        let message = format!(
+            "{recv_len} bytes is more than the limit of {} (64 KiB); a probe compares a \
+             short answer",
+            ProbeCheck::MAX_RECV_LEN
+        );
+        report.error(&len_key, message);
+    }
     let (strategy, recv) = match strategy {
         Strategy::StartsWith => {
             let recv = decoded(report, &key.child("probe_recv"), recv_text);
@@ -126,5 +135,29 @@ fn regexp(report: &mut Report<'_>, key: &Key, pattern: &str, recv_len: usize) ->
             report.error(&key.child("probe_recv"), message);
             ProbeStrategy::StartsWith
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::healthcheck::tests::errors;
+
+    #[test]
+    fn probe_recv_len_over_64_kib_is_refused() {
+        let probe = |len: u64| {
+            errors(&format!(
+                "kind = \"probe\"\ninterval = \"2s\"\nprobe_send = \"x\"\nprobe_recv = \"^OK\"\n\
+                 probe_strategy = \"regexp\"\nprobe_recv_len = {len}"
+            ))
+        };
+        assert!(probe(65_536).is_empty());
+        assert_eq!(
+            probe(65_537),
+            [
+                "gobetween.toml: servers.k3s.healthcheck.probe_recv_len: 65537 bytes is more than \
+              the limit of 65536 (64 KiB); a probe compares a short answer"
+            ]
+        );
+        assert_eq!(probe(4_294_967_295).len(), 1);
     }
 }

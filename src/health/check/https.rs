@@ -2,47 +2,69 @@
 //!
 //! Made for API servers: `/readyz` expecting 200 with a client certificate (it turns to failing
 //! as soon as a server starts a graceful shutdown, so the master is drained before its listener
-//! closes), or k3s's unauthenticated `/ping`. Only the status line is read.
+//! closes), or k3s's unauthenticated `/ping`. hyper's HTTP/1 client speaks the protocol; only
+//! the response head is read: the body is dropped unread, hyper then stops reading and closes
+//! the connection, which sends close_notify before the TCP close.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http1;
+use hyper::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
 
-use super::tls::{self, Client};
+use super::tls::Client;
 use super::{CheckError, Target};
 use crate::config::HttpsCheck;
 
-/// The longest status line read before giving up on the answer.
-const MAX_STATUS_LINE: usize = 1024;
-
-/// The request text, built once per check task.
+/// What an https check asks and accepts, fixed when the check is prepared.
 #[derive(Debug, Clone)]
 pub struct Request {
-    text: String,
+    path: String,
+    /// The `Host` header: the TLS server name, so a virtual-hosted server answers as for SNI.
+    host: String,
     expected_statuses: Vec<u16>,
 }
 
 impl Request {
     pub fn new(settings: &HttpsCheck, host: String) -> Self {
-        let text = format!(
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: betwixt-healthcheck\r\n\
-             Accept: */*\r\nConnection: close\r\n\r\n",
-            settings.path
-        );
         Self {
-            text,
+            path: settings.path.clone(),
+            host,
             expected_statuses: settings.expected_statuses.clone(),
         }
+    }
+
+    fn build(&self) -> Result<hyper::Request<Empty<Bytes>>, CheckError> {
+        hyper::Request::get(self.path.as_str())
+            .header(HOST, self.host.as_str())
+            .header(USER_AGENT, "betwixt-healthcheck")
+            .header(ACCEPT, "*/*")
+            .header(CONNECTION, "close")
+            .body(Empty::new())
+            .map_err(|error| CheckError::Http(format!("request for {:?}: {error}", self.path)))
     }
 }
 
 pub async fn check(request: &Request, client: &Client, target: &Target) -> Result<(), CheckError> {
-    let mut stream = client.handshake(target).await?;
-    stream
-        .write_all(request.text.as_bytes())
+    let stream = client.handshake(target).await?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(CheckError::Io)?;
-    let status = read_status(&mut stream).await;
-    tls::close(&mut stream).await;
-    let status = status?;
+        .map_err(http_error)?;
+    let exchange = async move {
+        let message = request.build()?;
+        let response = sender.send_request(message).await.map_err(http_error);
+        // Neither the body nor another request: the connection can finish and close.
+        drop(sender);
+        response.map(|response| response.status().as_u16())
+    };
+    // The connection future runs the exchange, then shuts the TLS stream down (close_notify).
+    let (status, closed) = tokio::join!(exchange, connection);
+    let status = match (status, closed) {
+        (Ok(status), _) => status,
+        // The connection's own error says why the request got no answer.
+        (Err(_), Err(error)) => return Err(http_error(error)),
+        (Err(error), Ok(())) => return Err(error),
+    };
     if request.expected_statuses.contains(&status) {
         Ok(())
     } else {
@@ -53,45 +75,15 @@ pub async fn check(request: &Request, client: &Client, target: &Target) -> Resul
     }
 }
 
-async fn read_status(stream: &mut (impl AsyncReadExt + Unpin)) -> Result<u16, CheckError> {
-    let mut head = Vec::with_capacity(128);
-    let mut chunk = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < MAX_STATUS_LINE {
-        let read = stream.read(&mut chunk).await.map_err(CheckError::Io)?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(&chunk[..read]);
+/// hyper's message with its causes ("connection error: Connection reset by peer"): its own
+/// `Display` says only which step failed.
+fn http_error(error: hyper::Error) -> CheckError {
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(inner) = cause {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cause = inner.source();
     }
-    parse_status(&head)
-}
-
-/// `HTTP/1.1 200 OK` -> 200.
-fn parse_status(head: &[u8]) -> Result<u16, CheckError> {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line).trim_end().to_owned();
-    let mut words = line.split(' ');
-    match (words.next(), words.next()) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/") && code.len() == 3 => {
-            code.parse().map_err(|_| CheckError::NotHttp(line.clone()))
-        }
-        _ => Err(CheckError::NotHttp(line)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(
-            parse_status(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n").unwrap(),
-            200
-        );
-        assert_eq!(parse_status(b"HTTP/1.0 401 Unauthorized\r\n").unwrap(), 401);
-        assert_eq!(parse_status(b"HTTP/1.1 503\r\n").unwrap(), 503);
-        assert!(parse_status(b"SSH-2.0-OpenSSH\r\n").is_err());
-        assert!(parse_status(b"").is_err());
-    }
+    CheckError::Http(message)
 }

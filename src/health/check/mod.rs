@@ -1,6 +1,7 @@
 //! The check kinds: one file each, gobetween's `ping`, `probe`, `exec` and betwixt's `tls`
-//! and `https`. A [`Check`] is prepared once per backend (TLS settings loaded then) and run
-//! against a [`Target`] within a timeout; it returns why the backend failed, nothing more.
+//! and `https`. A [`Check`] is prepared once per backend (TLS files loaded then, off the
+//! runtime workers) and run against a [`Target`] within a timeout; it returns why the backend
+//! failed, nothing more.
 
 pub mod exec;
 pub mod https;
@@ -18,22 +19,25 @@ use crate::config::{BackendSpec, CheckKind, ExecCheck, ProbeCheck};
 use crate::net;
 
 /// Why a check failed, worded for the "backend DOWN after N failed checks: ..." line.
+///
+/// A variant that wraps a cause prints it in its own message and does not also return it as
+/// its `source()`, so a printer of the whole chain shows the cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("{0}")]
-    Connect(#[source] io::Error),
+    #[error("connect: {0}")]
+    Connect(io::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("TLS handshake: {0}")]
-    Handshake(#[source] io::Error),
-    #[error("TLS set-up: {0}")]
-    TlsSetup(String),
+    Handshake(io::Error),
+    #[error(transparent)]
+    Setup(SetupError),
     #[error("{0}")]
-    Io(#[source] io::Error),
+    Io(io::Error),
+    #[error("HTTP: {0}")]
+    Http(String),
     #[error("status {status}, expected {expected:?}")]
     Status { status: u16, expected: Vec<u16> },
-    #[error("not an HTTP response: {0:?}")]
-    NotHttp(String),
     #[error("answer {got:?} does not match {expected:?}")]
     Mismatch { got: String, expected: String },
     #[error("command said {0:?} (the negative output)")]
@@ -44,12 +48,26 @@ pub enum CheckError {
         positive: String,
         negative: String,
     },
-    #[error("cannot run {command:?}: {source}")]
-    Spawn {
-        command: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{command:?} printed more than {limit} bytes; a check answers with a short word")]
+    OutputTooLong { command: String, limit: usize },
+    #[error(
+        "not run for host {host:?}: a host starting with '-' would reach {command:?} as an option"
+    )]
+    OptionLikeHost { command: String, host: String },
+    #[error("cannot run {command:?}: {error}")]
+    Spawn { command: String, error: io::Error },
+}
+
+/// Why a check could not be prepared: a TLS file or setting that cannot be used. Kept by the
+/// check task, which fails every run with it until the configuration changes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("TLS set-up: {0}")]
+pub struct SetupError(pub String);
+
+impl From<crate::tls::PemError> for SetupError {
+    fn from(error: crate::tls::PemError) -> Self {
+        Self(error.to_string())
+    }
 }
 
 /// Where a check connects: a backend's address and the name it expects on TLS.
@@ -92,9 +110,12 @@ pub enum Check {
 impl Check {
     /// Prepares `kind` for `target`; `None` for kind none.
     ///
+    /// Reads files (CA, client certificate and key, the system roots): call it off the runtime
+    /// workers.
+    ///
     /// # Errors
     /// A CA file, client certificate or key cannot be read or used.
-    pub fn prepare(kind: &CheckKind, target: &Target) -> Result<Option<Self>, CheckError> {
+    pub fn prepare(kind: &CheckKind, target: &Target) -> Result<Option<Self>, SetupError> {
         use crate::config::ProbeProtocol;
         Ok(Some(match kind {
             CheckKind::None => return Ok(None),
@@ -143,5 +164,43 @@ impl Check {
         tokio::time::timeout(timeout, check)
             .await
             .unwrap_or(Err(CheckError::Timeout(timeout)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::io::ErrorKind;
+
+    use super::*;
+
+    /// The message and every `source()` after it, as a chain printer shows them.
+    fn chain(error: &dyn Error) -> String {
+        let mut shown = error.to_string();
+        let mut cause = error.source();
+        while let Some(inner) = cause {
+            shown = format!("{shown}: {inner}");
+            cause = inner.source();
+        }
+        shown
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let refused = || io::Error::from(ErrorKind::ConnectionRefused);
+        let errors = [
+            CheckError::Connect(refused()),
+            CheckError::Handshake(refused()),
+            CheckError::Io(refused()),
+            CheckError::Spawn {
+                command: "/bin/check".to_owned(),
+                error: refused(),
+            },
+        ];
+        for error in errors {
+            let shown = chain(&error);
+            assert_eq!(shown.matches("refused").count(), 1, "{shown}");
+            assert_eq!(shown, error.to_string());
+        }
     }
 }

@@ -26,15 +26,19 @@ pub async fn check(
     matches(probe, &answer)
 }
 
-/// How many bytes of answer to read: `probe_recv_len`, or the expected prefix's length.
+/// How many bytes of answer to read: `probe_recv_len`, or the expected prefix's length; never
+/// more than [`ProbeCheck::MAX_RECV_LEN`] (validation refuses more).
 fn answer_len(probe: &ProbeCheck) -> usize {
-    if probe.recv_len > 0 {
+    let wanted = if probe.recv_len > 0 {
         probe.recv_len
     } else {
         probe.recv.len()
-    }
+    };
+    wanted.min(ProbeCheck::MAX_RECV_LEN)
 }
 
+/// Sends the probe and reads the answer until `answer_len` bytes or the end of the stream;
+/// the buffer grows with what arrives, not with what could.
 async fn exchange(
     stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     probe: &ProbeCheck,
@@ -46,20 +50,12 @@ async fn exchange(
             .map_err(CheckError::Io)?;
         stream.flush().await.map_err(CheckError::Io)?;
     }
-    let wanted = answer_len(probe);
-    let mut answer = vec![0u8; wanted];
-    let mut filled = 0;
-    while filled < wanted {
-        let read = stream
-            .read(&mut answer[filled..])
-            .await
-            .map_err(CheckError::Io)?;
-        if read == 0 {
-            break;
-        }
-        filled += read;
-    }
-    answer.truncate(filled);
+    let mut answer = Vec::new();
+    stream
+        .take(answer_len(probe) as u64)
+        .read_to_end(&mut answer)
+        .await
+        .map_err(CheckError::Io)?;
     Ok(answer)
 }
 
@@ -98,5 +94,42 @@ fn matches(probe: &ProbeCheck, answer: &[u8]) -> Result<(), CheckError> {
             got: String::from_utf8_lossy(answer).into_owned(),
             expected: String::from_utf8_lossy(&probe.recv).into_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_answer_buffer_grows_with_what_is_read_not_with_probe_recv_len() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4];
+            stream.read_exact(&mut request).await.unwrap();
+            stream.write_all(b"+PONG\r\n").await.unwrap();
+        });
+        let probe = ProbeCheck {
+            protocol: ProbeProtocol::Tcp,
+            strategy: ProbeStrategy::StartsWith,
+            send: b"PING".to_vec(),
+            recv: b"+PONG".to_vec(),
+            recv_len: ProbeCheck::MAX_RECV_LEN,
+        };
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let answer = exchange(&mut stream, &probe).await.unwrap();
+        server.await.unwrap();
+        assert_eq!(answer, b"+PONG\r\n");
+        assert!(
+            answer.capacity() < 1024,
+            "{} bytes reserved for a 7-byte answer",
+            answer.capacity()
+        );
+        assert!(matches(&probe, &answer).is_ok());
     }
 }

@@ -7,21 +7,20 @@
 //! close_notify, so the masters do not log "TLS handshake error" for every check.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::{CheckError, Target};
+use super::{CheckError, SetupError, Target};
 use crate::config::TlsCheck;
+use crate::tls;
 
 /// A TLS client configuration and the server name a check presents and verifies.
 #[derive(Clone)]
@@ -40,15 +39,16 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Loads the CA, client certificate and key named in `settings`. The server name is
-    /// `tls_server_name`, else the backend's `sni=`, else its host.
+    /// `tls_server_name`, else the backend's `sni=`, else its host. Reads files: call it off
+    /// the runtime workers.
     ///
     /// # Errors
     /// A file cannot be read or holds no usable certificate or key.
-    pub fn new(settings: &TlsCheck, target: &Target) -> Result<Self, CheckError> {
+    pub fn new(settings: &TlsCheck, target: &Target) -> Result<Self, SetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|error| CheckError::TlsSetup(error.to_string()))?;
+            .map_err(|error| SetupError(error.to_string()))?;
         let builder = if settings.skip_verify {
             builder
                 .dangerous()
@@ -56,18 +56,16 @@ impl Client {
                     algorithms: provider.signature_verification_algorithms,
                 }))
         } else {
-            builder.with_root_certificates(roots(settings.ca_cert_path.as_deref())?)
+            builder.with_root_certificates(tls::roots(settings.ca_cert_path.as_deref())?)
         };
         let config = match &settings.client_cert {
             None => builder.with_no_client_auth(),
             Some(files) => {
-                let chain = load_certificates(&files.cert_path)?;
-                let key = PrivateKeyDer::from_pem_file(&files.key_path).map_err(|error| {
-                    CheckError::TlsSetup(format!("{}: {error}", files.key_path.display()))
-                })?;
+                let chain = tls::certificate_chain(&files.cert_path)?;
+                let key = tls::private_key(&files.key_path)?;
                 builder
                     .with_client_auth_cert(chain, key)
-                    .map_err(|error| CheckError::TlsSetup(error.to_string()))?
+                    .map_err(|error| SetupError(format!("{}: {error}", files.key_path.display())))?
             }
         };
         let name = settings
@@ -77,9 +75,8 @@ impl Client {
             .unwrap_or_else(|| target.host.clone());
         let server_name = match name.parse::<IpAddr>() {
             Ok(ip) => ServerName::IpAddress(ip.into()),
-            Err(_) => ServerName::try_from(name.clone()).map_err(|_| {
-                CheckError::TlsSetup(format!("{name:?} is not a valid server name"))
-            })?,
+            Err(_) => ServerName::try_from(name.clone())
+                .map_err(|_| SetupError(format!("{name:?} is not a valid server name")))?,
         };
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
@@ -117,38 +114,6 @@ pub async fn check(client: &Client, target: &Target) -> Result<(), CheckError> {
 /// verdict was reached.
 pub async fn close(stream: &mut TlsStream<TcpStream>) {
     let _ = stream.shutdown().await;
-}
-
-fn roots(ca_cert_path: Option<&Path>) -> Result<RootCertStore, CheckError> {
-    let mut roots = RootCertStore::empty();
-    match ca_cert_path {
-        Some(path) => {
-            for certificate in load_certificates(path)? {
-                roots.add(certificate).map_err(|error| {
-                    CheckError::TlsSetup(format!("{}: {error}", path.display()))
-                })?;
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-        }
-    }
-    Ok(roots)
-}
-
-fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CheckError> {
-    let setup_error = |error: &dyn std::fmt::Display| {
-        CheckError::TlsSetup(format!("{}: {error}", path.display()))
-    };
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|error| setup_error(&error))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| setup_error(&error))?;
-    if certificates.is_empty() {
-        return Err(setup_error(&"no PEM certificate in the file"));
-    }
-    Ok(certificates)
 }
 
 /// `tls_skip_verify`: accepts any certificate, but still checks that the server holds its
