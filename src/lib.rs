@@ -71,7 +71,7 @@ pub(crate) mod snapshot;
 pub(crate) mod stats;
 pub(crate) mod supervisor;
 pub(crate) mod systemd;
-pub(crate) mod tls;
+pub mod tls;
 
 pub use config::Config;
 pub use embed::LoadBalancer;

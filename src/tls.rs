@@ -1,8 +1,8 @@
 //! PEM files for TLS, read in one place: certificate chains, private keys and root stores, each
 //! failure naming the file.
 //!
-//! Used by the health checks' TLS client; meant for the API's HTTPS listener and the status
-//! client too. Every function reads files (and [`system_roots`] the system's certificate
+//! Used by the health checks' TLS client, the API's HTTPS listener and `betwixt status`; public
+//! so that the binary and embedding programs read files the same way. Every function reads files (and [`system_roots`] the system's certificate
 //! store), so it blocks: call it at start-up, on a reload path or inside `spawn_blocking`,
 //! never on a runtime worker.
 

@@ -15,9 +15,8 @@ use hyper::client::conn::http1;
 use hyper::header::{AUTHORIZATION, HOST, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -29,25 +28,18 @@ use betwixt::api::basic_authorization as authorization_value;
 /// How long one request may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A request to the API that failed.
+/// A request to the API that failed. Each message carries its cause (no `source()` chain), so
+/// printing the error once prints everything.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{url:?} is not an API address: {reason}")]
     Url { url: String, reason: String },
     #[error("{path}: {message}")]
     CaCert { path: String, message: String },
-    #[error("cannot connect to {address}: {source}")]
-    Connect {
-        address: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("GET {path}: {source}")]
-    Http {
-        path: String,
-        #[source]
-        source: hyper::Error,
-    },
+    #[error("cannot connect to {address}: {cause}")]
+    Connect { address: String, cause: io::Error },
+    #[error("GET {path}: {cause}")]
+    Http { path: String, cause: hyper::Error },
     #[error("GET {path}: no answer within {REQUEST_TIMEOUT:?}")]
     Timeout { path: String },
     #[error("GET {path}: {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
@@ -56,11 +48,10 @@ pub enum ClientError {
         status: StatusCode,
         body: String,
     },
-    #[error("GET {path}: not the expected JSON: {source}")]
+    #[error("GET {path}: not the expected JSON: {cause}")]
     Json {
         path: String,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 }
 
@@ -144,16 +135,16 @@ impl ApiClient {
             .map_err(|_| ClientError::Timeout {
                 path: path.to_owned(),
             })??;
-        serde_json::from_slice(&body).map_err(|source| ClientError::Json {
+        serde_json::from_slice(&body).map_err(|cause| ClientError::Json {
             path: path.to_owned(),
-            source,
+            cause,
         })
     }
 
     async fn fetch(&self, path: &str) -> Result<Bytes, ClientError> {
-        let connect_error = |source| ClientError::Connect {
+        let connect_error = |cause| ClientError::Connect {
             address: self.authority.clone(),
-            source,
+            cause,
         };
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -175,9 +166,9 @@ impl ApiClient {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let http_error = |source| ClientError::Http {
+        let http_error = |cause| ClientError::Http {
             path: path.to_owned(),
-            source,
+            cause,
         };
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
@@ -219,30 +210,10 @@ impl ApiClient {
 }
 
 fn connector(ca_cert: Option<&Path>) -> Result<TlsConnector, ClientError> {
-    let mut roots = RootCertStore::empty();
-    match ca_cert {
-        Some(path) => {
-            let ca_error = |message: String| ClientError::CaCert {
-                path: path.display().to_string(),
-                message,
-            };
-            let certificates = CertificateDer::pem_file_iter(path)
-                .map_err(|error| ca_error(error.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| ca_error(error.to_string()))?;
-            if certificates.is_empty() {
-                return Err(ca_error("no PEM certificate in the file".to_owned()));
-            }
-            for certificate in certificates {
-                roots
-                    .add(certificate)
-                    .map_err(|error| ca_error(error.to_string()))?;
-            }
-        }
-        None => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
-    }
+    let roots = betwixt::tls::roots(ca_cert).map_err(|error| ClientError::CaCert {
+        path: error.path.display().to_string(),
+        message: error.problem,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

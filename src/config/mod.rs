@@ -400,12 +400,9 @@ pub struct HttpsCheck {
 /// full key path (`servers.k3s.discovery.static_list[1]`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read the configuration: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message, not a `source()`, so it prints once.
+    #[error("{file}: cannot read the configuration: {cause}")]
+    Read { file: String, cause: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: {key}: {message}")]

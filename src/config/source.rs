@@ -66,10 +66,10 @@ impl Loaded {
 /// [`ConfigError::Read`] if the file cannot be read, else as [`load_str`].
 pub fn load_file(path: &Path, options: &LoadOptions) -> Result<Loaded, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| {
+    let text = std::fs::read_to_string(path).map_err(|cause| {
         ConfigErrors(vec![ConfigError::Read {
             file: file.clone(),
-            source,
+            cause,
         }])
     })?;
     load_str(&file, &text, options)
@@ -206,6 +206,8 @@ mod tests {
         let path = Path::new("/nonexistent/betwixt.toml");
         let errors = load_file(path, &LoadOptions::default()).expect_err("missing file");
         assert!(matches!(errors.0.as_slice(), [ConfigError::Read { .. }]));
+        // The cause is in the message and not repeated as a source (printed once by `{:#}`).
+        assert!(std::error::Error::source(&errors.0[0]).is_none());
         assert!(
             errors
                 .to_string()
