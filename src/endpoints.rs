@@ -296,11 +296,21 @@ mod tests {
     #[test]
     fn exposed_means_beyond_loopback_without_basic_auth() {
         let at = |text: &str| text.parse::<SocketAddr>().unwrap();
-        for beyond in ["0.0.0.0:8888", "[::]:8888", "10.0.0.5:8888", "[fd00::1]:8888"] {
+        for beyond in [
+            "0.0.0.0:8888",
+            "[::]:8888",
+            "10.0.0.5:8888",
+            "[fd00::1]:8888",
+        ] {
             assert!(exposed(at(beyond), false), "{beyond}");
             assert!(!exposed(at(beyond), true), "{beyond} with basic auth");
         }
-        for loopback in ["127.0.0.1:8888", "127.0.0.2:1", "[::1]:8888", "[::ffff:127.0.0.1]:1"] {
+        for loopback in [
+            "127.0.0.1:8888",
+            "127.0.0.2:1",
+            "[::1]:8888",
+            "[::ffff:127.0.0.1]:1",
+        ] {
             assert!(!exposed(at(loopback), false), "{loopback}");
         }
     }

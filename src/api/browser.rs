@@ -30,16 +30,14 @@ use hyper::{Method, Response, StatusCode};
 
 use crate::http::response::{self, Body};
 
-/// Refuses a request whose `Host` may come from a rebound DNS name; see the module doc.
-/// `local` is the address the connection arrived at.
-pub fn check_host(
+/// The refusal of a request whose `Host` may come from a rebound DNS name (see the module
+/// doc); `None` to go on. `local` is the address the connection arrived at.
+pub fn host_refusal(
     headers: &HeaderMap,
     local: SocketAddr,
     basic_auth: bool,
-) -> Result<(), Response<Body>> {
-    let Some(value) = headers.get(HOST) else {
-        return Ok(());
-    };
+) -> Option<Response<Body>> {
+    let value = headers.get(HOST)?;
     let text = value.to_str().unwrap_or_default();
     let allowed = match host_part(text) {
         Some(Host::Address | Host::Localhost) => true,
@@ -47,7 +45,7 @@ pub fn check_host(
         None => false,
     };
     if allowed {
-        return Ok(());
+        return None;
     }
     let rule = if local.ip().to_canonical().is_loopback() {
         "a loopback API answers only to Host values that are an IP address or localhost"
@@ -55,17 +53,17 @@ pub fn check_host(
         "a DNS name in Host is accepted only with [api.basic_auth]; without it, use an IP \
          address or localhost"
     };
-    Err(response::error(
+    Some(response::error(
         StatusCode::MISDIRECTED_REQUEST,
         format!("Host {text:?} refused: {rule} (a guard against DNS rebinding)"),
     ))
 }
 
-/// Refuses a `POST` or `DELETE` without `Content-Type: application/json` (parameters such as
-/// `charset` allowed).
-pub fn check_content_type(method: &Method, headers: &HeaderMap) -> Result<(), Response<Body>> {
+/// The refusal of a `POST` or `DELETE` without `Content-Type: application/json` (parameters
+/// such as `charset` allowed); `None` to go on.
+pub fn content_type_refusal(method: &Method, headers: &HeaderMap) -> Option<Response<Body>> {
     if method != Method::POST && method != Method::DELETE {
-        return Ok(());
+        return None;
     }
     let is_json = headers
         .get(CONTENT_TYPE)
@@ -73,9 +71,9 @@ pub fn check_content_type(method: &Method, headers: &HeaderMap) -> Result<(), Re
         .and_then(|value| value.split(';').next())
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
     if is_json {
-        return Ok(());
+        return None;
     }
-    Err(response::error(
+    Some(response::error(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         format!("{method} needs Content-Type: application/json"),
     ))
@@ -136,9 +134,7 @@ mod tests {
     fn host(value: &str, local: &str, basic_auth: bool) -> Option<StatusCode> {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_str(value).unwrap());
-        check_host(&headers, local.parse().unwrap(), basic_auth)
-            .err()
-            .map(|response| response.status())
+        host_refusal(&headers, local.parse().unwrap(), basic_auth).map(|response| response.status())
     }
 
     #[test]
@@ -158,7 +154,7 @@ mod tests {
                 }
             }
         }
-        assert!(check_host(&HeaderMap::new(), LOOPBACK.parse().unwrap(), false).is_ok());
+        assert!(host_refusal(&HeaderMap::new(), LOOPBACK.parse().unwrap(), false).is_none());
     }
 
     #[test]
@@ -166,7 +162,10 @@ mod tests {
         let refused = Some(StatusCode::MISDIRECTED_REQUEST);
         assert_eq!(host("evil.example:8888", LOOPBACK, false), refused);
         assert_eq!(host("evil.example:8888", LOOPBACK, true), refused);
-        assert_eq!(host("evil.example:8888", "[::ffff:127.0.0.1]:1", true), refused);
+        assert_eq!(
+            host("evil.example:8888", "[::ffff:127.0.0.1]:1", true),
+            refused
+        );
         assert_eq!(host("evil.example:8888", LAN, false), refused);
         assert_eq!(host("lb.example:8888", LAN, true), None);
         assert_eq!(host("lb:8888", "[::]:8888", true), None);
@@ -174,7 +173,9 @@ mod tests {
 
     #[test]
     fn malformed_hosts_are_refused() {
-        for value in ["a b:1", "h:port", "[::1", "[evil]:1", "h:99999", "a..b", "user@h"] {
+        for value in [
+            "a b:1", "h:port", "[::1", "[evil]:1", "h:99999", "a..b", "user@h",
+        ] {
             for local in [LOOPBACK, LAN] {
                 assert_eq!(
                     host(value, local, true),
@@ -188,17 +189,24 @@ mod tests {
     #[test]
     fn changes_need_json() {
         let mut headers = HeaderMap::new();
-        assert!(check_content_type(&Method::GET, &headers).is_ok());
+        assert!(content_type_refusal(&Method::GET, &headers).is_none());
         for method in [Method::POST, Method::DELETE] {
             let status = |headers: &HeaderMap| {
-                check_content_type(&method, headers)
-                    .err()
-                    .map(|response| response.status())
+                content_type_refusal(&method, headers).map(|response| response.status())
             };
             assert_eq!(status(&headers), Some(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-            for refused in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonp"] {
+            for refused in [
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data; boundary=x",
+                "application/jsonp",
+            ] {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static(refused));
-                assert_eq!(status(&headers), Some(StatusCode::UNSUPPORTED_MEDIA_TYPE), "{refused}");
+                assert_eq!(
+                    status(&headers),
+                    Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                    "{refused}"
+                );
             }
             for accepted in ["application/json", "Application/JSON; charset=utf-8"] {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static(accepted));

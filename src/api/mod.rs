@@ -141,7 +141,7 @@ impl Api {
                 return response::text(StatusCode::NOT_FOUND, "404 page not found");
             }
         };
-        if let Err(refusal) = self.admit(settings, &route, &request) {
+        if let Some(refusal) = refusal(settings, &route, &request) {
             let path = request.uri().path();
             debug!(client = %peer, path, status = %refusal.status(), "API request refused");
             return refusal;
@@ -152,31 +152,6 @@ impl Api {
             info!(client = %peer, method = %request.method(), path = request.uri().path(), "API request");
         }
         self.dispatch(settings, route, request).await
-    }
-
-    /// The checks before a request is served: `Host`, credentials, content type.
-    fn admit(
-        &self,
-        settings: &ApiSettings,
-        route: &Route,
-        request: &Request<Incoming>,
-    ) -> Result<(), Response<Body>> {
-        if route.is_public() {
-            return Ok(());
-        }
-        // Without the listener's mark (which it always sets), judge as on loopback: strictest.
-        let local = request.extensions().get::<LocalAddr>().map_or(
-            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
-            |local| local.0,
-        );
-        let headers = request.headers();
-        browser::check_host(headers, local, settings.credentials.is_some())?;
-        if let Some(credentials) = &settings.credentials
-            && !credentials.allows(headers)
-        {
-            return Err(auth::challenge());
-        }
-        browser::check_content_type(request.method(), headers)
     }
 
     async fn dispatch(
@@ -215,6 +190,30 @@ impl Site for Api {
     async fn respond(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         Api::respond(self, request, peer).await
     }
+}
+
+/// The answer to a request that fails a check before it is served (`Host`, credentials,
+/// content type), if it does.
+fn refusal(
+    settings: &ApiSettings,
+    route: &Route,
+    request: &Request<Incoming>,
+) -> Option<Response<Body>> {
+    if route.is_public() {
+        return None;
+    }
+    // Without the listener's mark (which it always sets), judge as on loopback: strictest.
+    let local = request.extensions().get::<LocalAddr>().map_or(
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        |local| local.0,
+    );
+    let headers = request.headers();
+    browser::host_refusal(headers, local, settings.credentials.is_some())
+        .or_else(|| {
+            let credentials = settings.credentials.as_ref()?;
+            (!credentials.allows(headers)).then(auth::challenge)
+        })
+        .or_else(|| browser::content_type_refusal(request.method(), headers))
 }
 
 /// The whole body, up to [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`].

@@ -16,8 +16,8 @@ use std::time::SystemTime;
 
 use hyper::{Response, StatusCode};
 
-use super::{clock, secrets};
 use super::wire::{ConfigurationSource, ProcessInfo};
+use super::{clock, secrets};
 use crate::http::response::{self, Body};
 use crate::supervisor::Supervisor;
 

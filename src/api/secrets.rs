@@ -80,9 +80,17 @@ mod tests {
         ] {
             assert_eq!(secret.as_deref(), Some(MASK));
         }
-        assert_eq!(discovery.static_list, raw.servers["k3s"].discovery.as_ref().unwrap().static_list);
+        assert_eq!(
+            discovery.static_list,
+            raw.servers["k3s"].discovery.as_ref().unwrap().static_list
+        );
         let text = toml::to_string(&shown).unwrap();
-        assert!(!["s3cret", "pw1", "pw2", "acl-xyz"].iter().any(|s| text.contains(s)), "{text}");
+        assert!(
+            !["s3cret", "pw1", "pw2", "acl-xyz"]
+                .iter()
+                .any(|s| text.contains(s)),
+            "{text}"
+        );
         assert_eq!(masked(&RawConfig::default()), RawConfig::default());
     }
 }

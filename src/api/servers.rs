@@ -299,12 +299,18 @@ mod tests {
 
     #[test]
     fn exec_kinds_are_found_however_spelled() {
-        let parse = |text: &str| raw::parse::<RawServer>("t", text, Format::Json).unwrap().value;
+        let parse = |text: &str| {
+            raw::parse::<RawServer>("t", text, Format::Json)
+                .unwrap()
+                .value
+        };
         let exec_check = parse(r#"{"healthcheck": {"kind": " Exec"}}"#);
         assert_eq!(exec_key(&exec_check), Some("healthcheck.kind"));
         let exec_discovery = parse(r#"{"discovery": {"kind": "EXEC"}}"#);
         assert_eq!(exec_key(&exec_discovery), Some("discovery.kind"));
-        let plain = parse(r#"{"healthcheck": {"kind": "ping", "exec_command": "x"}, "discovery": {"kind": "static"}}"#);
+        let plain = parse(
+            r#"{"healthcheck": {"kind": "ping", "exec_command": "x"}, "discovery": {"kind": "static"}}"#,
+        );
         assert_eq!(exec_key(&plain), None);
     }
 }

@@ -161,11 +161,17 @@ mod tests {
         let fourth = slots.admit(peer(4)).expect("room made");
         assert!(!first.connection.evicted.is_cancelled());
         assert!(second.connection.evicted.is_cancelled());
-        assert!(second.start_request().is_none(), "an evicted connection starts nothing");
+        assert!(
+            second.start_request().is_none(),
+            "an evicted connection starts nothing"
+        );
 
         let fifth = slots.admit(peer(5)).expect("room made");
         assert!(third.connection.evicted.is_cancelled());
-        let _busy = [fourth.start_request().unwrap(), fifth.start_request().unwrap()];
+        let _busy = [
+            fourth.start_request().unwrap(),
+            fifth.start_request().unwrap(),
+        ];
         assert!(slots.admit(peer(6)).is_none(), "every connection busy");
 
         drop(busy);

@@ -12,7 +12,10 @@ use serde_json::Value;
 use super::*;
 
 fn k3s(extra_api: &str) -> String {
-    let api = ENDPOINTS.replace("[api.basic_auth]", &format!("{extra_api}\n[api.basic_auth]"));
+    let api = ENDPOINTS.replace(
+        "[api.basic_auth]",
+        &format!("{extra_api}\n[api.basic_auth]"),
+    );
     let server = server_config("k3s", "", &["127.0.0.1:1".parse().unwrap()], "");
     format!("{api}{server}")
 }
@@ -43,19 +46,34 @@ async fn posted_exec_checks_are_refused_unless_the_file_allows_them() {
             with_tables(r#"{"kind": " EXEC "}"#, STATIC),
             "healthcheck.kind",
         ),
-        (with_tables(r#"{"kind": "ping"}"#, exec_discovery), "discovery.kind"),
+        (
+            with_tables(r#"{"kind": "ping"}"#, exec_discovery),
+            "discovery.kind",
+        ),
     ] {
         let reply = lb.call(Method::POST, "/servers/shell", &body).await;
-        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{body}: {}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{body}: {}",
+            reply.body
+        );
         let message = reply.json().as_str().unwrap().to_owned();
         assert!(message.contains("[api] allow_exec = true"), "{message}");
-        assert!(message.contains(&format!("servers.shell.{key}")), "{message}");
+        assert!(
+            message.contains(&format!("servers.shell.{key}")),
+            "{message}"
+        );
         assert_eq!(lb.get_json("/servers/shell").await, Value::Null);
     }
 
     let allowed = Balancer::start(&k3s("allow_exec = true")).await;
     let reply = allowed
-        .call(Method::POST, "/servers/shell", &with_tables(EXEC_CHECK, STATIC))
+        .call(
+            Method::POST,
+            "/servers/shell",
+            &with_tables(EXEC_CHECK, STATIC),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let shown = allowed.get_json("/servers/shell").await;
@@ -138,17 +156,41 @@ async fn cors_never_allows_origin_null_nor_credentials_unless_enabled() {
     let reply = request(cors.api(), Method::GET, "/servers", with_origin("null"), "").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.headers.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
-    assert!(reply.headers.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
-    let preflight = request(cors.api(), Method::OPTIONS, "/servers", with_origin("null"), "").await;
+    assert!(
+        reply
+            .headers
+            .get(ACCESS_CONTROL_ALLOW_CREDENTIALS)
+            .is_none()
+    );
+    let preflight = request(
+        cors.api(),
+        Method::OPTIONS,
+        "/servers",
+        with_origin("null"),
+        "",
+    )
+    .await;
     assert_ne!(preflight.status, StatusCode::NO_CONTENT);
     assert!(preflight.headers.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
 
     let plain = Balancer::start(&k3s("")).await;
     let origin = "https://ui.example";
-    let reply = request(plain.api(), Method::GET, "/servers", with_origin(origin), "").await;
+    let reply = request(
+        plain.api(),
+        Method::GET,
+        "/servers",
+        with_origin(origin),
+        "",
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.headers.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
-    assert!(reply.headers.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+    assert!(
+        reply
+            .headers
+            .get(ACCESS_CONTROL_ALLOW_CREDENTIALS)
+            .is_none()
+    );
 }
 
 #[tokio::test]
