@@ -31,7 +31,7 @@ pub enum EndpointError {
         bind: String,
         message: String,
     },
-    #[error("{section}: cannot listen on {bind}: {source}")]
+    #[error("{section}: cannot listen on {bind}")]
     Bind {
         section: &'static str,
         bind: String,
@@ -235,13 +235,19 @@ impl Endpoints {
             return;
         };
         let address = api.listener.local_addr();
-        if api.config.basic_auth.is_none() && !address.ip().is_loopback() {
+        if exposed(address, api.config.basic_auth.is_some()) {
             warn!(
                 %address,
                 "the REST API listens beyond loopback without [api.basic_auth]: anyone who can reach it can drain, disable or remove backends and servers"
             );
         }
     }
+}
+
+/// Whether an API listening on `address` can be reached from other hosts without
+/// credentials: a non-loopback address (a wildcard one included) without basic auth.
+fn exposed(address: SocketAddr, basic_auth: bool) -> bool {
+    !basic_auth && !address.ip().to_canonical().is_loopback()
 }
 
 /// A running API or metrics listener.
@@ -279,4 +285,45 @@ fn listen<S: Site>(
     };
     let listener = net::bind_listener(&address).map_err(bind_error)?;
     HttpListener::serve(listener, site).map_err(bind_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn exposed_means_beyond_loopback_without_basic_auth() {
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        for beyond in [
+            "0.0.0.0:8888",
+            "[::]:8888",
+            "10.0.0.5:8888",
+            "[fd00::1]:8888",
+        ] {
+            assert!(exposed(at(beyond), false), "{beyond}");
+            assert!(!exposed(at(beyond), true), "{beyond} with basic auth");
+        }
+        for loopback in [
+            "127.0.0.1:8888",
+            "127.0.0.2:1",
+            "[::1]:8888",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(!exposed(at(loopback), false), "{loopback}");
+        }
+    }
+
+    #[test]
+    fn a_bind_failure_names_its_cause_once() {
+        let error = EndpointError::Bind {
+            section: "api",
+            bind: "127.0.0.1:8888".into(),
+            source: io::Error::new(io::ErrorKind::AddrInUse, "address in use"),
+        };
+        assert_eq!(error.to_string(), "api: cannot listen on 127.0.0.1:8888");
+        let cause = error.source().map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("address in use"));
+    }
 }

@@ -1,11 +1,13 @@
 //! HTTP basic authentication (`[api.basic_auth]`), as gobetween checks it.
 //!
 //! Like gin's `BasicAuth`, the expected `Authorization` value is computed once and compared
-//! with the request's in constant time; a refusal is `401` with
+//! with the request's in constant time (`subtle`, so the time taken tells nothing about how
+//! much of a guess was right; the length is not secret); a refusal is `401` with
 //! `WWW-Authenticate: Basic realm="Authorization Required"`.
 
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
+use subtle::ConstantTimeEq;
 
 use crate::config::BasicAuth;
 use crate::http::response::{self, Body};
@@ -37,7 +39,7 @@ impl Credentials {
     pub fn allows(&self, headers: &HeaderMap) -> bool {
         headers
             .get(AUTHORIZATION)
-            .is_some_and(|value| constant_time_eq(value.as_bytes(), self.expected.as_bytes()))
+            .is_some_and(|value| bool::from(value.as_bytes().ct_eq(self.expected.as_bytes())))
     }
 }
 
@@ -53,12 +55,6 @@ pub fn challenge() -> Response<Body> {
 /// `Basic BASE64(login:password)`, the `Authorization` header value of basic authentication.
 pub fn authorization_value(login: &str, password: &str) -> String {
     format!("Basic {}", base64(format!("{login}:{password}").as_bytes()))
-}
-
-/// Compares without stopping at the first difference, so the time taken tells nothing about
-/// how much of a guess was right. The length is not secret.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// Standard base64 with padding (RFC 4648 section 4).
@@ -121,6 +117,10 @@ mod tests {
             assert!(!credentials.allows(&headers), "{wrong}");
         }
         let right = authorization_value("admin", "s3cret");
+        for near in [&right[..right.len() - 1], &format!("{right}=")] {
+            headers.insert(AUTHORIZATION, HeaderValue::from_str(near).unwrap());
+            assert!(!credentials.allows(&headers), "{near}");
+        }
         headers.insert(AUTHORIZATION, HeaderValue::from_str(&right).unwrap());
         assert!(credentials.allows(&headers));
         assert_eq!(challenge().headers()[WWW_AUTHENTICATE], REALM);

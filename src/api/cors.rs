@@ -7,6 +7,12 @@
 //! `Access-Control-Allow-Origin: *`, which browsers refuse together with credentials, so the
 //! API's basic auth could not be used from a page; betwixt echoes the request's origin instead
 //! (with `Vary: Origin`), which allows the same origins and works with credentials.
+//!
+//! Two limits on that echo: nothing is sent unless `cors = true` (the caller asks [`origin`]
+//! only then, so without it no `Access-Control-Allow-Credentials` ever goes out), and the
+//! origin `null` is never echoed. Browsers send `Origin: null` from sandboxed frames, `data:`
+//! and `file:` pages and after some redirects; allowing it with credentials would let any
+//! such page, whoever wrote it, drive the API.
 
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -21,9 +27,12 @@ const HEADERS: &str = "Origin, Authorization";
 /// Twelve hours, gin-contrib/cors's default.
 const MAX_AGE: &str = "43200";
 
-/// The request's `Origin`, when it is a cross-origin request at all.
+/// The request's `Origin` when it is one to allow: present and not `null`.
 pub fn origin(headers: &HeaderMap) -> Option<HeaderValue> {
-    headers.get(ORIGIN).cloned()
+    headers
+        .get(ORIGIN)
+        .filter(|origin| !origin.as_bytes().eq_ignore_ascii_case(b"null"))
+        .cloned()
 }
 
 /// The answer to a preflight request, if this is one (`OPTIONS` with an `Origin`).
@@ -74,6 +83,16 @@ mod tests {
         assert_eq!(headers[ACCESS_CONTROL_ALLOW_METHODS], METHODS);
         assert_eq!(headers[ACCESS_CONTROL_ALLOW_HEADERS], HEADERS);
         assert_eq!(headers[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+    }
+
+    #[test]
+    fn origin_null_is_not_an_origin_to_allow() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(origin(&headers), None);
+        headers.insert(ORIGIN, HeaderValue::from_static("null"));
+        assert_eq!(origin(&headers), None);
+        headers.insert(ORIGIN, HeaderValue::from_static("https://ui.example"));
+        assert_eq!(origin(&headers).unwrap(), "https://ui.example");
     }
 
     #[test]

@@ -8,17 +8,21 @@
 //! balancer reads when picking.
 //!
 //! Per request, [`Api::respond`] answers a CORS preflight, matches the path ([`route`]),
-//! checks basic authentication ([`auth`]) on everything but `/ping`, and dispatches to
-//! [`root`], [`servers`] or [`admin`].
+//! checks the `Host` against DNS rebinding ([`browser`]) and basic authentication ([`auth`])
+//! on everything but `/ping`, requires JSON for `POST` and `DELETE` ([`browser`]), and
+//! dispatches to [`root`], [`servers`] or [`admin`]. What the API shows of the config has its
+//! secrets masked ([`secrets`]).
 
 mod admin;
 mod auth;
+mod browser;
 
 pub use auth::authorization_value as basic_authorization;
 mod clock;
 mod cors;
 mod root;
 mod route;
+mod secrets;
 mod servers;
 pub mod wire;
 
@@ -38,7 +42,7 @@ use tracing::{debug, info};
 use self::auth::Credentials;
 use self::route::{Resolved, Route};
 use crate::config::ApiConfig;
-use crate::http::listener::Site;
+use crate::http::listener::{LocalAddr, Site};
 use crate::http::response::{self, Body};
 use crate::http::tls::{self, TlsError};
 use crate::supervisor::Supervisor;
@@ -53,6 +57,7 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct ApiSettings {
     credentials: Option<Credentials>,
     cors: bool,
+    allow_exec: bool,
     tls: Option<TlsAcceptor>,
 }
 
@@ -61,6 +66,7 @@ impl std::fmt::Debug for ApiSettings {
         f.debug_struct("ApiSettings")
             .field("basic_auth", &self.credentials.is_some())
             .field("cors", &self.cors)
+            .field("allow_exec", &self.allow_exec)
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -75,6 +81,7 @@ impl ApiSettings {
         Ok(Self {
             credentials: config.basic_auth.as_ref().map(Credentials::new),
             cors: config.cors,
+            allow_exec: config.allow_exec,
             tls: config.tls.as_ref().map(tls::acceptor).transpose()?,
         })
     }
@@ -134,22 +141,25 @@ impl Api {
                 return response::text(StatusCode::NOT_FOUND, "404 page not found");
             }
         };
-        if let Some(credentials) = &settings.credentials
-            && !route.is_public()
-            && !credentials.allows(request.headers())
-        {
-            debug!(client = %peer, path = request.uri().path(), "API request without valid credentials");
-            return auth::challenge();
+        if let Some(refusal) = refusal(settings, &route, &request) {
+            let path = request.uri().path();
+            debug!(client = %peer, path, status = %refusal.status(), "API request refused");
+            return refusal;
         }
         if request.method() == Method::GET {
             debug!(client = %peer, path = request.uri().path(), "API request");
         } else {
             info!(client = %peer, method = %request.method(), path = request.uri().path(), "API request");
         }
-        self.dispatch(route, request).await
+        self.dispatch(settings, route, request).await
     }
 
-    async fn dispatch(&self, route: Route, request: Request<Incoming>) -> Response<Body> {
+    async fn dispatch(
+        &self,
+        settings: &ApiSettings,
+        route: Route,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let supervisor = &self.supervisor;
         match route {
             Route::Ping => response::text(StatusCode::OK, "OK"),
@@ -159,7 +169,7 @@ impl Api {
             Route::GetServer(name) => servers::get(supervisor, &name),
             Route::ServerStats(name) => servers::stats(supervisor, &name),
             Route::CreateServer(name) => match read_body(request).await {
-                Ok(body) => servers::create(supervisor, &name, &body).await,
+                Ok(body) => servers::create(supervisor, &name, &body, settings.allow_exec).await,
                 Err(refusal) => refusal,
             },
             Route::DeleteServer(name) => servers::delete(supervisor, &name).await,
@@ -180,6 +190,30 @@ impl Site for Api {
     async fn respond(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         Api::respond(self, request, peer).await
     }
+}
+
+/// The answer to a request that fails a check before it is served (`Host`, credentials,
+/// content type), if it does.
+fn refusal(
+    settings: &ApiSettings,
+    route: &Route,
+    request: &Request<Incoming>,
+) -> Option<Response<Body>> {
+    if route.is_public() {
+        return None;
+    }
+    // Without the listener's mark (which it always sets), judge as on loopback: strictest.
+    let local = request.extensions().get::<LocalAddr>().map_or(
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        |local| local.0,
+    );
+    let headers = request.headers();
+    browser::host_refusal(headers, local, settings.credentials.is_some())
+        .or_else(|| {
+            let credentials = settings.credentials.as_ref()?;
+            (!credentials.allows(headers)).then(auth::challenge)
+        })
+        .or_else(|| browser::content_type_refusal(request.method(), headers))
 }
 
 /// The whole body, up to [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`].

@@ -3,14 +3,21 @@
 //! `/dump` serialises the running [`RawConfig`](crate::config::raw::RawConfig): the file as
 //! loaded, with the servers added or removed through the API since. Like gobetween, those
 //! changes are not written back to the file; a SIGHUP reload from the file replaces them.
+//!
+//! Unlike gobetween, secrets (the `[api.basic_auth]` password, discovery credentials; see
+//! [`secrets`](super::secrets)) are masked unless the query asks for them with
+//! `secrets=true`. With `[api.basic_auth]` on, every `/dump` request has passed it, so only a
+//! client that knows the password can ask; without basic auth there is no password to show,
+//! and the API is open to whoever reaches it anyway. The default keeps a dump pasted into a
+//! ticket or a log free of secrets.
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use hyper::{Response, StatusCode};
 
-use super::clock;
 use super::wire::{ConfigurationSource, ProcessInfo};
+use super::{clock, secrets};
 use crate::http::response::{self, Body};
 use crate::supervisor::Supervisor;
 
@@ -32,15 +39,35 @@ pub(super) fn info(supervisor: &Supervisor, config_path: &Path) -> Response<Body
     response::json(StatusCode::OK, &info)
 }
 
-/// Answers `GET /dump?format=toml|json` (default toml), as text like gobetween.
+/// Answers `GET /dump?format=toml|json&secrets=true|false` (default toml, secrets masked), as
+/// text like gobetween.
 pub(super) fn dump(supervisor: &Supervisor, query: Option<&str>) -> Response<Body> {
-    let format = query
-        .into_iter()
-        .flat_map(|query| query.split('&'))
-        .find_map(|pair| pair.strip_prefix("format="))
-        .unwrap_or("toml");
+    let parameter = |name: &str| {
+        query
+            .into_iter()
+            .flat_map(|query| query.split('&'))
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    };
+    let format = parameter("format").unwrap_or("toml");
+    let reveal = match parameter("secrets") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return response::error(
+                StatusCode::BAD_REQUEST,
+                format!("secrets={other:?}: expected true or false"),
+            );
+        }
+    };
     let snapshot = supervisor.snapshot();
-    let raw = &snapshot.config.raw;
+    let running = &snapshot.config.raw;
+    let masked;
+    let raw = if reveal {
+        running
+    } else {
+        masked = secrets::masked(running);
+        &masked
+    };
     let text = match format {
         "toml" => toml::to_string(raw).map_err(|error| error.to_string()),
         "json" => response::indented(raw)

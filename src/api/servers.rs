@@ -8,11 +8,23 @@
 //! changes, and a removed server's sessions drain. gobetween's answers are kept: `null` with
 //! `200` for a server that does not exist, `409` for a name already taken; a config error is
 //! `400` with every problem, each naming its key.
+//!
+//! A server whose health check or discovery is of kind `exec` runs a command as the daemon's
+//! user; the API refuses it (`403`) unless the config file sets `[api] allow_exec = true`.
+//! Discovery secrets are masked in what `GET` shows ([`secrets`](super::secrets)).
+//!
+//! Validation resolves bind names with the system's blocking resolver and walks every
+//! backend, so it runs on tokio's blocking pool, before the reload lock is taken, against the
+//! config running then. The update applies the result only if that config is still the one
+//! running; when a reload or another change came in between, the change is validated again
+//! on the new config, at most [`ATTEMPTS`] times (each lost race counts as a refused reload).
+
+use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
 use tracing::{info, warn};
 
-use super::wire;
+use super::{secrets, wire};
 use crate::config::raw::{self, RawConfig, RawServer};
 use crate::config::{Config, ConfigError, ConfigErrors, Format, validate};
 use crate::http::response::{self, Body};
@@ -29,14 +41,29 @@ pub enum ChangeError {
     Invalid(ConfigErrors),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(
+        "servers.{server}.{key} = \"exec\" runs commands as the daemon's user; the API accepts it \
+         only when the config file sets [api] allow_exec = true"
+    )]
+    Exec { server: String, key: &'static str },
+    /// Lost the race with other changes [`ATTEMPTS`] times.
+    #[error("the configuration kept changing while this change was validated; try again")]
+    Busy,
+    /// The configuration that was validated is no longer the one running.
+    #[error("the configuration changed during validation")]
+    Stale,
+    #[error("validating the change failed: {0}")]
+    Aborted(String),
 }
 
 impl ChangeError {
     fn into_response(self) -> Response<Body> {
         let status = match &self {
-            Self::Exists(_) | Self::Start(_) => StatusCode::CONFLICT,
+            Self::Exists(_) | Self::Start(_) | Self::Busy | Self::Stale => StatusCode::CONFLICT,
             Self::Missing(_) => return response::json(StatusCode::OK, &()),
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Exec { .. } => StatusCode::FORBIDDEN,
+            Self::Aborted(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         warn!(error = %self, "server change through the API refused");
         response::error(status, self.to_string())
@@ -68,48 +95,109 @@ pub fn stats(supervisor: &Supervisor, name: &str) -> Response<Body> {
     response::json(StatusCode::OK, &report)
 }
 
-/// `POST /servers/NAME` with the server's table as JSON.
-pub async fn create(supervisor: &Supervisor, name: &str, body: &[u8]) -> Response<Body> {
+/// `POST /servers/NAME` with the server's table as JSON; `allow_exec` is `[api] allow_exec`.
+pub async fn create(
+    supervisor: &Supervisor,
+    name: &str,
+    body: &[u8],
+    allow_exec: bool,
+) -> Response<Body> {
     let origin = format!("POST /servers/{name}");
     let server = match parse_server(&origin, body) {
         Ok(server) => server,
         Err(error) => return response::error(StatusCode::BAD_REQUEST, error.to_string()),
     };
-    // An obvious conflict is answered without counting a refused reload; the check inside
-    // the update decides for requests that race another change.
-    if supervisor.snapshot().config.raw.servers.contains_key(name) {
-        return ChangeError::Exists(name.to_owned()).into_response();
+    if let Some(key) = exec_key(&server).filter(|_| !allow_exec) {
+        let server = name.to_owned();
+        return ChangeError::Exec { server, key }.into_response();
     }
-    let result = supervisor
-        .update(|current| {
-            if current.raw.servers.contains_key(name) {
-                return Err(ChangeError::Exists(name.to_owned()));
-            }
-            let mut raw = current.raw.clone();
-            raw.servers.insert(name.to_owned(), server);
-            revalidate(&origin, name, &raw)
-        })
-        .await;
+    let result = change(supervisor, name, origin, |raw| {
+        if raw.servers.contains_key(name) {
+            return Err(ChangeError::Exists(name.to_owned()));
+        }
+        raw.servers.insert(name.to_owned(), server.clone());
+        Ok(())
+    })
+    .await;
     answer(result, name, "added")
 }
 
 /// `DELETE /servers/NAME`: stops its listener; its sessions drain.
 pub async fn delete(supervisor: &Supervisor, name: &str) -> Response<Body> {
-    // As in `create`: answered without counting a refused reload.
-    if !supervisor.snapshot().config.raw.servers.contains_key(name) {
-        return ChangeError::Missing(name.to_owned()).into_response();
-    }
     let origin = format!("DELETE /servers/{name}");
-    let result = supervisor
-        .update(|current| {
-            let mut raw = current.raw.clone();
-            if raw.servers.remove(name).is_none() {
-                return Err(ChangeError::Missing(name.to_owned()));
-            }
-            revalidate(&origin, name, &raw)
-        })
-        .await;
+    let result = change(supervisor, name, origin, |raw| {
+        raw.servers
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| ChangeError::Missing(name.to_owned()))
+    })
+    .await;
     answer(result, name, "removed")
+}
+
+/// Times a change is validated again after losing a race with another change.
+const ATTEMPTS: usize = 3;
+
+/// Applies `edit` to the running raw config, validates the result off the runtime's workers
+/// and swaps it in, unless the running config changed meanwhile (then again, on the new one).
+/// An `edit` that refuses (name taken, no such server) is answered without counting a
+/// refused reload.
+async fn change(
+    supervisor: &Supervisor,
+    name: &str,
+    origin: String,
+    edit: impl Fn(&mut RawConfig) -> Result<(), ChangeError>,
+) -> Result<ReloadSummary, ChangeError> {
+    for _ in 0..ATTEMPTS {
+        let base = Arc::clone(&supervisor.snapshot().config);
+        let mut raw = base.raw.clone();
+        edit(&mut raw)?;
+        let (origin, name) = (origin.clone(), name.to_owned());
+        let config = off_worker(move || revalidate(&origin, &name, &raw)).await??;
+        // `base` is held, so its address cannot be reused by a newer config.
+        let result = supervisor
+            .update(|current| {
+                if std::ptr::eq(current, Arc::as_ptr(&base)) {
+                    Ok(config)
+                } else {
+                    Err(ChangeError::Stale)
+                }
+            })
+            .await;
+        match result {
+            Err(ChangeError::Stale) => continue,
+            result => return result,
+        }
+    }
+    Err(ChangeError::Busy)
+}
+
+/// Runs `work` on tokio's blocking pool, so that blocking DNS lookups and long validations do
+/// not stall a runtime worker (on a current-thread runtime, the only one).
+async fn off_worker<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ChangeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ChangeError::Aborted(error.to_string()))
+}
+
+/// The key of a posted server that would run commands: a health check or discovery of kind
+/// `exec` (compared loosely, so that no spelling a future validation accepts slips through).
+fn exec_key(server: &RawServer) -> Option<&'static str> {
+    let is_exec = |kind: &Option<String>| {
+        kind.as_deref()
+            .is_some_and(|kind| kind.trim().eq_ignore_ascii_case("exec"))
+    };
+    let check = server.healthcheck.as_ref().map(|check| &check.kind);
+    let discovery = server.discovery.as_ref().map(|discovery| &discovery.kind);
+    if check.is_some_and(is_exec) {
+        Some("healthcheck.kind")
+    } else if discovery.is_some_and(is_exec) {
+        Some("discovery.kind")
+    } else {
+        None
+    }
 }
 
 /// The reply to a server change: 200 with gobetween's empty body, or the error's status.
@@ -176,6 +264,7 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
         );
     }
     server.protocol.get_or_insert_with(|| "tcp".to_owned());
+    secrets::mask_server(&mut server);
     if let Some(validated) = config.servers.get(name) {
         server.balance = Some(validated.balance.as_str().to_owned());
     }
@@ -185,5 +274,43 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
 fn inherit<T: Clone>(value: &mut Option<T>, default: &Option<T>) {
     if value.is_none() {
         value.clone_from(default);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The work blocks until a task on the same single-threaded runtime answers: it can only
+    /// succeed when the work is not on the runtime's one worker.
+    #[tokio::test(flavor = "current_thread")]
+    async fn validation_runs_off_the_runtime_worker() {
+        let (answer_tx, answer_rx) = mpsc::channel();
+        let answering = tokio::spawn(async move { answer_tx.send(()) });
+        let answered = off_worker(move || answer_rx.recv_timeout(Duration::from_secs(10)).is_ok())
+            .await
+            .expect("the work ran");
+        assert!(answered, "the runtime was blocked while the work ran");
+        answering.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn exec_kinds_are_found_however_spelled() {
+        let parse = |text: &str| {
+            raw::parse::<RawServer>("t", text, Format::Json)
+                .unwrap()
+                .value
+        };
+        let exec_check = parse(r#"{"healthcheck": {"kind": " Exec"}}"#);
+        assert_eq!(exec_key(&exec_check), Some("healthcheck.kind"));
+        let exec_discovery = parse(r#"{"discovery": {"kind": "EXEC"}}"#);
+        assert_eq!(exec_key(&exec_discovery), Some("discovery.kind"));
+        let plain = parse(
+            r#"{"healthcheck": {"kind": "ping", "exec_command": "x"}, "discovery": {"kind": "static"}}"#,
+        );
+        assert_eq!(exec_key(&plain), None);
     }
 }

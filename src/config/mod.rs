@@ -119,10 +119,16 @@ pub enum LogFormat {
 pub struct ApiConfig {
     /// Default false.
     pub enabled: bool,
-    /// Default `:8888`.
+    /// Default `127.0.0.1:8888`: loopback, unlike gobetween's `:8888`, because the API can
+    /// remove servers and disable backends.
     pub bind: String,
     /// Default false.
     pub cors: bool,
+    /// `allow_exec`, default false (betwixt): whether `POST /servers/NAME` may add a server
+    /// whose health check (or discovery) is of kind `exec`. Such a server runs a command as
+    /// the daemon's user, so by default only the config file can define one and the API
+    /// answers `403`.
+    pub allow_exec: bool,
     pub basic_auth: Option<BasicAuth>,
     pub tls: Option<TlsFiles>,
 }

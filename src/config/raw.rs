@@ -140,6 +140,8 @@ raw_table! {
         enabled: bool,
         bind: String,
         cors: bool,
+        /// betwixt: whether `POST /servers/NAME` may add exec checks; default false.
+        allow_exec: bool,
         basic_auth: RawBasicAuth,
         tls: RawApiTls,
     }

@@ -1,11 +1,15 @@
 //! One HTTP listener (the API's or the metrics'): the accept task, TLS, and HTTP/1.1 per
 //! connection.
 //!
-//! The accept task spawns one task per connection, at most [`MAX_CONNECTIONS`] at once (more
-//! are closed at once: an operator endpoint must not grow without bound). Each connection has
-//! [`HEADER_TIMEOUT`] to send its request headers and [`TLS_HANDSHAKE_TIMEOUT`] for the
-//! handshake. Stopping ends the accept task, lets requests in flight finish (connections get
-//! hyper's graceful shutdown) for up to [`STOP_GRACE`], then drops the rest.
+//! The accept task spawns one task per connection, at most [`MAX_CONNECTIONS`] at once: an
+//! operator endpoint must not grow without bound. When all are taken, the oldest idle one is
+//! closed to make room (see [`super::slots`]), so connections that send nothing cannot lock
+//! operators out; only when every connection is in a request is a newcomer closed at once.
+//! Each connection has [`HEADER_TIMEOUT`] to send its request headers and
+//! [`TLS_HANDSHAKE_TIMEOUT`] for the handshake. Each request carries the address the
+//! connection arrived at ([`LocalAddr`], in its extensions). Stopping ends the accept task,
+//! lets requests in flight finish (connections get hyper's graceful shutdown) for up to
+//! [`STOP_GRACE`], then drops the rest.
 
 use std::convert::Infallible;
 use std::io;
@@ -16,17 +20,17 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::response::Body;
+use super::response::{self, Body};
+use super::slots::{Slot, Slots};
 use crate::logging::RateLimit;
 
 /// Connections served at once per listener.
@@ -37,8 +41,15 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long stopping waits for requests in flight.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long an evicted connection may take to finish writing a response.
+const EVICTION_GRACE: Duration = Duration::from_secs(1);
 /// Pause after an accept error that is not about one connection (e.g. out of descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The address a request's connection arrived at (for a wildcard listener, the one the client
+/// dialed), in every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LocalAddr(pub SocketAddr);
 
 /// What a listener serves: the REST API, the metrics endpoint.
 pub(crate) trait Site: Send + Sync + 'static {
@@ -103,7 +114,7 @@ impl Drop for HttpListener {
 
 async fn accept_loop<S: Site>(listener: TcpListener, site: Arc<S>, stop: CancellationToken) {
     let connections = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::new(MAX_CONNECTIONS);
     let errors_log = RateLimit::per_second();
     loop {
         let accepted = tokio::select! {
@@ -121,17 +132,14 @@ async fn accept_loop<S: Site>(listener: TcpListener, site: Arc<S>, stop: Cancell
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+        let Some(slot) = slots.admit(peer) else {
             if let Some(suppressed) = errors_log.check() {
-                warn!(client = %peer, suppressed, limit = MAX_CONNECTIONS, "HTTP connection refused: too many open");
+                warn!(client = %peer, suppressed, limit = MAX_CONNECTIONS, "HTTP connection refused: every connection is in a request");
             }
             continue;
         };
         let (site, stop) = (Arc::clone(&site), stop.clone());
-        connections.spawn(async move {
-            serve_connection(stream, peer, site, stop).await;
-            drop(permit);
-        });
+        connections.spawn(serve_connection(stream, peer, site, stop, slot));
     }
     drop(listener);
     connections.close();
@@ -151,40 +159,83 @@ async fn serve_connection<S: Site>(
     peer: SocketAddr,
     site: Arc<S>,
     stop: CancellationToken,
+    slot: Slot,
 ) {
-    let Some(acceptor) = site.tls() else {
-        return serve_http(TokioIo::new(stream), peer, site, stop).await;
+    let local = match stream.local_addr() {
+        Ok(local) => LocalAddr(local),
+        Err(error) => {
+            return debug!(client = %peer, %error, "HTTP connection without a local address");
+        }
     };
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, site, stop).await,
+    let context = Arc::new(Context { peer, local, slot });
+    let Some(acceptor) = site.tls() else {
+        return serve_http(TokioIo::new(stream), context, site, stop).await;
+    };
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let handshake = tokio::select! {
+        handshake = handshake => handshake,
+        () = context.slot.evicted() => return,
+    };
+    match handshake {
+        Ok(Ok(tls)) => serve_http(TokioIo::new(tls), context, site, stop).await,
         Ok(Err(error)) => debug!(client = %peer, %error, "HTTPS handshake failed"),
         Err(_) => debug!(client = %peer, "HTTPS handshake timed out"),
     }
 }
 
-async fn serve_http<I, S>(io: I, peer: SocketAddr, site: Arc<S>, stop: CancellationToken)
+/// What every request of one connection shares.
+struct Context {
+    peer: SocketAddr,
+    local: LocalAddr,
+    slot: Slot,
+}
+
+async fn serve_http<I, S>(io: I, context: Arc<Context>, site: Arc<S>, stop: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: Site,
 {
-    let service = service_fn(move |request| {
-        let site = Arc::clone(&site);
-        async move { Ok::<_, Infallible>(site.respond(request, peer).await) }
-    });
+    let service = {
+        let context = Arc::clone(&context);
+        service_fn(move |request| answer(Arc::clone(&site), Arc::clone(&context), request))
+    };
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
+    // Both ends let a response being written finish; an evicted connection is idle, so at
+    // most that, or half a request's headers, is lost by not waiting longer.
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = stop.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        () = context.slot.evicted() => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(EVICTION_GRACE, connection).await {
+                Ok(result) => result,
+                Err(_) => return,
+            }
+        }
     };
     if let Err(error) = result {
-        debug!(client = %peer, %error, "HTTP connection ended with an error");
+        debug!(client = %context.peer, %error, "HTTP connection ended with an error");
     }
+}
+
+/// One request, marked busy so that eviction leaves the connection alone while it runs.
+async fn answer<S: Site>(
+    site: Arc<S>,
+    context: Arc<Context>,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(_busy) = context.slot.start_request() else {
+        let closing = "the connection was idle and is being closed to make room; reconnect";
+        return Ok(response::error(StatusCode::SERVICE_UNAVAILABLE, closing));
+    };
+    request.extensions_mut().insert(context.local);
+    Ok(site.respond(request, context.peer).await)
 }

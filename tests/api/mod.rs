@@ -5,6 +5,7 @@ mod admin;
 mod metrics;
 mod reload;
 mod rest;
+mod security;
 mod status;
 mod tls;
 
@@ -16,7 +17,7 @@ use betwixt::config::{self, LoadOptions};
 use betwixt::{Endpoints, LoadBalancer};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -69,10 +70,12 @@ impl Balancer {
         self.balancer.local_addr(name).expect("server listens")
     }
 
-    /// An authenticated request to the API.
+    /// An authenticated request to the API, with a JSON content type as gobetween's clients
+    /// send.
     pub async fn call(&self, method: Method, path: &str, body: &str) -> Reply {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, basic(LOGIN, PASSWORD));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         request(self.api(), method, path, headers, body).await
     }
 
@@ -157,6 +160,7 @@ where
         .header(HOST, host)
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
+    // A `Host` in `headers` replaces the default one.
     request.headers_mut().extend(headers);
     let exchange = async {
         let response = sender.send_request(request).await.expect("response");

@@ -263,14 +263,14 @@ async fn dump_round_trips_the_running_config_with_api_changes() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 
     let running = lb.balancer.config();
-    let toml = lb.get("/dump").await;
+    let toml = lb.get("/dump?secrets=true").await;
     assert_eq!(toml.status, StatusCode::OK);
     assert!(toml.body.contains("[servers.extra]"), "{}", toml.body);
     let from_toml = config::load_str("dump.toml", &toml.body, &LoadOptions::default())
         .unwrap_or_else(|errors| panic!("{errors}\n{}", toml.body));
     assert_eq!(from_toml.config, *running);
 
-    let json = lb.get("/dump?format=json").await;
+    let json = lb.get("/dump?format=json&secrets=true").await;
     let options = LoadOptions {
         format: config::Format::Json,
         ..LoadOptions::default()

@@ -59,6 +59,8 @@ async fn status_prints_servers_and_backends_of_a_running_daemon() {
 
     let mut headers = HeaderMap::new();
     headers.insert(hyper::header::AUTHORIZATION, basic(LOGIN, PASSWORD));
+    let json = HeaderValue::from_static("application/json");
+    headers.insert(hyper::header::CONTENT_TYPE, json);
     let drain = format!("/servers/k3s/backends/{}/drain", b.addr);
     let reply = request(api, Method::POST, &drain, headers, "").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);

@@ -208,6 +208,7 @@ fn expected_config() -> Config {
             enabled: true,
             bind: "127.0.0.1:8888".into(),
             cors: false,
+            allow_exec: false,
             basic_auth: None,
             tls: None,
         },
@@ -375,7 +376,7 @@ fn connect_timeout_defaults_to_5s_and_zero_warns() {
 fn no_servers_is_valid_but_warned() {
     let loaded = load_ok("[api]\nenabled = true\n");
     assert!(loaded.config.servers.is_empty());
-    assert_eq!(loaded.config.api.bind, ":8888");
+    assert_eq!(loaded.config.api.bind, "127.0.0.1:8888");
     assert_eq!(loaded.warnings.len(), 1);
     assert_eq!(loaded.warnings[0].key, "servers");
     assert!(load("").is_ok());

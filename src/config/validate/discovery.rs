@@ -1,6 +1,9 @@
 //! `[servers.NAME.discovery]`: only kind static is implemented; its `static_list` becomes the
 //! server's backends. The other gobetween kinds are refused by name.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use super::value::{self, choice, given_keys, text};
 use super::{Key, Report};
 use crate::config::BackendSpec;
@@ -95,7 +98,9 @@ fn warn_foreign_keys(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery) {
     }
 }
 
-/// Each entry parsed; a malformed or repeated entry is an error under its index.
+/// Each entry parsed; a malformed or repeated entry is an error under its index. Repeats are
+/// found through a map by target, so a list of thousands of backends (posted to the API,
+/// validated while reloads wait) costs time in proportion to its length.
 fn static_list(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery) -> Vec<BackendSpec> {
     let list_key = key.child("static_list");
     let entries = raw.static_list.as_deref().unwrap_or_default();
@@ -114,7 +119,7 @@ fn static_list(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery) -> Vec<Ba
         return Vec::new();
     }
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(entries.len());
-    let mut positions = Vec::with_capacity(entries.len());
+    let mut first_index: HashMap<String, usize> = HashMap::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
         let entry_key = list_key.index(index);
         let backend = match parse_backend(entry) {
@@ -124,20 +129,62 @@ fn static_list(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery) -> Vec<Ba
                 continue;
             }
         };
-        let target = backend.target();
-        match backends.iter().position(|other| other.target() == target) {
-            Some(first) => report.error(
+        match first_index.entry(backend.target()) {
+            Entry::Occupied(first) => report.error(
                 &entry_key,
                 format!(
-                    "{entry:?} repeats backend {target}, already at static_list[{}]",
-                    positions[first]
+                    "{entry:?} repeats backend {}, already at static_list[{}]",
+                    first.key(),
+                    first.get()
                 ),
             ),
-            None => {
+            Entry::Vacant(slot) => {
+                slot.insert(index);
                 backends.push(backend);
-                positions.push(index);
             }
         }
     }
     backends
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::raw::RawDiscovery;
+
+    /// 20,000 distinct IPv4 backends, `10.0.0.0` upwards.
+    fn entries(count: usize) -> Vec<String> {
+        (0..count)
+            .map(|i| format!("10.{}.{}.{}:6443", i >> 16, (i >> 8) & 0xff, i & 0xff))
+            .collect()
+    }
+
+    #[test]
+    fn twenty_thousand_backends_with_repeats_named_by_both_positions() {
+        let mut list = entries(20_000);
+        list[12_345] = list[10_000].clone();
+        list[19_999] = format!("{} weight=2", list[3]);
+        let raw = RawDiscovery {
+            kind: Some("static".into()),
+            static_list: Some(list.clone()),
+            ..RawDiscovery::default()
+        };
+        let mut report = Report::new("t.toml");
+        let server = Key::server("big");
+        let backends = backends(&mut report, &server, Some(&raw));
+
+        assert_eq!(backends.len(), 19_998);
+        assert_eq!(backends[0].target(), "10.0.0.0:6443");
+        assert_eq!(backends[19_997].target(), list[19_998]);
+        let messages: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                "t.toml: servers.big.discovery.static_list[12345]: \"10.0.39.16:6443\" repeats \
+                 backend 10.0.39.16:6443, already at static_list[10000]",
+                "t.toml: servers.big.discovery.static_list[19999]: \"10.0.0.3:6443 weight=2\" \
+                 repeats backend 10.0.0.3:6443, already at static_list[3]",
+            ]
+        );
+    }
 }

@@ -12,8 +12,9 @@ use crate::config::{
     MetricsConfig, RuntimeConfig, TlsFiles,
 };
 
-/// `[api] bind` when absent.
-const DEFAULT_API_BIND: &str = ":8888";
+/// `[api] bind` when absent: loopback only. gobetween listens on every interface (`:8888`),
+/// which hands whoever reaches the host the power to remove servers and drain backends.
+const DEFAULT_API_BIND: &str = "127.0.0.1:8888";
 /// `[metrics] bind` when absent.
 const DEFAULT_METRICS_BIND: &str = ":9284";
 /// `[betwixt] shutdown_timeout` when absent.
@@ -61,7 +62,7 @@ pub(super) fn logging(report: &mut Report<'_>, raw: Option<&RawLogging>) -> Logg
     }
 }
 
-/// `[api]`: disabled, bound to `:8888`, no CORS, auth or TLS unless set.
+/// `[api]`: disabled, bound to `127.0.0.1:8888`, no CORS, exec, auth or TLS unless set.
 pub(super) fn api(report: &mut Report<'_>, raw: Option<&RawApi>) -> ApiConfig {
     let raw = raw.cloned().unwrap_or_default();
     let key = Key::root("api");
@@ -87,6 +88,7 @@ pub(super) fn api(report: &mut Report<'_>, raw: Option<&RawApi>) -> ApiConfig {
         enabled: raw.enabled.unwrap_or(false),
         bind: text(&raw.bind).unwrap_or(DEFAULT_API_BIND).to_owned(),
         cors: raw.cors.unwrap_or(false),
+        allow_exec: raw.allow_exec.unwrap_or(false),
         basic_auth,
         tls,
     }
@@ -172,5 +174,36 @@ pub(super) fn ignored_sections(report: &mut Report<'_>, raw: &RawConfig) {
             &Key::root("acme"),
             "ignored: used only by protocol tls, which betwixt does not support",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_of(raw: RawApi) -> (ApiConfig, Vec<String>) {
+        let mut report = Report::new("t.toml");
+        let config = api(&mut report, Some(&raw));
+        let errors = report.errors.iter().map(ToString::to_string).collect();
+        (config, errors)
+    }
+
+    #[test]
+    fn api_enabled_without_bind_listens_on_loopback_only() {
+        let (config, errors) = api_of(RawApi {
+            enabled: Some(true),
+            ..RawApi::default()
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.bind, "127.0.0.1:8888");
+        assert!(!config.allow_exec && !config.cors);
+        let (config, _) = api_of(RawApi {
+            enabled: Some(true),
+            bind: Some(":8888".into()),
+            allow_exec: Some(true),
+            ..RawApi::default()
+        });
+        assert_eq!(config.bind, ":8888");
+        assert!(config.allow_exec);
     }
 }
