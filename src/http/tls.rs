@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
+use crate::tls::{self, PemError};
 
 /// A certificate or key that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +26,8 @@ pub struct TlsError {
 /// # Errors
 /// A file cannot be read, holds no certificate or key, or the key does not fit.
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
-    let chain = certificates(&files.cert_path)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key_path)
-        .map_err(|error| problem(&files.key_path, error))?;
+    let chain = tls::certificate_chain(&files.cert_path)?;
+    let key = tls::private_key(&files.key_path)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -41,15 +39,13 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|error| problem(path, error))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| problem(path, error))?;
-    if chain.is_empty() {
-        return Err(problem(path, "no PEM certificate in the file"));
+impl From<PemError> for TlsError {
+    fn from(error: PemError) -> Self {
+        Self {
+            path: error.path,
+            message: error.problem,
+        }
     }
-    Ok(chain)
 }
 
 fn problem(path: &Path, error: impl std::fmt::Display) -> TlsError {
