@@ -347,23 +347,9 @@ pub async fn echo_named(name: &'static str) -> TestBackend {
 
 /// Connects, reads the backend's name line; returns the stream (still open) and the name.
 pub async fn open_named(addr: SocketAddr) -> (TcpStream, String) {
-    use tokio::io::AsyncReadExt;
     let mut stream = TcpStream::connect(addr).await.expect("balancer reachable");
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let n = stream.read(&mut byte).await.expect("read name");
-            assert!(n > 0, "closed before the name");
-            if byte[0] == b'\n' {
-                break;
-            }
-            line.push(byte[0]);
-        }
-    })
-    .await
-    .expect("a name in time");
-    (stream, String::from_utf8(line).unwrap())
+    let name = read_line(&mut stream).await.expect("a name in time");
+    (stream, name)
 }
 
 /// One echo round trip on an open session.
