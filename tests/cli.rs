@@ -231,3 +231,44 @@ async fn a_symlinked_log_file_is_refused_and_its_target_untouched() {
     assert!(stderr.contains("symbolic link"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
 }
+
+/// `-e` under systemd's `LoadCredential=` (systemd/api-credentials.conf): the basic-auth
+/// password is read from `${credential:api-password}`, a file in `$CREDENTIALS_DIRECTORY`.
+#[tokio::test]
+async fn the_api_password_can_come_from_a_systemd_credential() {
+    use crate::api::{basic, request};
+    use hyper::header::{AUTHORIZATION, HeaderMap};
+    use hyper::{Method, StatusCode};
+
+    let scratch = Scratch::new("credential");
+    let credentials = scratch.0.join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("api-password"), "from-credential\n").unwrap();
+    let api_port = free_port();
+    let api = format!(
+        "output = \"stderr\"\n[api]\nenabled = true\nbind = \"127.0.0.1:{api_port}\"\n\
+         [api.basic_auth]\nlogin = \"admin\"\npassword = \"${{credential:api-password}}\"\n"
+    );
+    let config = serving_config(free_port(), &api);
+    let _daemon = Daemon::spawn_in(
+        scratch,
+        &config,
+        &["-e"],
+        &[("CREDENTIALS_DIRECTORY", credentials.to_str().unwrap())],
+    );
+    let addr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    eventually("the API listens", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    let get = |password: &'static str| async move {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, basic("admin", password));
+        request(addr, Method::GET, "/servers", headers, "")
+            .await
+            .status
+    };
+    assert_eq!(get("from-credential").await, StatusCode::OK);
+    assert_eq!(get("").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(get("from-credential\n").await, StatusCode::UNAUTHORIZED);
+}
