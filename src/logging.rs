@@ -1,8 +1,10 @@
 //! `[logging]`: where log lines go and how they look, plus a limiter for events that can
 //! repeat thousands of times a second (accept errors, connect failures under a storm).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -42,11 +44,21 @@ impl LogControl {
     }
 }
 
+/// The log file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the log file {}: {error}", path.display())]
+pub struct LogFileError {
+    pub path: PathBuf,
+    /// Not a `source()`: the message already ends with it.
+    pub error: io::Error,
+}
+
 /// Installs the global logger described by `config`. `RUST_LOG`, when set, overrides the level.
 ///
 /// # Errors
-/// The log file cannot be opened for appending.
-pub fn init(config: &LoggingConfig) -> io::Result<LogControl> {
+/// The log file cannot be opened for appending, or it is a symbolic link: betwixt may run
+/// with more rights than whoever can write the log directory, so it never follows one.
+pub fn init(config: &LoggingConfig) -> Result<LogControl, LogFileError> {
     let env_filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|spec| EnvFilter::try_new(spec).ok());
@@ -58,7 +70,11 @@ pub fn init(config: &LoggingConfig) -> io::Result<LogControl> {
         LogOutput::Stdout => (BoxMakeWriter::new(io::stdout), true),
         LogOutput::Stderr => (BoxMakeWriter::new(io::stderr), true),
         LogOutput::File(path) => {
-            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            let file = open_without_following(OpenOptions::new().create(true).append(true), path)
+                .map_err(|error| LogFileError {
+                path: path.clone(),
+                error,
+            })?;
             (BoxMakeWriter::new(Mutex::new(file)), false)
         }
     };
@@ -75,6 +91,25 @@ pub fn init(config: &LoggingConfig) -> io::Result<LogControl> {
         filter: handle,
         env_override,
     })
+}
+
+/// Opens `path` with `options` and `O_NOFOLLOW`, so a symbolic link planted at the path (to
+/// make betwixt append to or truncate another file) is refused, with an error that says so.
+/// Also used for the pidfile.
+///
+/// # Errors
+/// The open error; for a symbolic link, one saying it is not followed.
+pub(crate) fn open_without_following(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    options
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|error| match error.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a symbolic link, which betwixt does not follow",
+            ),
+            _ => error,
+        })
 }
 
 fn is_terminal(output: &LogOutput) -> bool {
@@ -156,6 +191,36 @@ impl Default for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symbolic_link_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("betwixt-nofollow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (target, link) = (dir.join("target"), dir.join("link"));
+        std::fs::write(&target, "precious\n").unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        let error = open_without_following(OpenOptions::new().append(true).create(true), &link)
+            .expect_err("a symbolic link");
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        let config = LoggingConfig {
+            level: LogLevel::Info,
+            output: LogOutput::File(link.clone()),
+            format: LogFormat::Text,
+        };
+        let error = init(&config).expect_err("a symbolic link");
+        assert!(
+            error.to_string().contains(link.to_str().unwrap()),
+            "{error}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+
+        let plain = dir.join("plain.log");
+        let _ = std::fs::remove_file(&plain);
+        open_without_following(OpenOptions::new().append(true).create(true), &plain).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn rate_limit_lets_one_through_per_period_and_counts_the_rest() {

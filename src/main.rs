@@ -197,12 +197,8 @@ fn serve(source: ConfigSource, pidfile: Option<PathBuf>) -> anyhow::Result<ExitC
             return Ok(ExitCode::FAILURE);
         }
     };
-    let log_control = betwixt::logging::init(&config.logging).with_context(|| {
-        format!(
-            "{}: logging.output: cannot open the log file",
-            source.path.display()
-        )
-    })?;
+    let log_control = betwixt::logging::init(&config.logging)
+        .with_context(|| format!("{}: logging.output", source.path.display()))?;
     for warning in &warnings {
         tracing::warn!("{warning}");
     }

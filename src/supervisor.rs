@@ -32,12 +32,13 @@ use crate::systemd::InheritedSockets;
 /// A listener that could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("server {server:?}: cannot listen on {bind}: {source}")]
+    /// The message ends with the system error, so it is not also a `source()` (printers that
+    /// walk the chain would show it twice).
+    #[error("server {server:?}: cannot listen on {bind}: {error}")]
     Bind {
         server: String,
         bind: String,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -114,6 +115,18 @@ pub struct Supervisor {
     background: CancellationToken,
 }
 
+/// A listener bound and registered with the runtime but not accepting yet: everything about
+/// it that can fail is done, so starting it cannot.
+#[derive(Debug)]
+struct PreparedListener {
+    name: String,
+    bind: BindAddr,
+    local_addr: SocketAddr,
+    listener: TcpListener,
+    /// Passed by systemd: handed back if the start or reload it was for is refused.
+    inherited: bool,
+}
+
 #[derive(Debug)]
 struct RunningListener {
     bind: BindAddr,
@@ -143,15 +156,10 @@ impl Supervisor {
     ) -> Result<Self, StartError> {
         let close_sessions = CancellationToken::new();
         let snapshot = Snapshot::new(config, None, &close_sessions);
-        let mut bound = Vec::new();
-        for server in snapshot.servers() {
-            let listener = bind(&server.config.name, &server.config.bind, &mut inherited)?;
-            bound.push((
-                server.config.name.clone(),
-                server.config.bind.clone(),
-                listener,
-            ));
-        }
+        let wanted = snapshot
+            .servers()
+            .map(|server| (server.config.name.as_str(), &server.config.bind));
+        let prepared = prepare_listeners(wanted, &mut inherited)?;
         inherited.report_unused();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let supervisor = Self {
@@ -168,8 +176,8 @@ impl Supervisor {
             background: CancellationToken::new(),
         };
         supervisor.health.reconcile();
-        for (name, bind, listener) in bound {
-            supervisor.spawn_listener(name, bind, listener)?;
+        for listener in prepared {
+            supervisor.spawn_listener(listener);
         }
         tokio::spawn(sample_rates(
             Arc::clone(&supervisor.shared.snapshot),
@@ -178,19 +186,15 @@ impl Supervisor {
         Ok(supervisor)
     }
 
-    fn spawn_listener(
-        &self,
-        name: String,
-        bind: BindAddr,
-        listener: std::net::TcpListener,
-    ) -> Result<(), StartError> {
-        let bind_error = |source| StartError::Bind {
-            server: name.clone(),
-            bind: bind.text.clone(),
-            source,
-        };
-        let local_addr = listener.local_addr().map_err(bind_error)?;
-        let listener = TcpListener::from_std(listener).map_err(bind_error)?;
+    /// Starts accepting on a prepared listener; one it replaces (same server, old bind) stops.
+    fn spawn_listener(&self, prepared: PreparedListener) {
+        let PreparedListener {
+            name,
+            bind,
+            local_addr,
+            listener,
+            inherited: _,
+        } = prepared;
         let stop = CancellationToken::new();
         let task = tokio::spawn(listener::accept_loop(
             name.as_str().into(),
@@ -208,21 +212,21 @@ impl Supervisor {
         if let Some(replaced) = self.lock_listeners().insert(name, running) {
             replaced.stop.cancel();
         }
-        Ok(())
     }
 
     /// Applies a new config without dropping a connection.
     ///
-    /// Listeners for new servers and changed binds are bound first; if any fails nothing
-    /// changes. Then the new snapshot is published in one store (new connections use it at
-    /// once), new listeners start, and listeners of removed servers or old binds stop after
-    /// accepting what is already queued. Established sessions keep the snapshot they started
+    /// Listeners for new servers and changed binds are bound and registered with the runtime
+    /// first; if any of that fails nothing changes (sockets passed by systemd are kept for a
+    /// later attempt). Only then, with nothing left that can fail, the new snapshot is
+    /// published in one store (new connections use it at once), new listeners start, and
+    /// listeners of removed servers or old binds stop after accepting what is already queued. Established sessions keep the snapshot they started
     /// with: sessions on removed backends drain, unless the server sets
     /// `close_sessions_on_backend_removal`. Servers and backends that stay keep their health
     /// and counters.
     ///
     /// # Errors
-    /// A new listener could not be bound; the running config is untouched.
+    /// A new listener could not be set up; the running config is untouched.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
         self.update(|_| Ok(config)).await
     }
@@ -233,7 +237,7 @@ impl Supervisor {
     /// reload (or the other way round). Either outcome is counted as a reload.
     ///
     /// # Errors
-    /// What `edit` returned, or a new listener could not be bound; the running config is
+    /// What `edit` returned, or a new listener could not be set up; the running config is
     /// untouched.
     pub async fn update<E: From<StartError>>(
         &self,
@@ -272,7 +276,7 @@ impl Supervisor {
             .collect();
 
         let mut summary = ReloadSummary::default();
-        let mut bound = Vec::new();
+        let mut wanted = Vec::new();
         for server in next.servers() {
             let (name, new_bind) = (&server.config.name, &server.config.bind);
             match running.get(name) {
@@ -280,15 +284,15 @@ impl Supervisor {
                 Some(_) => summary.servers_rebound.push(name.clone()),
                 None => summary.servers_added.push(name.clone()),
             }
-            let listener = {
-                let mut inherited = self
-                    .inherited
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                bind(name, new_bind, &mut inherited)?
-            };
-            bound.push((name.clone(), new_bind.clone(), listener));
+            wanted.push((name.as_str(), new_bind));
         }
+        let prepared = {
+            let mut inherited = self
+                .inherited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            prepare_listeners(wanted, &mut inherited)?
+        };
         summary.servers_removed = running
             .keys()
             .filter(|name| next.server(name).is_none())
@@ -296,10 +300,11 @@ impl Supervisor {
             .collect();
         compare_backends(&current, &next, &mut summary);
 
+        // Nothing from here on can fail: the new config is published whole or not at all.
         self.shared.snapshot.store(Arc::new(next));
         self.health.reconcile();
-        for (name, bind, listener) in bound {
-            self.spawn_listener(name, bind, listener)?;
+        for listener in prepared {
+            self.spawn_listener(listener);
         }
         let removed: Vec<_> = {
             let mut listeners = self.lock_listeners();
@@ -323,7 +328,6 @@ impl Supervisor {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The address server `name` listens on (useful with port 0).
     /// Sets the admin state of backend `target` (`host:port`) of `server`: draining or
     /// disabled backends take no new sessions, and disabling closes the established ones.
     ///
@@ -367,6 +371,7 @@ impl Supervisor {
         Ok(Arc::clone(backend))
     }
 
+    /// The address server `name` listens on (useful with port 0).
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
         self.lock_listeners()
             .get(name)
@@ -471,20 +476,73 @@ fn close_removed_backends(current: &Snapshot, next: &Snapshot) {
     }
 }
 
-/// A passed socket for `bind` if systemd gave one, else a freshly bound one.
-fn bind(
+/// Binds (or takes from systemd) and registers a listener for each `(server, bind)`. On an
+/// error the passed sockets already taken go back to `inherited`, so a refused reload loses
+/// none.
+fn prepare_listeners<'a>(
+    wanted: impl IntoIterator<Item = (&'a str, &'a BindAddr)>,
+    inherited: &mut InheritedSockets,
+) -> Result<Vec<PreparedListener>, StartError> {
+    let mut prepared = Vec::new();
+    for (name, bind) in wanted {
+        match prepare_listener(name, bind, inherited) {
+            Ok(listener) => prepared.push(listener),
+            Err(error) => {
+                for listener in prepared.into_iter().filter(|listener| listener.inherited) {
+                    hand_back(listener, inherited);
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(prepared)
+}
+
+/// A listener for `bind`: the socket systemd passed for it if there is one, else a freshly
+/// bound one. A passed socket whose registration fails is closed (a later reload binds anew).
+fn prepare_listener(
     name: &str,
     bind: &BindAddr,
     inherited: &mut InheritedSockets,
-) -> Result<std::net::TcpListener, StartError> {
-    if let Some(listener) = inherited.take(bind) {
-        return Ok(listener);
-    }
-    net::bind_listener(bind).map_err(|source| StartError::Bind {
+) -> Result<PreparedListener, StartError> {
+    let error = |error| StartError::Bind {
         server: name.to_owned(),
         bind: bind.text.clone(),
-        source,
+        error,
+    };
+    let (local_addr, listener, from_systemd) = match inherited.take(bind) {
+        Some((local_addr, listener)) => (local_addr, listener, true),
+        None => {
+            let listener = net::bind_listener(bind).map_err(error)?;
+            (listener.local_addr().map_err(error)?, listener, false)
+        }
+    };
+    Ok(PreparedListener {
+        name: name.to_owned(),
+        bind: bind.clone(),
+        local_addr,
+        listener: register(name, listener).map_err(error)?,
+        inherited: from_systemd,
     })
+}
+
+/// Returns a passed socket to the unused ones.
+fn hand_back(prepared: PreparedListener, inherited: &mut InheritedSockets) {
+    match prepared.listener.into_std() {
+        Ok(listener) => inherited.give_back(prepared.local_addr, listener),
+        Err(error) => {
+            warn!(server = %prepared.name, address = %prepared.local_addr, %error, "closing a socket passed by systemd")
+        }
+    }
+}
+
+/// Registers a bound listener with the runtime's reactor.
+fn register(name: &str, listener: std::net::TcpListener) -> io::Result<TcpListener> {
+    #[cfg(test)]
+    tests::fail_registration_of(name)?;
+    #[cfg(not(test))]
+    let _ = name;
+    TcpListener::from_std(listener)
 }
 
 /// Once a second, turns byte counters into the `rx_second`/`tx_second` rates of every server
@@ -514,6 +572,88 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+
+    thread_local! {
+        /// A server whose listener registration fails after it was bound (each test runs on
+        /// its own thread).
+        static FAIL_REGISTRATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn fail_registration_of(name: &str) -> io::Result<()> {
+        FAIL_REGISTRATION.with_borrow(|failing| match failing {
+            Some(failing) if failing == name => Err(io::Error::other("injected set-up failure")),
+            _ => Ok(()),
+        })
+    }
+
+    /// A backend that writes `name` to each client and closes.
+    async fn name_backend(name: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(name.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    async fn fetch_name(addr: SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut name = String::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut name))
+            .await
+            .expect("the backend answers")
+            .unwrap();
+        name
+    }
+
+    /// A reload whose listener set-up fails after binding leaves the old config live and is
+    /// counted as refused: nothing is published before every fallible step succeeded.
+    #[tokio::test]
+    async fn a_reload_failing_after_binding_keeps_the_old_config() {
+        let (old, new) = (name_backend("old").await, name_backend("new").await);
+        let supervisor = Supervisor::start(pool_config(&[old])).await.unwrap();
+        let addr = supervisor.local_addr("k3s").unwrap();
+        assert_eq!(fetch_name(addr).await, "old");
+
+        let text = format!(
+            "[servers.k3s]\nbind = \"127.0.0.1:0\"\n\
+             [servers.k3s.discovery]\nkind = \"static\"\nstatic_list = [\"{new}\"]\n\
+             [servers.extra]\nbind = \"127.0.0.1:0\"\n\
+             [servers.extra.discovery]\nkind = \"static\"\nstatic_list = [\"{new}\"]\n"
+        );
+        let next = crate::config::load_str("next.toml", &text, &Default::default())
+            .unwrap()
+            .config;
+        FAIL_REGISTRATION.with_borrow_mut(|failing| *failing = Some("extra".into()));
+        let result = supervisor.reload(next).await;
+        FAIL_REGISTRATION.with_borrow_mut(|failing| *failing = None);
+
+        let error = result.expect_err("the set-up of extra fails");
+        assert!(error.to_string().contains("\"extra\""), "{error}");
+        let stats = supervisor.process_stats();
+        assert_eq!(stats.reloads_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.reloads_applied.load(Ordering::Relaxed), 0);
+        let snapshot = supervisor.snapshot();
+        assert!(
+            snapshot.server("extra").is_none(),
+            "the new config was published"
+        );
+        assert!(supervisor.local_addr("extra").is_none());
+        let backends: Vec<_> = snapshot
+            .server("k3s")
+            .unwrap()
+            .pool
+            .backends()
+            .iter()
+            .map(|b| b.target.to_string())
+            .collect();
+        assert_eq!(backends, [old.to_string()]);
+        for _ in 0..3 {
+            assert_eq!(fetch_name(addr).await, "old");
+        }
+    }
 
     async fn echo_backend() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,10 +6,13 @@
 //! service manager.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+use socket2::{Domain, Socket, Type};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -78,7 +81,13 @@ pub struct InheritedSockets {
 impl InheritedSockets {
     /// Takes ownership of the sockets systemd passed to this process, if any. Sockets that are
     /// not listening TCP sockets are closed with a warning.
+    ///
+    /// Only the first call in a process adopts them; later calls find none (`sd_notify` leaves
+    /// `LISTEN_FDS` set, and a descriptor must have one owner).
     pub fn from_environment() -> Self {
+        if ADOPTED.swap(true, Ordering::SeqCst) {
+            return Self::default();
+        }
         let fds = match sd_notify::listen_fds() {
             Ok(fds) => fds,
             Err(error) => {
@@ -88,13 +97,14 @@ impl InheritedSockets {
         };
         let mut listeners = HashMap::new();
         for fd in fds {
-            let listener = inherited::take_listener(fd);
-            match listener
-                .set_nonblocking(true)
-                .and_then(|()| crate::net::prepare_listener(&listener))
-                .and_then(|()| listener.local_addr())
-            {
-                Ok(addr) => {
+            // SAFETY: `fd` is in the range LISTEN_FDS names for this process (listen_fds()
+            // checked LISTEN_PID and that each descriptor is open, with F_GETFD). ADOPTED makes
+            // this loop run once per process, and nothing else in betwixt uses these
+            // descriptors, so each is adopted exactly once and the socket is its only owner.
+            #[allow(unsafe_code)]
+            let socket = unsafe { inherited::adopt(fd) };
+            match tcp_listener(socket) {
+                Ok((addr, listener)) => {
                     info!(address = %addr, fd, "using a listening socket passed by systemd");
                     listeners.insert(addr, listener);
                 }
@@ -106,18 +116,24 @@ impl InheritedSockets {
         Self { listeners }
     }
 
-    /// Removes and returns the passed socket for `bind`: the same address, or for a wildcard
-    /// bind the IPv6 or IPv4 wildcard socket on that port.
-    pub fn take(&mut self, bind: &BindAddr) -> Option<std::net::TcpListener> {
+    /// Removes and returns the passed socket for `bind`, with its address: the same address
+    /// (`0.0.0.0:PORT` for a wildcard bind), or for a wildcard bind `[::]:PORT`.
+    pub fn take(&mut self, bind: &BindAddr) -> Option<(SocketAddr, std::net::TcpListener)> {
         if let Some(listener) = self.listeners.remove(&bind.addr) {
-            return Some(listener);
+            return Some((bind.addr, listener));
         }
         if !bind.dual_stack {
             return None;
         }
         let port = bind.addr.port();
         let v6_any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
-        self.listeners.remove(&v6_any)
+        let listener = self.listeners.remove(&v6_any)?;
+        Some((v6_any, listener))
+    }
+
+    /// Puts back a socket [`take`](Self::take) returned, for a start or reload that was refused.
+    pub fn give_back(&mut self, addr: SocketAddr, listener: std::net::TcpListener) {
+        self.listeners.insert(addr, listener);
     }
 
     /// Logs the passed sockets no server asked for.
@@ -128,16 +144,72 @@ impl InheritedSockets {
     }
 }
 
-/// The one place outside forwarding that needs `unsafe`: adopting a file descriptor.
+/// Set once the passed descriptors have been adopted.
+static ADOPTED: AtomicBool = AtomicBool::new(false);
+
+/// `socket` as a non-blocking TCP listener with the session options, and its address; an error
+/// if it is not a listening TCP/IP stream socket (systemd may pass any kind).
+fn tcp_listener(socket: Socket) -> io::Result<(SocketAddr, std::net::TcpListener)> {
+    let not_a_listener = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+    if socket.r#type()? != Type::STREAM {
+        return Err(not_a_listener("not a stream socket"));
+    }
+    if !matches!(socket.domain()?, Domain::IPV4 | Domain::IPV6) {
+        return Err(not_a_listener("not an IPv4 or IPv6 socket"));
+    }
+    if !socket.is_listener()? {
+        return Err(not_a_listener("not listening"));
+    }
+    socket.set_nonblocking(true)?;
+    let listener = std::net::TcpListener::from(socket);
+    crate::net::prepare_listener(&listener)?;
+    Ok((listener.local_addr()?, listener))
+}
+
+/// Adopting a file descriptor: needs `unsafe`.
 #[allow(unsafe_code)]
 mod inherited {
     use std::os::fd::{FromRawFd, RawFd};
 
-    /// Takes ownership of descriptor `fd` as a TCP listener.
-    pub(super) fn take_listener(fd: RawFd) -> std::net::TcpListener {
-        // SAFETY: `fd` comes from sd_notify::listen_fds(), which checked that LISTEN_PID is this
-        // process and returns each descriptor systemd passed exactly once; nothing else in the
-        // process owns or closes them, so the listener becomes their only owner.
-        unsafe { std::net::TcpListener::from_raw_fd(fd) }
+    use socket2::Socket;
+
+    /// Takes ownership of descriptor `fd` as a socket; dropping it closes `fd`.
+    ///
+    /// # Safety
+    /// `fd` must be an open descriptor that nothing else in the process owns, uses or closes,
+    /// now or later, and this must be the only call for it: two owners would close it twice
+    /// (possibly closing an unrelated descriptor that reused the number). It need not be a
+    /// socket; the socket calls made on it then fail.
+    pub(super) unsafe fn adopt(fd: RawFd) -> Socket {
+        // SAFETY: the caller guarantees `fd` is open and owned by nothing else.
+        unsafe { Socket::from_raw_fd(fd) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listening_tcp_sockets_are_used() {
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listening.local_addr().unwrap();
+        let (found, _) = tcp_listener(Socket::from(listening)).unwrap();
+        assert_eq!(found, addr);
+
+        let bound = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        bound
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let error = tcp_listener(bound).unwrap_err();
+        assert!(error.to_string().contains("not listening"), "{error}");
+
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let error = tcp_listener(Socket::from(udp)).unwrap_err();
+        assert!(error.to_string().contains("not a stream"), "{error}");
+
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        let error = tcp_listener(Socket::from(std::os::fd::OwnedFd::from(unix))).unwrap_err();
+        assert!(error.to_string().contains("not an IPv4 or IPv6"), "{error}");
     }
 }

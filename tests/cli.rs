@@ -167,3 +167,108 @@ async fn the_daemon_serves_writes_its_pidfile_and_drains_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
     assert!(!Path::new(&pidfile).exists(), "pidfile left behind");
 }
+
+/// Starts the daemon with `args`, expecting it to exit on its own within the patience;
+/// returns its exit code and standard error.
+async fn start_expecting_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .env_remove("GOBETWEEN")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for_exit(&mut child).await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+fn serving_config(port: u16, logging: &str) -> String {
+    format!(
+        "[logging]\nlevel = \"info\"\n{logging}\n\
+         [servers.k3s]\nbind = \"127.0.0.1:{port}\"\n\
+         [servers.k3s.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:1\"]\n"
+    )
+}
+
+#[tokio::test]
+async fn a_symlinked_pidfile_is_refused_and_its_target_untouched() {
+    let scratch = Scratch::new("pid-link");
+    let config = scratch.file(
+        "g.toml",
+        &serving_config(free_port(), "output = \"stderr\""),
+    );
+    let target = scratch.file("precious", "precious\n");
+    let pidfile = scratch.0.join("betwixt.pid");
+    std::os::unix::fs::symlink(&target, &pidfile).unwrap();
+    let (code, stderr) = start_expecting_exit(&[
+        "-c",
+        config.to_str().unwrap(),
+        "-p",
+        pidfile.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(pidfile.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+}
+
+#[tokio::test]
+async fn a_symlinked_log_file_is_refused_and_its_target_untouched() {
+    let scratch = Scratch::new("log-link");
+    let target = scratch.file("precious", "precious\n");
+    let log = scratch.0.join("betwixt.log");
+    std::os::unix::fs::symlink(&target, &log).unwrap();
+    let logging = format!("output = \"{}\"", log.display());
+    let config = scratch.file("g.toml", &serving_config(free_port(), &logging));
+    let (code, stderr) = start_expecting_exit(&["-c", config.to_str().unwrap()]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("logging.output"), "{stderr}");
+    assert!(stderr.contains(log.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+}
+
+/// `-e` under systemd's `LoadCredential=` (systemd/api-credentials.conf): the basic-auth
+/// password is read from `${credential:api-password}`, a file in `$CREDENTIALS_DIRECTORY`.
+#[tokio::test]
+async fn the_api_password_can_come_from_a_systemd_credential() {
+    use crate::api::{basic, request};
+    use hyper::header::{AUTHORIZATION, HeaderMap};
+    use hyper::{Method, StatusCode};
+
+    let scratch = Scratch::new("credential");
+    let credentials = scratch.0.join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("api-password"), "from-credential\n").unwrap();
+    let api_port = free_port();
+    let api = format!(
+        "output = \"stderr\"\n[api]\nenabled = true\nbind = \"127.0.0.1:{api_port}\"\n\
+         [api.basic_auth]\nlogin = \"admin\"\npassword = \"${{credential:api-password}}\"\n"
+    );
+    let config = serving_config(free_port(), &api);
+    let _daemon = Daemon::spawn_in(
+        scratch,
+        &config,
+        &["-e"],
+        &[("CREDENTIALS_DIRECTORY", credentials.to_str().unwrap())],
+    );
+    let addr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    eventually("the API listens", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    let get = |password: &'static str| async move {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, basic("admin", password));
+        request(addr, Method::GET, "/servers", headers, "")
+            .await
+            .status
+    };
+    assert_eq!(get("from-credential").await, StatusCode::OK);
+    assert_eq!(get("").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(get("from-credential\n").await, StatusCode::UNAUTHORIZED);
+}

@@ -233,17 +233,30 @@ async fn socket_activation_serves_the_connection_that_started_it() {
     assert!(wait_for_exit(&mut activator).await.success());
 }
 
+/// The unit files as installed, in `dir`: the service, the socket and, with `drop_ins`, the
+/// shipped drop-ins in `betwixt.service.d/`; ExecStart points at the binary under test
+/// (verify checks that it exists).
+fn install_units(dir: &Path, drop_ins: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let copy = |from: &str, to: &Path| {
+        let text = std::fs::read_to_string(root.join(from)).unwrap();
+        std::fs::write(to, text.replace("/usr/local/bin/betwixt", BINARY)).unwrap();
+    };
+    for unit in ["betwixt.service", "betwixt.socket"] {
+        copy(unit, &dir.join(unit));
+    }
+    let drop_in_dir = dir.join("betwixt.service.d");
+    std::fs::create_dir_all(&drop_in_dir).unwrap();
+    for drop_in in drop_ins {
+        copy(drop_in, &drop_in_dir.join(drop_in));
+    }
+}
+
 #[test]
 fn the_unit_files_pass_systemd_analyze_verify() {
     let scratch = Scratch::new("unit");
     let dir = &scratch.0;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for unit in ["betwixt.service", "betwixt.socket"] {
-        let text = std::fs::read_to_string(root.join("systemd").join(unit)).unwrap();
-        // verify checks that ExecStart exists: point it at the binary under test.
-        let text = text.replace("/usr/local/bin/betwixt", BINARY);
-        std::fs::write(dir.join(unit), text).unwrap();
-    }
+    install_units(dir, &["low-ports.conf", "api-credentials.conf"]);
     let output = Command::new("systemd-analyze")
         .arg("verify")
         .arg(dir.join("betwixt.service"))
@@ -253,8 +266,59 @@ fn the_unit_files_pass_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let problems: Vec<_> = stderr
         .lines()
-        // The test sandbox may lack a running systemd; only findings about our units count.
+        // The test sandbox may lack a running systemd; only findings about our units count
+        // (their paths, drop-ins included, all contain "betwixt").
         .filter(|line| line.contains("betwixt"))
         .collect();
     assert!(output.status.success() && problems.is_empty(), "{stderr}");
+}
+
+/// `systemd-analyze security --offline`'s verdict lines about binding privileged ports.
+fn port_privileges(dir: &Path) -> Vec<String> {
+    let output = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(dir.join("betwixt.service"))
+        .output()
+        .expect("systemd-analyze is installed (package systemd)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("CapabilityBoundingSet="), "{stdout}");
+    stdout
+        .lines()
+        .filter(|line| line.contains("AmbientCapabilities=") || line.contains("CAP_NET_(BIND"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The documented way to listen below port 1024 (the low-ports drop-in) grants
+/// CAP_NET_BIND_SERVICE, which the unit alone does not.
+#[test]
+fn the_low_ports_drop_in_grants_binding_privileged_ports() {
+    let scratch = Scratch::new("unit-caps");
+    install_units(&scratch.0, &[]);
+    let without = port_privileges(&scratch.0);
+    assert!(
+        without
+            .iter()
+            .any(|line| line.contains("has no elevated networking")),
+        "{without:#?}"
+    );
+    assert!(
+        without
+            .iter()
+            .any(|line| line.contains("does not receive ambient")),
+        "{without:#?}"
+    );
+
+    install_units(&scratch.0, &["low-ports.conf"]);
+    let with = port_privileges(&scratch.0);
+    assert!(
+        with.iter()
+            .any(|line| line.contains("has elevated networking")),
+        "{with:#?}"
+    );
+    assert!(
+        with.iter()
+            .any(|line| line.contains("receives ambient capabilities")),
+        "{with:#?}"
+    );
 }

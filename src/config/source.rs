@@ -5,6 +5,7 @@
 //! its warnings or every error found, each naming the file.
 
 use std::borrow::Cow;
+use std::ffi::OsString;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -37,7 +38,10 @@ impl FromStr for Format {
 pub struct LoadOptions {
     pub format: Format,
     /// gobetween's `-e`: replace every `${NAME}` in the text by the environment variable
-    /// (unset: empty) before parsing.
+    /// (unset: empty) before parsing, and (a betwixt extension) every `${credential:NAME}` by
+    /// the systemd credential `NAME`: the file `$CREDENTIALS_DIRECTORY/NAME` that
+    /// `LoadCredential=` provides, without its final newline. A credential that cannot be read
+    /// is an error, not an empty value (an empty password must not slip through).
     pub substitute_env: bool,
     /// Refuse unknown keys instead of warning about them.
     pub strict: bool,
@@ -82,7 +86,22 @@ pub fn load_file(path: &Path, options: &LoadOptions) -> Result<Loaded, ConfigErr
 /// one per unknown key in strict mode.
 pub fn load_str(file: &str, text: &str, options: &LoadOptions) -> Result<Loaded, ConfigErrors> {
     let text = if options.substitute_env {
-        Cow::Owned(substitute_env(text, |name| std::env::var(name).ok()))
+        let directory = std::env::var_os("CREDENTIALS_DIRECTORY");
+        let mut problems = Vec::new();
+        let text = substitute_env(text, |name| match name.strip_prefix(CREDENTIAL) {
+            Some(credential) => read_credential(credential, directory.as_ref())
+                .map_err(|problem| problems.push(problem))
+                .ok(),
+            None => std::env::var(name).ok(),
+        });
+        if !problems.is_empty() {
+            let errors = problems.into_iter().map(|message| ConfigError::Syntax {
+                file: file.to_owned(),
+                message,
+            });
+            return Err(ConfigErrors(errors.collect()));
+        }
+        Cow::Owned(text)
     } else {
         Cow::Borrowed(text)
     };
@@ -132,12 +151,39 @@ fn unknown_key_hint(key: &str) -> &'static str {
     }
 }
 
+/// Under `-e`, `${credential:NAME}` is the systemd credential NAME.
+const CREDENTIAL: &str = "credential:";
+
+/// The content of credential `name` in `directory` (`$CREDENTIALS_DIRECTORY`), without one
+/// final newline.
+///
+/// # Errors
+/// A message naming the placeholder: no directory, a name that is not a plain file name, or
+/// the file cannot be read.
+fn read_credential(name: &str, directory: Option<&OsString>) -> Result<String, String> {
+    let placeholder = format!("${{{CREDENTIAL}{name}}}");
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(format!("{placeholder}: not a credential name"));
+    }
+    let Some(directory) = directory else {
+        return Err(format!(
+            "{placeholder}: CREDENTIALS_DIRECTORY is not set (systemd sets it for a unit with \
+             LoadCredential=)"
+        ));
+    };
+    let path = Path::new(directory).join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| format!("{placeholder}: cannot read {}: {error}", path.display()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
+}
+
 /// Replaces every `${NAME}` in `text` by `lookup(NAME)`, or by nothing when that is `None`.
 ///
 /// Like gobetween's `\$\{.*?\}`, a placeholder ends at the first `}` and does not span lines;
 /// a `${` without a closing `}` on its line stays as written. Substituted values are not
 /// scanned again.
-pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+pub fn substitute_env(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -192,6 +238,35 @@ mod tests {
         for (text, expected) in table {
             assert_eq!(substitute_env(text, env), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn credentials_are_read_from_the_credentials_directory() {
+        let dir = std::env::temp_dir().join(format!("betwixt-credentials-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("api-password"), "s3cret\n").unwrap();
+        let directory = Some(dir.clone().into_os_string());
+        assert_eq!(
+            read_credential("api-password", directory.as_ref()).as_deref(),
+            Ok("s3cret")
+        );
+        let missing = read_credential("nope", directory.as_ref()).unwrap_err();
+        assert!(
+            missing.starts_with("${credential:nope}: cannot read"),
+            "{missing}"
+        );
+        assert!(
+            missing.contains(dir.join("nope").to_str().unwrap()),
+            "{missing}"
+        );
+        let escape = read_credential("../etc/passwd", directory.as_ref()).unwrap_err();
+        assert!(escape.contains("not a credential name"), "{escape}");
+        let unset = read_credential("api-password", None).unwrap_err();
+        assert!(
+            unset.contains("CREDENTIALS_DIRECTORY is not set"),
+            "{unset}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! The REST API and metrics listeners start with the balancer, follow reloads that change
 //! `[api]` or `[metrics]`, and stop once the sessions have drained, so the drain can be watched.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigErrors, LoadOptions, Loaded};
 use crate::endpoints::{EndpointError, Endpoints};
-use crate::logging::LogControl;
+use crate::logging::{LogControl, open_without_following};
 use crate::signal::{Command, Signals};
 use crate::supervisor::{StartError, Supervisor};
 use crate::systemd::{self, InheritedSockets};
@@ -47,7 +49,8 @@ pub struct DaemonOptions {
     pub log_control: Option<LogControl>,
 }
 
-/// Why the daemon could not run.
+/// Why the daemon could not run. Each message ends with its cause, which is therefore not
+/// also a `source()`: a printer walking the chain would show it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -55,12 +58,11 @@ pub enum DaemonError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     #[error("cannot install signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
-    #[error("cannot write pidfile {path}: {source}")]
+    Signals(std::io::Error),
+    #[error("cannot write pidfile {}: {error}", path.display())]
     Pidfile {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -174,13 +176,17 @@ async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> bool {
     }
 }
 
+/// Writes the process id, never through a symbolic link: a link planted at the path would
+/// otherwise have betwixt truncate whatever file it points to.
 fn write_pidfile(path: &Path) -> Result<(), DaemonError> {
-    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
-        DaemonError::Pidfile {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true).mode(0o644);
+    open_without_following(&mut options, path)
+        .and_then(|mut file| writeln!(file, "{}", std::process::id()))
+        .map_err(|error| DaemonError::Pidfile {
             path: path.to_owned(),
-            source,
-        }
-    })
+            error,
+        })
 }
 
 fn remove_pidfile(path: &Path) {

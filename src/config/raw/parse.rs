@@ -11,7 +11,8 @@ use crate::config::{ConfigError, Format};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed<T> {
     pub value: T,
-    /// Sorted, e.g. `servers.k3s.healthcheck.ping_timeout_duration`.
+    /// Sorted, e.g. `servers.k3s.healthcheck.ping_timeout_duration`; a key that is not a TOML
+    /// bare key is quoted, with control characters escaped (`servers."a\nb"`).
     pub unknown_keys: Vec<String>,
 }
 
@@ -55,7 +56,7 @@ fn parse_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<Parsed<T>, 
         &mut record,
     ));
     let value = result.map_err(|error| {
-        let key = error.path().to_string();
+        let key = error_path(error.path());
         let inner = error.into_inner();
         let message = format!("{}{}", position(text, inner.span()), plain(inner.message()));
         type_error(file, key, message)
@@ -72,7 +73,7 @@ fn parse_json<T: DeserializeOwned>(file: &str, text: &str) -> Result<Parsed<T>, 
         &mut record,
     ));
     let value = result.map_err(|error| {
-        let key = error.path().to_string();
+        let key = error_path(error.path());
         let inner = error.into_inner();
         let message = format!(
             "line {}, column {}: {}",
@@ -108,7 +109,7 @@ fn json_message(error: &serde_json::Error) -> String {
 
 /// A type error at `key`; at the root it is a problem of the whole file.
 fn type_error(file: &str, key: String, message: String) -> ConfigError {
-    if key == "." || key.is_empty() {
+    if key.is_empty() {
         return syntax(file, message);
     }
     if key.starts_with('[') {
@@ -162,12 +163,49 @@ fn dotted(path: &serde_ignored::Path<'_>) -> String {
         Path::Root => String::new(),
         Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
         Path::Map { parent, key } => match dotted(parent) {
-            prefix if prefix.is_empty() => key.clone(),
-            prefix => format!("{prefix}.{key}"),
+            prefix if prefix.is_empty() => key_segment(key),
+            prefix => format!("{prefix}.{}", key_segment(key)),
         },
         Path::Some { parent }
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// The key path of a type error, like [`dotted`]; empty at the root.
+fn error_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        let name = match segment {
+            Segment::Seq { index } => {
+                key.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } => key_segment(key),
+            Segment::Enum { variant } => key_segment(variant),
+            Segment::Unknown => "?".to_owned(),
+        };
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(&name);
+    }
+    key
+}
+
+/// One key of a path as it is printed: as written when it is a TOML bare key, else quoted
+/// with Rust's escapes. Keys come from the file and end up in log lines and API replies, so a
+/// newline or terminal escape in one must not reach them raw (it could forge a log line).
+fn key_segment(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
     }
 }
 
@@ -275,6 +313,30 @@ mod tests {
             error.to_string().contains("duplicate field `bind`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn keys_that_could_forge_a_log_line_are_escaped() {
+        let text = "[servers.k3s]\n\"x\\nERROR forged\" = 1\n\"a.b\" = 2\n\"\\u001b[2J\" = 3\n";
+        let parsed = toml_config(text);
+        assert_eq!(
+            parsed.unknown_keys,
+            [
+                r#"servers.k3s."\u{1b}[2J""#,
+                r#"servers.k3s."a.b""#,
+                r#"servers.k3s."x\nERROR forged""#,
+            ]
+        );
+        let text = r#"{"servers": {"a\nb": {"bogus\r": 1, "bind": 2}}}"#;
+        let parsed = parse::<RawConfig>("f.json", text, Format::Json);
+        let message = parsed.expect_err("bind is no string").to_string();
+        assert!(
+            message.starts_with(r#"f.json: servers."a\nb".bind: "#),
+            "{message}"
+        );
+        let text = r#"{"servers": {"a\nb": {"bogus\r": 1}}}"#;
+        let parsed: Parsed<RawConfig> = parse("f.json", text, Format::Json).expect("parses");
+        assert_eq!(parsed.unknown_keys, [r#"servers."a\nb"."bogus\r""#]);
     }
 
     #[test]

@@ -32,8 +32,11 @@ struct ConnectionOptions {
 }
 
 /// The server's `bind`, required. Validated apart from the rest so that listener conflicts
-/// are found even between servers with other errors.
+/// are found even between servers with other errors. `None` also for a refused name.
 pub(super) fn bind(report: &mut Report<'_>, name: &str, raw: &RawServer) -> Option<BindAddr> {
+    if !check_name(report, name) {
+        return None;
+    }
     let bind_key = Key::server(name).child("bind");
     let Some(text) = text(&raw.bind) else {
         report.error(
@@ -54,6 +57,9 @@ pub(super) fn server(
     defaults: &RawDefaults,
     bind: Option<BindAddr>,
 ) -> Option<ServerConfig> {
+    if !check_name(report, name) {
+        return None;
+    }
     let key = Key::server(name);
     check_protocol(report, &key, raw);
     let balance = balance(report, &key, raw);
@@ -85,6 +91,22 @@ pub(super) fn server(
         backends,
         healthcheck,
     })
+}
+
+/// Refuses a server name with a control character: names are printed in log lines, error
+/// messages and API replies, and a newline or terminal escape in one could forge a log line.
+/// No other error is reported for such a server, so its raw name is printed nowhere. Reported
+/// by both [`bind()`] and [`server()`]; the report lists it once.
+fn check_name(report: &mut Report<'_>, name: &str) -> bool {
+    if !name.chars().any(char::is_control) {
+        return true;
+    }
+    report.error(
+        &Key::root("servers").child(&format!("{name:?}")),
+        "a server name must not contain control characters (such as a newline or an escape), \
+         which would be printed raw in log lines",
+    );
+    false
 }
 
 /// Validates `[defaults]` on its own, so its errors show even with no server inheriting them.
@@ -315,6 +337,35 @@ fn proxy_protocol(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ConfigError, LoadOptions, load_str};
+
+    #[test]
+    fn server_names_with_control_characters_are_refused() {
+        let text = "[servers.\"k3s\\nERROR forged\"]\nbind = \":6443\"\nbalance = \"nope\"\n\
+                    [servers.\"k3s\\nERROR forged\".discovery]\nkind = \"static\"\n\
+                    static_list = [\"10.0.0.1:6443\"]\n";
+        let errors = load_str("f.toml", text, &LoadOptions::default()).expect_err("refused");
+        let [ConfigError::Invalid { key, message, .. }] = errors.0.as_slice() else {
+            panic!("one error expected: {errors}");
+        };
+        assert_eq!(key, r#"servers."k3s\nERROR forged""#);
+        assert!(message.contains("control characters"), "{message}");
+        assert!(!errors.to_string().contains('\n'), "{errors}");
+
+        let raw = RawServer {
+            bind: Some(":1".into()),
+            ..RawServer::default()
+        };
+        let errors =
+            crate::config::validate::server("POST", "a\u{1b}[2Jb", &raw, &RawDefaults::default())
+                .expect_err("refused");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with(r#"POST: servers."a\u{1b}[2Jb": "#)
+        );
+    }
 
     #[test]
     fn access_rules() {
