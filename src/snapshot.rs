@@ -23,6 +23,8 @@ use crate::stats::ServerStats;
 pub struct Snapshot {
     pub config: Arc<Config>,
     servers: BTreeMap<String, Arc<Server>>,
+    /// `forwarding_memory`: one budget for every server, carried over and re-limited on reload.
+    pub forwarding_budget: Arc<forward::Budget>,
 }
 
 impl Snapshot {
@@ -33,6 +35,12 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         all_sessions: &CancellationToken,
     ) -> Self {
+        let budget_limit = config.runtime.forwarding_memory;
+        let forwarding_budget = previous.map_or_else(
+            || Arc::new(forward::Budget::new(budget_limit)),
+            |snapshot| Arc::clone(&snapshot.forwarding_budget),
+        );
+        forwarding_budget.set_limit(budget_limit);
         let servers = config
             .servers
             .iter()
@@ -41,13 +49,20 @@ impl Snapshot {
                     None => Origin::Start,
                     Some(snapshot) => Origin::Reload(snapshot.server(name).map(Arc::as_ref)),
                 };
-                let server = Server::new(server.clone(), &config.runtime, origin, all_sessions);
+                let server = Server::new(
+                    server.clone(),
+                    &config.runtime,
+                    &forwarding_budget,
+                    origin,
+                    all_sessions,
+                );
                 (name.clone(), Arc::new(server))
             })
             .collect();
         Self {
             config: Arc::new(config),
             servers,
+            forwarding_budget,
         }
     }
 
@@ -97,6 +112,7 @@ impl Server {
     pub fn new(
         config: ServerConfig,
         runtime: &RuntimeConfig,
+        forwarding_budget: &Arc<forward::Budget>,
         origin: Origin<'_>,
         all_sessions: &CancellationToken,
     ) -> Self {
@@ -127,6 +143,7 @@ impl Server {
             mode: runtime.forwarding,
             pipe_size: runtime.pipe_size,
             copy_buffer_size: runtime.copy_buffer_size,
+            budget: Arc::clone(forwarding_budget),
         };
         Self {
             pool: Pool::new(config.balance, backends),

@@ -95,6 +95,9 @@ pub(super) enum Step {
     Ended(u64),
     /// Splice cannot serve this direction (nothing was moved): copy instead.
     Unsupported,
+    /// A pipe would take the forwarding budget past its cap (nothing was moved): copy this
+    /// burst.
+    OverBudget,
     /// A copy burst turned out to be bulk (its largest buffer keeps filling): the `auto`
     /// strategy moves the rest of the burst with splice.
     Bulk(u64),

@@ -10,7 +10,8 @@
 //!
 //! An idle direction holds no pipe: it takes one from a per-thread pool when data arrives and
 //! gives it back once drained. A pipe that still holds data (the session was cut mid-drain)
-//! is closed on drop, never pooled.
+//! is closed on drop, never pooled. While a direction holds a pipe, the pipe's capacity is
+//! charged to the forwarding [`Budget`]; past the cap the burst copies instead.
 
 use std::cell::RefCell;
 use std::io;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::Interest;
 use tracing::warn;
 
+use super::budget::Budget;
 use super::leg::{Leg, Step};
 use super::{ForwardError, Meter};
 
@@ -33,9 +35,12 @@ const POOL_PER_THREAD: usize = 8;
 ///
 /// Returns [`Step::Unsupported`] before moving anything when no pipe can be had (EMFILE,
 /// ENFILE, ENOMEM) or the kernel cannot splice these sockets (EINVAL): the caller then copies.
+/// Returns [`Step::OverBudget`] before moving anything when the pipe would take `budget` past
+/// its cap: the caller copies this burst.
 pub(super) async fn transfer(
     leg: &Leg<'_>,
     pipe_size: usize,
+    budget: &Budget,
     meter: &impl Meter,
 ) -> Result<Step, ForwardError> {
     let mut pipe = match Pipe::take(pipe_size) {
@@ -45,6 +50,11 @@ pub(super) async fn transfer(
             return Ok(Step::Unsupported);
         }
     };
+    let mut grant = budget.grant();
+    if !grant.raise_to(pipe.capacity) {
+        pipe.give_back();
+        return Ok(Step::OverBudget);
+    }
     let mut moved = 0u64;
     loop {
         // The pipe is empty here (invariant): an EAGAIN can only come from the socket.
