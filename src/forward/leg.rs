@@ -59,17 +59,17 @@ impl<'a> Leg<'a> {
         }
     }
 
-    pub(super) fn source_error(&self, source: io::Error) -> ForwardError {
+    pub(super) fn source_error(&self, error: io::Error) -> ForwardError {
         ForwardError::Io {
             side: self.source_side(),
-            source,
+            error,
         }
     }
 
-    pub(super) fn sink_error(&self, source: io::Error) -> ForwardError {
+    pub(super) fn sink_error(&self, error: io::Error) -> ForwardError {
         ForwardError::Io {
             side: self.sink_side(),
-            source,
+            error,
         }
     }
 

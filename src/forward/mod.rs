@@ -93,12 +93,10 @@ impl std::fmt::Display for Side {
 pub enum ForwardError {
     #[error("{side} sent nothing for {timeout:?} (idle timeout)")]
     Idle { side: Side, timeout: Duration },
-    #[error("{side} socket: {source}")]
-    Io {
-        side: Side,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is in the message and not a `source()`: sessions log the `Display` alone,
+    /// and a cause-chain printer would repeat it.
+    #[error("{side} socket: {error}")]
+    Io { side: Side, error: io::Error },
 }
 
 impl ForwardError {

@@ -113,3 +113,21 @@ async fn with_no_budget_every_session_still_forwards_everything() {
     assert_eq!(budget.peak(), 0);
     assert!(budget.refused() > 0, "splice sessions asked for pipes");
 }
+
+/// A socket error names the side and its cause, and the cause is printed once even by a
+/// printer that follows `source()`.
+#[test]
+fn a_socket_error_prints_its_cause_once() {
+    let error = super::ForwardError::Io {
+        side: super::Side::Client,
+        error: std::io::Error::from_raw_os_error(libc::ECONNRESET),
+    };
+    let mut chain = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(next) = cause {
+        chain = format!("{chain}: {next}");
+        cause = next.source();
+    }
+    assert_eq!(chain.matches("reset by peer").count(), 1, "{chain}");
+    assert!(chain.starts_with("client socket: "), "{chain}");
+}
