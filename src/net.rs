@@ -126,14 +126,26 @@ pub async fn connect_host(
     Err(last_error)
 }
 
-/// True when an error says this process or host ran out of a resource (descriptors, socket
-/// buffers, memory) rather than anything about the peer: such a failed connect must not count
-/// against the backend.
-pub fn is_local_exhaustion(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+/// What this host lacked when a connect failed through no fault of the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalShortage {
+    /// Descriptors, socket buffers or memory: any other connect would fail the same way.
+    Resources,
+    /// EADDRNOTAVAIL: no free local port (or no usable source address) for this destination.
+    /// Linux picks ephemeral ports per destination, so another backend may still be reached.
+    Address,
+}
+
+/// Whether a connect error says this process or host ran short of something rather than
+/// anything about the peer: such a failure must not count against the backend.
+pub fn local_shortage(error: &io::Error) -> Option<LocalShortage> {
+    match error.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+            Some(LocalShortage::Resources)
+        }
+        libc::EADDRNOTAVAIL => Some(LocalShortage::Address),
+        _ => None,
+    }
 }
 
 /// Keepalive and user timeout, so a silently vanished peer frees its session.
@@ -187,5 +199,26 @@ mod tests {
         let taken = other.local_addr().unwrap();
         let error = bind_listener(&bind_addr("", &taken.to_string(), false)).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn local_shortages_are_told_from_the_peers_faults() {
+        let shortage = |errno| local_shortage(&io::Error::from_raw_os_error(errno));
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(shortage(errno), Some(LocalShortage::Resources), "{errno}");
+        }
+        assert_eq!(shortage(libc::EADDRNOTAVAIL), Some(LocalShortage::Address));
+        let remote = [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ECONNRESET,
+        ];
+        for errno in remote {
+            assert_eq!(shortage(errno), None, "{errno}");
+        }
+        let timeout = io::Error::new(io::ErrorKind::TimedOut, "no answer within 5s");
+        assert_eq!(local_shortage(&timeout), None);
     }
 }

@@ -93,7 +93,7 @@ pub struct ServerLogLimits {
     pub denied: RateLimit,
     pub over_limit: RateLimit,
     pub unserved: RateLimit,
-    /// Backend connects failing for lack of local descriptors or memory.
+    /// Backend connects failing for lack of local descriptors, memory or ports.
     pub exhausted: RateLimit,
 }
 
