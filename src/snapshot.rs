@@ -158,3 +158,37 @@ impl Server {
         &self.config.name
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(forwarding_memory: usize) -> Config {
+        let text = format!(
+            "[betwixt]\nforwarding_memory = {forwarding_memory}\n\
+             [servers.a]\nbind = \"127.0.0.1:0\"\n\
+             [servers.a.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n\
+             [servers.b]\nbind = \"127.0.0.1:0\"\n\
+             [servers.b.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n"
+        );
+        crate::config::load_str("test.toml", &text, &Default::default())
+            .unwrap()
+            .config
+    }
+
+    /// One forwarding budget for every server, kept by a reload with the new limit, so
+    /// sessions of the old and new generations share the cap.
+    #[test]
+    fn servers_share_one_forwarding_budget_across_reloads() {
+        let all_sessions = CancellationToken::new();
+        let first = Snapshot::new(config(1 << 20), None, &all_sessions);
+        let budget = |snapshot: &Snapshot, name: &str| {
+            Arc::clone(&snapshot.server(name).unwrap().forward.budget)
+        };
+        assert!(Arc::ptr_eq(&budget(&first, "a"), &budget(&first, "b")));
+        assert_eq!(first.forwarding_budget.limit(), 1 << 20);
+        let second = Snapshot::new(config(2 << 20), Some(&first), &all_sessions);
+        assert!(Arc::ptr_eq(&budget(&first, "a"), &budget(&second, "b")));
+        assert_eq!(second.forwarding_budget.limit(), 2 << 20);
+    }
+}

@@ -46,6 +46,11 @@ impl Budget {
         self.limit.store(limit, Ordering::Relaxed);
     }
 
+    /// The cap, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
     /// Bytes charged right now.
     pub fn charged(&self) -> usize {
         self.charged.load(Ordering::Relaxed)
