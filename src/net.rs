@@ -21,10 +21,6 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// ...and this many unanswered probes close the connection: a vanished peer is noticed within
 /// about a minute instead of the kernel's default of two hours.
 const KEEPALIVE_RETRIES: u32 = 3;
-/// Sent data unacknowledged for this long closes the connection (instead of about 15 minutes
-/// of retransmissions). A peer that is alive but not reading keeps acknowledging window
-/// probes, so it is not affected.
-const USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Binds a listening socket for `bind`: SO_REUSEADDR, SO_REUSEPORT, a large backlog,
 /// non-blocking.
@@ -65,9 +61,9 @@ fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListene
     Ok(listener)
 }
 
-/// Sets the session options on a listening socket. Linux copies TCP_NODELAY, keepalive and
-/// TCP_USER_TIMEOUT from a listener to every socket it accepts, so clients get them without
-/// a system call per connection. Also applied to sockets passed by systemd.
+/// Sets the session options on a listening socket. Linux copies TCP_NODELAY and keepalive
+/// from a listener to every socket it accepts, so clients get them without a system call per
+/// connection. Also applied to sockets passed by systemd.
 ///
 /// # Errors
 /// A setsockopt failure.
@@ -126,24 +122,45 @@ pub async fn connect_host(
     Err(last_error)
 }
 
-/// True when an error says this process or host ran out of a resource (descriptors, socket
-/// buffers, memory) rather than anything about the peer: such a failed connect must not count
-/// against the backend.
-pub fn is_local_exhaustion(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+/// What this host lacked when a connect failed through no fault of the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalShortage {
+    /// Descriptors, socket buffers or memory: any other connect would fail the same way.
+    Resources,
+    /// EADDRNOTAVAIL: no free local port (or no usable source address) for this destination.
+    /// Linux picks ephemeral ports per destination, so another backend may still be reached.
+    Address,
 }
 
-/// Keepalive and user timeout, so a silently vanished peer frees its session.
+/// Whether a connect error says this process or host ran short of something rather than
+/// anything about the peer: such a failure must not count against the backend.
+pub fn local_shortage(error: &io::Error) -> Option<LocalShortage> {
+    match error.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+            Some(LocalShortage::Resources)
+        }
+        libc::EADDRNOTAVAIL => Some(LocalShortage::Address),
+        _ => None,
+    }
+}
+
+/// Keepalive, so a silently vanished peer of an idle session frees it within about a minute.
+///
+/// TCP_USER_TIMEOUT is deliberately left unset, as HAProxy and nginx leave it. Since Linux
+/// 5.11 it bounds not only how long sent data may stay unacknowledged but also how long a
+/// peer may keep its receive window at zero: a live client that stops reading (a suspended
+/// `kubectl logs -f`, a paused watch) would be cut after that time, and so would a backend
+/// too busy to read. A stalled reader costs the balancer only socket buffers and at most one
+/// pipe or buffer within the forwarding memory cap, so it is left to its own timeouts. The
+/// price: a peer that vanishes while data to it is unacknowledged is noticed only when the
+/// kernel gives up retransmitting (`net.ipv4.tcp_retries2`, about 15 minutes by default), or,
+/// for a backend, when its health check marks it down and its sessions are closed.
 fn apply_liveness(socket: &SockRef<'_>) -> io::Result<()> {
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
-    socket.set_tcp_keepalive(&keepalive)?;
-    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
+    socket.set_tcp_keepalive(&keepalive)
 }
 
 #[cfg(test)]
@@ -170,14 +187,18 @@ mod tests {
             if addr.is_ipv6() && !listener.local_addr().unwrap().is_ipv6() {
                 continue; // no IPv6 on this host: the IPv4 fallback was used
             }
-            let _client = connect(addr).await.unwrap();
+            let client = connect(addr).await.unwrap();
             let (stream, _) = listener.accept().await.unwrap();
             // Inherited from the listener: no setsockopt per accepted connection.
             let accepted = SockRef::from(&stream);
             assert!(stream.nodelay().unwrap());
             assert!(accepted.keepalive().unwrap());
             assert_eq!(accepted.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
-            assert_eq!(accepted.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+            // A stalled reader is not cut (see apply_liveness), on either side.
+            assert_eq!(accepted.tcp_user_timeout().unwrap(), None);
+            let connected = SockRef::from(&client);
+            assert!(connected.keepalive().unwrap());
+            assert_eq!(connected.tcp_user_timeout().unwrap(), None);
         }
     }
 
@@ -187,5 +208,26 @@ mod tests {
         let taken = other.local_addr().unwrap();
         let error = bind_listener(&bind_addr("", &taken.to_string(), false)).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn local_shortages_are_told_from_the_peers_faults() {
+        let shortage = |errno| local_shortage(&io::Error::from_raw_os_error(errno));
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(shortage(errno), Some(LocalShortage::Resources), "{errno}");
+        }
+        assert_eq!(shortage(libc::EADDRNOTAVAIL), Some(LocalShortage::Address));
+        let remote = [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ECONNRESET,
+        ];
+        for errno in remote {
+            assert_eq!(shortage(errno), None, "{errno}");
+        }
+        let timeout = io::Error::new(io::ErrorKind::TimedOut, "no answer within 5s");
+        assert_eq!(local_shortage(&timeout), None);
     }
 }

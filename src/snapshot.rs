@@ -23,6 +23,8 @@ use crate::stats::ServerStats;
 pub struct Snapshot {
     pub config: Arc<Config>,
     servers: BTreeMap<String, Arc<Server>>,
+    /// `forwarding_memory`: one budget for every server, carried over and re-limited on reload.
+    pub forwarding_budget: Arc<forward::Budget>,
 }
 
 impl Snapshot {
@@ -33,6 +35,12 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         all_sessions: &CancellationToken,
     ) -> Self {
+        let budget_limit = config.runtime.forwarding_memory;
+        let forwarding_budget = previous.map_or_else(
+            || Arc::new(forward::Budget::new(budget_limit)),
+            |snapshot| Arc::clone(&snapshot.forwarding_budget),
+        );
+        forwarding_budget.set_limit(budget_limit);
         let servers = config
             .servers
             .iter()
@@ -41,13 +49,20 @@ impl Snapshot {
                     None => Origin::Start,
                     Some(snapshot) => Origin::Reload(snapshot.server(name).map(Arc::as_ref)),
                 };
-                let server = Server::new(server.clone(), &config.runtime, origin, all_sessions);
+                let server = Server::new(
+                    server.clone(),
+                    &config.runtime,
+                    &forwarding_budget,
+                    origin,
+                    all_sessions,
+                );
                 (name.clone(), Arc::new(server))
             })
             .collect();
         Self {
             config: Arc::new(config),
             servers,
+            forwarding_budget,
         }
     }
 
@@ -78,7 +93,7 @@ pub struct ServerLogLimits {
     pub denied: RateLimit,
     pub over_limit: RateLimit,
     pub unserved: RateLimit,
-    /// Backend connects failing for lack of local descriptors or memory.
+    /// Backend connects failing for lack of local descriptors, memory or ports.
     pub exhausted: RateLimit,
 }
 
@@ -97,6 +112,7 @@ impl Server {
     pub fn new(
         config: ServerConfig,
         runtime: &RuntimeConfig,
+        forwarding_budget: &Arc<forward::Budget>,
         origin: Origin<'_>,
         all_sessions: &CancellationToken,
     ) -> Self {
@@ -127,6 +143,7 @@ impl Server {
             mode: runtime.forwarding,
             pipe_size: runtime.pipe_size,
             copy_buffer_size: runtime.copy_buffer_size,
+            budget: Arc::clone(forwarding_budget),
         };
         Self {
             pool: Pool::new(config.balance, backends),
@@ -139,5 +156,39 @@ impl Server {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(forwarding_memory: usize) -> Config {
+        let text = format!(
+            "[betwixt]\nforwarding_memory = {forwarding_memory}\n\
+             [servers.a]\nbind = \"127.0.0.1:0\"\n\
+             [servers.a.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n\
+             [servers.b]\nbind = \"127.0.0.1:0\"\n\
+             [servers.b.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n"
+        );
+        crate::config::load_str("test.toml", &text, &Default::default())
+            .unwrap()
+            .config
+    }
+
+    /// One forwarding budget for every server, kept by a reload with the new limit, so
+    /// sessions of the old and new generations share the cap.
+    #[test]
+    fn servers_share_one_forwarding_budget_across_reloads() {
+        let all_sessions = CancellationToken::new();
+        let first = Snapshot::new(config(1 << 20), None, &all_sessions);
+        let budget = |snapshot: &Snapshot, name: &str| {
+            Arc::clone(&snapshot.server(name).unwrap().forward.budget)
+        };
+        assert!(Arc::ptr_eq(&budget(&first, "a"), &budget(&first, "b")));
+        assert_eq!(first.forwarding_budget.limit(), 1 << 20);
+        let second = Snapshot::new(config(2 << 20), Some(&first), &all_sessions);
+        assert!(Arc::ptr_eq(&budget(&first, "a"), &budget(&second, "b")));
+        assert_eq!(second.forwarding_budget.limit(), 2 << 20);
     }
 }

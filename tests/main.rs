@@ -14,6 +14,7 @@ mod fake_apiserver;
 mod forwarding;
 mod health;
 mod limits;
+mod memory;
 mod reload;
 mod resources;
 mod util;

@@ -168,6 +168,11 @@ pub struct RuntimeConfig {
     /// `copy_buffer_size`, default 1 MiB: the largest user-space buffer of an active
     /// direction; a burst starts with 16 KiB and grows while reads fill the buffer.
     pub copy_buffer_size: usize,
+    /// `forwarding_memory`, default 256 MiB: the cap on what all sessions together hold in
+    /// splice pipes and in copy buffers beyond their first 16 KiB. Past it a burst copies
+    /// through a 16 KiB buffer instead of splicing or growing its buffer: slower, never
+    /// refused. 0 means every burst copies that way.
+    pub forwarding_memory: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -199,6 +199,8 @@ raw_table! {
         pipe_size: i64,
         /// Bytes; default 1048576.
         copy_buffer_size: i64,
+        /// Bytes; default 268435456.
+        forwarding_memory: i64,
     }
 }
 

@@ -14,6 +14,7 @@ mod discovery;
 mod escape;
 mod global;
 mod healthcheck;
+mod memory;
 mod probe;
 mod server;
 mod tls_check;

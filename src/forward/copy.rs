@@ -3,17 +3,20 @@
 //! A direction holds its buffer only while data is in flight: it is allocated when the source
 //! becomes readable and freed once the source is drained, so an idle session costs no buffer.
 //! The buffer starts small and grows while reads keep filling it, so a watch event costs a few
-//! KiB and a bulk transfer moves up to `copy_buffer_size` bytes per system call.
+//! KiB and a bulk transfer moves up to `copy_buffer_size` bytes per system call. Growth past
+//! the first 16 KiB is charged to the forwarding [`Budget`]; past the cap the buffer stops
+//! growing and the burst goes on with the buffer it has.
 
 use std::io;
 
 use tokio::io::Interest;
 
+use super::budget::{Budget, Grant, UNCHARGED_BUFFER};
 use super::leg::{Leg, Step};
 use super::{ForwardError, Meter};
 
-/// The first buffer of a burst: enough for a typical API request or watch event.
-const INITIAL_BUFFER: usize = 16 * 1024;
+/// The first buffer of a burst, which the budget never refuses.
+const INITIAL_BUFFER: usize = UNCHARGED_BUFFER;
 
 /// Moves data from the source to the sink until the source would block or ends. Called when
 /// the source is readable.
@@ -24,9 +27,11 @@ pub(super) async fn transfer(
     leg: &Leg<'_>,
     max_buffer: usize,
     hand_over_bulk: bool,
+    budget: &Budget,
     meter: &impl Meter,
 ) -> Result<Step, ForwardError> {
     let mut buffer = Vec::with_capacity(INITIAL_BUFFER.min(max_buffer));
+    let mut grant = budget.grant();
     let mut moved = 0u64;
     loop {
         buffer.clear();
@@ -52,7 +57,7 @@ pub(super) async fn transfer(
         if hand_over_bulk && read >= max_buffer {
             return Ok(Step::Bulk(moved));
         }
-        grow_if_full(&mut buffer, read, max_buffer);
+        grow_if_full(&mut buffer, read, max_buffer, &mut grant);
     }
 }
 
@@ -83,12 +88,19 @@ fn read_once(leg: &Leg<'_>, buffer: &mut Vec<u8>) -> io::Result<(usize, bool)> {
 }
 
 /// A read that filled the buffer means more is waiting: take four times as much next time,
-/// up to `max_buffer`.
-fn grow_if_full(buffer: &mut Vec<u8>, read: usize, max_buffer: usize) {
+/// up to `max_buffer`, if `grant` can be raised to cover the bytes past the first
+/// [`INITIAL_BUFFER`]. Otherwise the buffer keeps its size.
+fn grow_if_full(buffer: &mut Vec<u8>, read: usize, max_buffer: usize, grant: &mut Grant<'_>) {
     let capacity = buffer.capacity();
     if read == capacity && capacity < max_buffer {
-        buffer.clear();
-        buffer.reserve_exact((capacity * 4).min(max_buffer));
+        let larger = (capacity * 4).min(max_buffer);
+        if grant.raise_to(larger.saturating_sub(INITIAL_BUFFER)) {
+            // Reserving on an empty vector allocates exactly `larger` bytes: the old
+            // allocation is freed, not copied.
+            buffer.clear();
+            buffer.shrink_to(0);
+            buffer.reserve_exact(larger);
+        }
     }
 }
 
@@ -98,13 +110,34 @@ mod tests {
 
     #[test]
     fn the_buffer_grows_only_when_reads_fill_it() {
+        let budget = Budget::new(usize::MAX);
+        let mut grant = budget.grant();
         let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
-        grow_if_full(&mut buffer, 100, 1 << 20);
+        grow_if_full(&mut buffer, 100, 1 << 20, &mut grant);
         assert_eq!(buffer.capacity(), INITIAL_BUFFER);
-        grow_if_full(&mut buffer, INITIAL_BUFFER, 1 << 20);
+        grow_if_full(&mut buffer, INITIAL_BUFFER, 1 << 20, &mut grant);
         assert!(buffer.capacity() >= 4 * INITIAL_BUFFER);
         let mut large = Vec::with_capacity(1 << 20);
-        grow_if_full(&mut large, 1 << 20, 1 << 20);
+        grow_if_full(&mut large, 1 << 20, 1 << 20, &mut grant);
         assert_eq!(large.capacity(), 1 << 20, "never past the maximum");
+    }
+
+    #[test]
+    fn growth_past_the_first_buffer_is_charged_and_capped() {
+        let budget = Budget::new(3 * INITIAL_BUFFER);
+        let mut grant = budget.grant();
+        let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
+        grow_if_full(&mut buffer, INITIAL_BUFFER, 1 << 20, &mut grant);
+        assert_eq!(buffer.capacity(), 4 * INITIAL_BUFFER);
+        assert_eq!(
+            budget.charged(),
+            3 * INITIAL_BUFFER,
+            "the first 16 KiB are free"
+        );
+        grow_if_full(&mut buffer, 4 * INITIAL_BUFFER, 1 << 20, &mut grant);
+        assert_eq!(buffer.capacity(), 4 * INITIAL_BUFFER, "the budget is spent");
+        assert_eq!(budget.refused(), 1);
+        drop(grant);
+        assert_eq!(budget.charged(), 0);
     }
 }

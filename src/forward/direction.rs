@@ -26,6 +26,8 @@ pub(super) struct Flow<'a> {
     escalated: bool,
     /// splice(2) refused these sockets once: copy from then on.
     splice_unsupported: bool,
+    /// The forwarding budget had no room for a pipe: copy the next burst.
+    copy_next: bool,
     /// Set once the source ended and the EOF was passed on.
     done: bool,
     total: u64,
@@ -38,6 +40,7 @@ impl<'a> Flow<'a> {
             mode: options.mode,
             escalated: false,
             splice_unsupported: false,
+            copy_next: false,
             done: false,
             total: 0,
             burst: None,
@@ -87,12 +90,16 @@ impl<'a> Flow<'a> {
                     }
                     // The source is still readable: the loop starts a copy burst at once.
                     Step::Unsupported => self.splice_unsupported = true,
+                    // Likewise, for this burst only: memory may be free by the next one.
+                    Step::OverBudget => self.copy_next = true,
                 }
             }
             // Through the stream's own read waker slot: only this direction ever waits on its
             // source's read side, so the one slot is enough and costs nothing.
             ready!(leg.source.poll_read_ready(cx)).map_err(|error| leg.source_error(error))?;
-            self.burst = Some(start_burst(leg.clone(), self.strategy(), options, meter));
+            let strategy = self.strategy();
+            self.copy_next = false;
+            self.burst = Some(start_burst(leg.clone(), strategy, options, meter));
         }
     }
 }
@@ -108,7 +115,8 @@ enum Strategy {
 
 impl Flow<'_> {
     fn strategy(&self) -> Strategy {
-        match (self.mode, self.splice_unsupported, self.escalated) {
+        let copy_only = self.splice_unsupported || self.copy_next;
+        match (self.mode, copy_only, self.escalated) {
             (ForwardingMode::Copy, ..) | (_, true, _) => Strategy::Copy,
             (ForwardingMode::Splice, ..) | (ForwardingMode::Auto, _, true) => Strategy::Splice,
             (ForwardingMode::Auto, _, false) => Strategy::CopyThenSplice,
@@ -123,13 +131,16 @@ fn start_burst<'a, M: Meter + Sync>(
     meter: &'a M,
 ) -> Burst<'a> {
     let buffer = options.copy_buffer_size;
+    let budget = &*options.budget;
     match strategy {
         Strategy::Splice => {
-            Box::pin(async move { splice::transfer(&leg, options.pipe_size, meter).await })
+            Box::pin(async move { splice::transfer(&leg, options.pipe_size, budget, meter).await })
         }
-        Strategy::Copy => Box::pin(async move { copy::transfer(&leg, buffer, false, meter).await }),
+        Strategy::Copy => {
+            Box::pin(async move { copy::transfer(&leg, buffer, false, budget, meter).await })
+        }
         Strategy::CopyThenSplice => {
-            Box::pin(async move { copy::transfer(&leg, buffer, true, meter).await })
+            Box::pin(async move { copy::transfer(&leg, buffer, true, budget, meter).await })
         }
     }
 }

@@ -59,17 +59,17 @@ impl<'a> Leg<'a> {
         }
     }
 
-    pub(super) fn source_error(&self, source: io::Error) -> ForwardError {
+    pub(super) fn source_error(&self, error: io::Error) -> ForwardError {
         ForwardError::Io {
             side: self.source_side(),
-            source,
+            error,
         }
     }
 
-    pub(super) fn sink_error(&self, source: io::Error) -> ForwardError {
+    pub(super) fn sink_error(&self, error: io::Error) -> ForwardError {
         ForwardError::Io {
             side: self.sink_side(),
-            source,
+            error,
         }
     }
 
@@ -95,6 +95,9 @@ pub(super) enum Step {
     Ended(u64),
     /// Splice cannot serve this direction (nothing was moved): copy instead.
     Unsupported,
+    /// A pipe would take the forwarding budget past its cap (nothing was moved): copy this
+    /// burst.
+    OverBudget,
     /// A copy burst turned out to be bulk (its largest buffer keeps filling): the `auto`
     /// strategy moves the rest of the burst with splice.
     Bulk(u64),

@@ -9,8 +9,11 @@
 //!
 //! Two strategies move the bytes: [`splice`] (zero copy through a pipe, the default on Linux)
 //! and [`copy`] (user space, a buffer per active direction), which is also the fallback when
-//! splice cannot be used. Either holds its pipe or buffer only while data is in flight.
+//! splice cannot be used. Either holds its pipe or buffer only while data is in flight, and
+//! whatever it holds beyond a 16 KiB buffer is charged to one [`Budget`] shared by every
+//! session of the balancer: past that cap a burst copies through a 16 KiB buffer instead.
 
+mod budget;
 mod copy;
 mod direction;
 mod idle;
@@ -18,10 +21,14 @@ mod leg;
 mod relay;
 #[allow(unsafe_code)]
 mod splice;
+#[cfg(test)]
+mod tests;
 
+pub use budget::Budget;
 pub use relay::Relay;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -43,7 +50,7 @@ pub trait Meter {
 }
 
 /// Per-session forwarding settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Close the session when the client sent nothing for this long.
     pub client_idle_timeout: Option<Duration>,
@@ -52,21 +59,10 @@ pub struct Options {
     pub mode: ForwardingMode,
     /// Capacity of the pipe a splicing direction holds while data is in flight.
     pub pipe_size: usize,
-    /// Size of the user-space buffer a copying direction holds while data is in flight.
+    /// Largest user-space buffer a copying direction holds while data is in flight.
     pub copy_buffer_size: usize,
-}
-
-impl Default for Options {
-    /// No idle timeouts, the automatic strategy, 1 MiB pipes and buffers at most.
-    fn default() -> Self {
-        Self {
-            client_idle_timeout: None,
-            backend_idle_timeout: None,
-            mode: ForwardingMode::Auto,
-            pipe_size: 1 << 20,
-            copy_buffer_size: 1 << 20,
-        }
-    }
+    /// The cap on pipes and buffers, shared by every session of the balancer.
+    pub budget: Arc<Budget>,
 }
 
 /// Bytes moved by a session that ended cleanly.
@@ -97,12 +93,10 @@ impl std::fmt::Display for Side {
 pub enum ForwardError {
     #[error("{side} sent nothing for {timeout:?} (idle timeout)")]
     Idle { side: Side, timeout: Duration },
-    #[error("{side} socket: {source}")]
-    Io {
-        side: Side,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is in the message and not a `source()`: sessions log the `Display` alone,
+    /// and a cause-chain printer would repeat it.
+    #[error("{side} socket: {error}")]
+    Io { side: Side, error: io::Error },
 }
 
 impl ForwardError {

@@ -10,16 +10,18 @@
 //!
 //! An idle direction holds no pipe: it takes one from a per-thread pool when data arrives and
 //! gives it back once drained. A pipe that still holds data (the session was cut mid-drain)
-//! is closed on drop, never pooled.
+//! is closed on drop, never pooled. While a direction holds a pipe, the pipe's capacity is
+//! charged to the forwarding [`Budget`]; past the cap the burst copies instead.
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::Interest;
 use tracing::warn;
 
+use super::budget::Budget;
 use super::leg::{Leg, Step};
 use super::{ForwardError, Meter};
 
@@ -33,9 +35,12 @@ const POOL_PER_THREAD: usize = 8;
 ///
 /// Returns [`Step::Unsupported`] before moving anything when no pipe can be had (EMFILE,
 /// ENFILE, ENOMEM) or the kernel cannot splice these sockets (EINVAL): the caller then copies.
+/// Returns [`Step::OverBudget`] before moving anything when the pipe would take `budget` past
+/// its cap: the caller copies this burst.
 pub(super) async fn transfer(
     leg: &Leg<'_>,
     pipe_size: usize,
+    budget: &Budget,
     meter: &impl Meter,
 ) -> Result<Step, ForwardError> {
     let mut pipe = match Pipe::take(pipe_size) {
@@ -45,12 +50,16 @@ pub(super) async fn transfer(
             return Ok(Step::Unsupported);
         }
     };
-    let source = leg.source.as_raw_fd();
+    let mut grant = budget.grant();
+    if !grant.raise_to(pipe.capacity) {
+        pipe.give_back();
+        return Ok(Step::OverBudget);
+    }
     let mut moved = 0u64;
     loop {
         // The pipe is empty here (invariant): an EAGAIN can only come from the socket.
         let spliced = leg.source.try_io(Interest::READABLE, || {
-            splice(source, pipe.write.as_raw_fd(), pipe.capacity)
+            splice(leg.source.as_fd(), pipe.write.as_fd(), pipe.capacity)
         });
         match spliced {
             Ok(0) => {
@@ -81,13 +90,12 @@ pub(super) async fn transfer(
 /// Writes everything in the pipe to the sink. On error the pipe, still holding data, is
 /// dropped (closed) when `transfer` returns.
 async fn drain(leg: &Leg<'_>, pipe: &mut Pipe) -> Result<(), ForwardError> {
-    let sink = leg.sink.as_raw_fd();
     while pipe.len > 0 {
         super::write_ready(leg.sink)
             .await
             .map_err(|error| leg.sink_error(error))?;
         let spliced = leg.sink.try_io(Interest::WRITABLE, || {
-            splice(pipe.read.as_raw_fd(), sink, pipe.len)
+            splice(pipe.read.as_fd(), leg.sink.as_fd(), pipe.len)
         });
         match spliced {
             Ok(moved) => pipe.len -= moved.min(pipe.len),
@@ -102,16 +110,17 @@ async fn drain(leg: &Leg<'_>, pipe: &mut Pipe) -> Result<(), ForwardError> {
     Ok(())
 }
 
-/// splice(2) of up to `len` bytes, non-blocking, moving pages where the kernel can.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both descriptors are open for the duration of the call (borrowed from a live
-    // TcpStream or Pipe); null offsets are required for sockets and pipes; no memory of this
-    // process is read or written by the kernel.
+/// splice(2) of up to `len` bytes, non-blocking, moving pages where the kernel can. Both ends
+/// must be a pipe or a socket (no offsets are passed).
+fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are borrowed, so open for the duration of the call; null
+    // offsets are what splice(2) requires for pipes and sockets; the kernel reads and writes
+    // no memory of this process.
     let moved = unsafe {
         libc::splice(
-            from,
+            from.as_raw_fd(),
             std::ptr::null_mut(),
-            to,
+            to.as_raw_fd(),
             std::ptr::null_mut(),
             len,
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
@@ -132,6 +141,10 @@ fn log_fallback_once(why: &str, error: &io::Error) {
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// The size asked for: the pool's key. The kernel rounds it up to a power of two pages,
+    /// or leaves the pipe smaller past the per-user pipe quota.
+    requested: usize,
+    /// The size the kernel granted.
     capacity: usize,
     len: usize,
 }
@@ -141,12 +154,12 @@ thread_local! {
 }
 
 impl Pipe {
-    /// An empty pipe of `size` bytes from this thread's pool, or a new one.
+    /// An empty pipe asked for with `size` bytes, from this thread's pool, or a new one.
     fn take(size: usize) -> io::Result<Self> {
         let pooled = POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
-            // A reload may have changed the pipe size: pooled pipes of another size go.
-            pool.retain(|pipe| pipe.capacity == size);
+            // A reload may have changed the pipe size: pooled pipes asked for another size go.
+            pool.retain(|pipe| pipe.requested == size);
             pool.pop()
         });
         match pooled {
@@ -177,22 +190,24 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let capacity = resize(&write, size);
+        let capacity = resize(write.as_fd(), size);
         Ok(Self {
             read,
             write,
+            requested: size,
             capacity,
             len: 0,
         })
     }
 }
 
-/// Asks for a pipe of `size` bytes; returns the size it really has. The kernel refuses
-/// (EPERM) past the per-user pipe limit: then the pipe keeps its smaller default size.
-fn resize(pipe: &OwnedFd, size: usize) -> usize {
+/// Asks for a pipe of `size` bytes; returns the size it really has. The kernel rounds the
+/// size up to a power of two pages, and refuses (EPERM) past the per-user pipe quota: then
+/// the pipe keeps its smaller default size.
+fn resize(pipe: BorrowedFd<'_>, size: usize) -> usize {
     let fd = pipe.as_raw_fd();
     let requested = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    // SAFETY: fcntl on an open pipe descriptor with integer arguments only.
+    // SAFETY: fcntl on a borrowed, so open, pipe descriptor with integer arguments only.
     let current = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
     if current == requested {
         return size;
@@ -207,17 +222,37 @@ fn resize(pipe: &OwnedFd, size: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// The kernel's name for a pipe, `pipe:[INODE]`: a new pipe gets a new inode even when it
+    /// reuses a closed one's descriptor number.
+    fn identity(pipe: &Pipe) -> std::path::PathBuf {
+        let fd = pipe.read.as_raw_fd();
+        std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap()
+    }
+
     #[test]
     fn pipes_are_pooled_per_size() {
         let pipe = Pipe::take(64 * 1024).unwrap();
         assert_eq!(pipe.capacity, 64 * 1024);
-        let fd = pipe.read.as_raw_fd();
+        let first = identity(&pipe);
         pipe.give_back();
         let again = Pipe::take(64 * 1024).unwrap();
-        assert_eq!(again.read.as_raw_fd(), fd, "the pooled pipe is reused");
+        assert_eq!(identity(&again), first, "the pooled pipe is reused");
         again.give_back();
         let bigger = Pipe::take(128 * 1024).unwrap();
         assert_eq!(bigger.capacity, 128 * 1024);
         bigger.give_back();
+    }
+
+    /// The kernel rounds a pipe's size up to a power of two pages: a pipe is still reused
+    /// when it did not get exactly the size asked for.
+    #[test]
+    fn pipes_of_a_rounded_size_are_reused() {
+        let pipe = Pipe::take(100_000).unwrap();
+        assert!(pipe.capacity >= 100_000, "{}", pipe.capacity);
+        let first = identity(&pipe);
+        pipe.give_back();
+        let again = Pipe::take(100_000).unwrap();
+        assert_eq!(identity(&again), first, "the pooled pipe is reused");
+        again.give_back();
     }
 }

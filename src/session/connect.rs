@@ -13,7 +13,7 @@ use tracing::{error, warn};
 
 use crate::backend::{Backend, BackendState};
 use crate::health::monitor;
-use crate::net;
+use crate::net::{self, LocalShortage};
 use crate::snapshot::Server;
 use crate::stats::Slot;
 
@@ -68,30 +68,59 @@ pub(crate) async fn connect_with_retry(server: &Server, client: SocketAddr) -> O
                     _slot: slot,
                 });
             }
-            Err(error) if net::is_local_exhaustion(&error) => {
-                // Not the backend's fault, and every other backend would fail the same way.
-                if let Some(suppressed) = server.log_limits.exhausted.check() {
-                    error!(server = server.name(), client = %client, %error, suppressed, "cannot open a backend connection: out of local resources");
-                }
-                return None;
-            }
-            Err(error) => {
-                backend.state.stats.refused.fetch_add(1, Ordering::Relaxed);
-                monitor::observe_connect(server, backend, Some(&error));
-                if let Some(suppressed) = backend.connect_failures_log.check() {
-                    warn!(
-                        server = server.name(),
-                        client = %client,
-                        backend = %backend.target,
-                        %error,
-                        suppressed,
-                        "connect to backend failed; trying the next one"
-                    );
-                }
-            }
+            Err(error) => match connect_failed(server, backend, client, &error) {
+                AfterFailure::TryNext => {}
+                AfterFailure::GiveUp => return None,
+            },
         }
     }
     None
+}
+
+/// What a session does after a failed connect.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterFailure {
+    TryNext,
+    GiveUp,
+}
+
+/// Accounts for one failed connect to `backend`. A refusal, timeout or unreachable network
+/// counts against the backend (its `refused` count and passive health) and the next one is
+/// tried.
+///
+/// A shortage on this host (descriptors, memory, local ports) is the balancer's fault, not the
+/// backend's: the backend is left alone (no `refused` count, no passive failure, so it is not
+/// marked down and its sessions stay). Without descriptors or memory the session gives up, as
+/// every other backend would fail the same way; without a local port it tries the next
+/// backend, since ports run out per destination.
+fn connect_failed(
+    server: &Server,
+    backend: &Backend,
+    client: SocketAddr,
+    error: &io::Error,
+) -> AfterFailure {
+    if let Some(shortage) = net::local_shortage(error) {
+        if let Some(suppressed) = server.log_limits.exhausted.check() {
+            error!(server = server.name(), client = %client, backend = %backend.target, %error, suppressed, "cannot open a backend connection: out of local resources");
+        }
+        return match shortage {
+            LocalShortage::Resources => AfterFailure::GiveUp,
+            LocalShortage::Address => AfterFailure::TryNext,
+        };
+    }
+    backend.state.stats.refused.fetch_add(1, Ordering::Relaxed);
+    monitor::observe_connect(server, backend, Some(error));
+    if let Some(suppressed) = backend.connect_failures_log.check() {
+        warn!(
+            server = server.name(),
+            client = %client,
+            backend = %backend.target,
+            %error,
+            suppressed,
+            "connect to backend failed; trying the next one"
+        );
+    }
+    AfterFailure::TryNext
 }
 
 /// Connects to one backend within `timeout`.
@@ -107,5 +136,55 @@ async fn connect_backend(backend: &Backend, timeout: Option<Duration>) -> io::Re
                     format!("no answer within {timeout:?}"),
                 ))
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Health;
+    use crate::snapshot::Snapshot;
+
+    /// One server with one backend that a single failed client connect marks down.
+    fn snapshot() -> Snapshot {
+        let text = "[servers.api]\nbind = \"127.0.0.1:0\"\n\
+            [servers.api.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n\
+            [servers.api.healthcheck]\nkind = \"ping\"\ninterval = \"30s\"\npassive_fails = 1\n";
+        let config = crate::config::load_str("test.toml", text, &Default::default())
+            .unwrap()
+            .config;
+        Snapshot::new(config, None, &CancellationToken::new())
+    }
+
+    fn fail_with(errno: i32) -> (AfterFailure, u64, Health) {
+        let snapshot = snapshot();
+        let server = snapshot.server("api").unwrap();
+        let backend = &server.pool.backends()[0];
+        assert_eq!(backend.state.health(), Health::Up);
+        let client = "127.0.0.1:40000".parse().unwrap();
+        let error = io::Error::from_raw_os_error(errno);
+        let after = connect_failed(server, backend, client, &error);
+        let refused = backend.state.stats.refused.load(Ordering::Relaxed);
+        (after, refused, backend.state.health())
+    }
+
+    #[test]
+    fn running_out_of_local_ports_is_not_the_backends_fault() {
+        assert_eq!(
+            fail_with(libc::EADDRNOTAVAIL),
+            (AfterFailure::TryNext, 0, Health::Up)
+        );
+        assert_eq!(
+            fail_with(libc::EMFILE),
+            (AfterFailure::GiveUp, 0, Health::Up)
+        );
+    }
+
+    #[test]
+    fn a_refused_connect_counts_against_the_backend() {
+        assert_eq!(
+            fail_with(libc::ECONNREFUSED),
+            (AfterFailure::TryNext, 1, Health::Down)
+        );
     }
 }

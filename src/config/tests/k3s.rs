@@ -221,6 +221,7 @@ fn expected_config() -> Config {
             forwarding: ForwardingMode::Auto,
             pipe_size: 1 << 20,
             copy_buffer_size: 1 << 20,
+            forwarding_memory: 256 << 20,
         },
         servers,
         raw: raw::RawConfig::default(),

@@ -154,6 +154,7 @@ pub(super) fn runtime(report: &mut Report<'_>, raw: Option<&RawBetwixt>) -> Runt
         forwarding,
         pipe_size: usize::try_from(pipe_size).unwrap_or(usize::MAX),
         copy_buffer_size: usize::try_from(copy_buffer_size).unwrap_or(usize::MAX),
+        forwarding_memory: super::memory::forwarding_memory(report, &key, raw.forwarding_memory),
     }
 }
 

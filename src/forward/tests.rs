@@ -1,0 +1,133 @@
+//! Whole sessions through [`bidirectional`](super::bidirectional) over loopback sockets, with
+//! the strategies and the memory budget under pressure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Budget, Direction, Meter, Options, Transferred};
+use crate::config::ForwardingMode;
+
+struct NoMeter;
+
+impl Meter for NoMeter {
+    fn record(&self, _direction: Direction, _bytes: u64) {}
+}
+
+/// Two ends of one loopback connection.
+async fn connected_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (connected.unwrap(), accepted.unwrap().0)
+}
+
+fn options(mode: ForwardingMode, budget: &Arc<Budget>) -> Arc<Options> {
+    Arc::new(Options {
+        client_idle_timeout: None,
+        backend_idle_timeout: None,
+        mode,
+        pipe_size: 64 * 1024,
+        copy_buffer_size: 1 << 20,
+        budget: Arc::clone(budget),
+    })
+}
+
+/// A client sends `len` random bytes through a relay to a backend that echoes them; returns
+/// what the client got back and what the relay reported.
+async fn echo_session(options: Arc<Options>, len: usize, seed: u64) -> (bool, Transferred) {
+    let (client, relay_client) = connected_pair().await;
+    let (relay_backend, backend) = connected_pair().await;
+    let relay = tokio::spawn(async move {
+        super::bidirectional(&relay_client, &relay_backend, &options, &NoMeter).await
+    });
+    let echo = tokio::spawn(async move {
+        let (mut from_relay, mut to_relay) = backend.into_split();
+        tokio::io::copy(&mut from_relay, &mut to_relay).await?;
+        to_relay.shutdown().await
+    });
+    let mut random = fastrand::Rng::with_seed(seed);
+    let sent: Vec<u8> = std::iter::repeat_with(|| random.u8(..)).take(len).collect();
+    let (mut from_relay, mut to_relay) = client.into_split();
+    let send = async {
+        to_relay.write_all(&sent).await.unwrap();
+        to_relay.shutdown().await.unwrap();
+    };
+    let mut received = Vec::with_capacity(len);
+    let receive = from_relay.read_to_end(&mut received);
+    let ((), read) = tokio::join!(send, receive);
+    read.unwrap();
+    echo.await.unwrap().unwrap();
+    let transferred = relay.await.unwrap().unwrap();
+    (received == sent, transferred)
+}
+
+/// Runs `sessions` echo sessions at once, cycling through the forwarding modes, and checks
+/// every byte came back.
+async fn run_concurrently(budget: &Arc<Budget>, sessions: u64, len: usize) {
+    let modes = [
+        ForwardingMode::Splice,
+        ForwardingMode::Auto,
+        ForwardingMode::Copy,
+    ];
+    let tasks: Vec<_> = (0..sessions)
+        .map(|seed| {
+            let mode = modes[usize::try_from(seed).unwrap() % modes.len()];
+            tokio::spawn(echo_session(options(mode, budget), len, seed))
+        })
+        .collect();
+    for (seed, task) in tasks.into_iter().enumerate() {
+        let (intact, transferred) = task.await.unwrap();
+        assert!(intact, "session {seed}: the echoed bytes differ");
+        let expected = Transferred {
+            to_backend: len as u64,
+            to_client: len as u64,
+        };
+        assert_eq!(transferred, expected, "session {seed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bulk_sessions_stay_within_a_small_budget() {
+    let limit = 192 * 1024;
+    let budget = Arc::new(Budget::new(limit));
+    let run = run_concurrently(&budget, 12, 2 << 20);
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the sessions finish");
+    assert!(budget.peak() > 0, "some bursts splice or grow their buffer");
+    assert!(budget.peak() <= limit, "peak {} > {limit}", budget.peak());
+    assert!(budget.refused() > 0, "the cap was reached");
+    assert_eq!(budget.charged(), 0, "every grant is given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_budget_every_session_still_forwards_everything() {
+    let budget = Arc::new(Budget::new(0));
+    let run = run_concurrently(&budget, 6, 1 << 20);
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the sessions finish");
+    assert_eq!(budget.peak(), 0);
+    assert!(budget.refused() > 0, "splice sessions asked for pipes");
+}
+
+/// A socket error names the side and its cause, and the cause is printed once even by a
+/// printer that follows `source()`.
+#[test]
+fn a_socket_error_prints_its_cause_once() {
+    let error = super::ForwardError::Io {
+        side: super::Side::Client,
+        error: std::io::Error::from_raw_os_error(libc::ECONNRESET),
+    };
+    let mut chain = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(next) = cause {
+        chain = format!("{chain}: {next}");
+        cause = next.source();
+    }
+    assert_eq!(chain.matches("reset by peer").count(), 1, "{chain}");
+    assert!(chain.starts_with("client socket: "), "{chain}");
+}
