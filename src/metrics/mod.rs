@@ -254,6 +254,30 @@ fn process(out: &mut Exposition, supervisor: &Supervisor) {
         "Sessions open now, including those of servers a reload removed that still drain.",
     )
     .sample(&[], supervisor.open_sessions());
+    forwarding_memory(out, &supervisor.snapshot().forwarding_budget);
+}
+
+/// `[betwixt] forwarding_memory`: what the pipes and grown copy buffers hold now, the cap, and
+/// how often a burst copied through its small buffer because the cap was reached.
+fn forwarding_memory(out: &mut Exposition, budget: &crate::forward::Budget) {
+    out.family(
+        "betwixt_forwarding_memory_bytes",
+        Kind::Gauge,
+        "Bytes of splice pipes and grown copy buffers held by sessions now.",
+    )
+    .sample(&[], budget.charged());
+    out.family(
+        "betwixt_forwarding_memory_limit_bytes",
+        Kind::Gauge,
+        "The forwarding_memory cap.",
+    )
+    .sample(&[], budget.limit());
+    out.family(
+        "betwixt_forwarding_memory_refusals_total",
+        Kind::Counter,
+        "Bursts that copied through their first 16 KiB because the cap was reached.",
+    )
+    .sample(&[], budget.refused());
 }
 
 fn server_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {

@@ -140,6 +140,16 @@ async fn metrics_follow_real_traffic() {
         0.0
     );
     assert!(metrics.value("betwixt_config_applied_timestamp_seconds", &[]) > 1.6e9);
+    // The default cap, and nothing held once the sessions ended.
+    assert_eq!(
+        metrics.value("betwixt_forwarding_memory_limit_bytes", &[]),
+        268_435_456.0
+    );
+    assert_eq!(metrics.value("betwixt_forwarding_memory_bytes", &[]), 0.0);
+    assert_eq!(
+        metrics.types["betwixt_forwarding_memory_refusals_total"],
+        "counter"
+    );
     let build = [
         ("version", env!("CARGO_PKG_VERSION")),
         ("revision", ""),
