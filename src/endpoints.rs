@@ -31,12 +31,12 @@ pub enum EndpointError {
         bind: String,
         message: String,
     },
-    #[error("{section}: cannot listen on {bind}")]
+    /// The cause is in the message and not a `source()`: logs print the message alone.
+    #[error("{section}: cannot listen on {bind}: {cause}")]
     Bind {
         section: &'static str,
         bind: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -278,10 +278,10 @@ fn listen<S: Site>(
         bind: bind.to_owned(),
         message,
     })?;
-    let bind_error = |source| EndpointError::Bind {
+    let bind_error = |cause| EndpointError::Bind {
         section,
         bind: bind.to_owned(),
-        source,
+        cause,
     };
     let listener = net::bind_listener(&address).map_err(bind_error)?;
     HttpListener::serve(listener, site).map_err(bind_error)
@@ -320,10 +320,12 @@ mod tests {
         let error = EndpointError::Bind {
             section: "api",
             bind: "127.0.0.1:8888".into(),
-            source: io::Error::new(io::ErrorKind::AddrInUse, "address in use"),
+            cause: io::Error::new(io::ErrorKind::AddrInUse, "address in use"),
         };
-        assert_eq!(error.to_string(), "api: cannot listen on 127.0.0.1:8888");
-        let cause = error.source().map(ToString::to_string);
-        assert_eq!(cause.as_deref(), Some("address in use"));
+        assert_eq!(
+            error.to_string(),
+            "api: cannot listen on 127.0.0.1:8888: address in use"
+        );
+        assert!(error.source().is_none(), "the cause would print twice");
     }
 }
