@@ -41,14 +41,15 @@
 //! - `listener`, `session`: accept, access rules and limits; connect with retry and forward.
 //! - `supervisor`: owns listeners and the published snapshot; reload and graceful shutdown.
 //! - [`report`]: what a running balancer reports about itself.
-//! - `http`, [`api`], `metrics`: HTTP plumbing, gobetween's REST API, Prometheus.
+//! - `http`, `api`, `metrics`: HTTP plumbing, gobetween's REST API, Prometheus; [`rest`] is
+//!   the API's JSON for clients.
 //! - `endpoints`: the `[api]` and `[metrics]` listeners, following reloads.
 //! - [`daemon`]: the process: pidfile, signals, reload from the config source, endpoints.
 //! - `embed`: the [`LoadBalancer`] handle for programs that embed betwixt.
 #![deny(unsafe_code)]
 
 pub(crate) mod access;
-pub mod api;
+pub(crate) mod api;
 pub(crate) mod backend;
 pub(crate) mod balance;
 pub mod config;
@@ -78,6 +79,15 @@ pub use embed::LoadBalancer;
 pub use endpoints::{EndpointError, Endpoints};
 pub use report::{Admin, BackendReport, Health, Report, ServerReport, SessionEnd};
 pub use supervisor::{ReloadSummary, ShutdownSummary, StartError, UnknownBackend};
+
+/// gobetween's REST API as its clients see it (`betwixt status` among them): the JSON of its
+/// answers, which also reads gobetween's own, and the `Authorization` value of basic auth.
+pub mod rest {
+    pub use crate::api::basic_authorization;
+    pub use crate::api::wire::{
+        Backend, BackendCounters, ConfigurationSource, ProcessInfo, Server,
+    };
+}
 
 /// Internals for `benches/pick.rs`, which measures a pick without a running balancer. Not a
 /// stable API.

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::client::{ApiClient, ClientError};
-use betwixt::api::wire::{Backend as BackendReport, ProcessInfo, Server as ServerReport};
+use betwixt::rest::{Backend as BackendReport, ProcessInfo, Server as ServerReport};
 
 /// `betwixt status`'s options.
 #[derive(Debug, Clone)]
@@ -224,7 +224,7 @@ pub fn run(options: &StatusOptions) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use betwixt::api::wire::{BackendCounters, ConfigurationSource};
+    use betwixt::rest::{BackendCounters, ConfigurationSource};
 
     #[test]
     fn byte_counts_are_readable() {

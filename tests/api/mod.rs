@@ -122,7 +122,7 @@ impl Reply {
 
 /// The `Authorization` header of basic authentication.
 pub fn basic(login: &str, password: &str) -> HeaderValue {
-    let value = betwixt::api::basic_authorization(login, password);
+    let value = betwixt::rest::basic_authorization(login, password);
     HeaderValue::from_str(&value).unwrap()
 }
 
