@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::{Admin, Backend};
-use crate::config::{BindAddr, Config};
+use crate::config::{BindAddr, Config, ServerConfig};
 use crate::health::monitor::Monitor;
 use crate::listener::{self, Shared};
 use crate::net;
@@ -39,6 +39,20 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "server {server:?}: servers.{server}.udp.transparent = true needs the CAP_NET_ADMIN capability (or CAP_NET_RAW)"
+    )]
+    Transparent {
+        server: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A bound listening socket, before its task starts.
+enum Bound {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
 }
 
 /// What a reload changed.
@@ -117,6 +131,7 @@ pub struct Supervisor {
 #[derive(Debug)]
 struct RunningListener {
     bind: BindAddr,
+    udp: bool,
     local_addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -145,7 +160,7 @@ impl Supervisor {
         let snapshot = Snapshot::new(config, None, &close_sessions);
         let mut bound = Vec::new();
         for server in snapshot.servers() {
-            let listener = bind(&server.config.name, &server.config.bind, &mut inherited)?;
+            let listener = bind(&server.config, &mut inherited)?;
             bound.push((
                 server.config.name.clone(),
                 server.config.bind.clone(),
@@ -178,29 +193,41 @@ impl Supervisor {
         Ok(supervisor)
     }
 
-    fn spawn_listener(
-        &self,
-        name: String,
-        bind: BindAddr,
-        listener: std::net::TcpListener,
-    ) -> Result<(), StartError> {
+    fn spawn_listener(&self, name: String, bind: BindAddr, bound: Bound) -> Result<(), StartError> {
         let bind_error = |source| StartError::Bind {
             server: name.clone(),
             bind: bind.text.clone(),
             source,
         };
-        let local_addr = listener.local_addr().map_err(bind_error)?;
-        let listener = TcpListener::from_std(listener).map_err(bind_error)?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(listener::accept_loop(
-            name.as_str().into(),
-            listener,
-            self.shared.clone(),
-            stop.clone(),
-        ));
-        info!(server = %name, bind = %bind.text, address = %local_addr, "listening");
+        let (task, local_addr, udp) = match bound {
+            Bound::Tcp(listener) => {
+                let local_addr = listener.local_addr().map_err(bind_error)?;
+                let listener = TcpListener::from_std(listener).map_err(bind_error)?;
+                let task = tokio::spawn(listener::accept_loop(
+                    name.as_str().into(),
+                    listener,
+                    self.shared.clone(),
+                    stop.clone(),
+                ));
+                (task, local_addr, false)
+            }
+            Bound::Udp(socket) => {
+                let local_addr = socket.local_addr().map_err(bind_error)?;
+                let socket = tokio::net::UdpSocket::from_std(socket).map_err(bind_error)?;
+                let task = tokio::spawn(listener::udp::receive_loop(
+                    name.as_str().into(),
+                    socket,
+                    self.shared.clone(),
+                    stop.clone(),
+                ));
+                (task, local_addr, true)
+            }
+        };
+        info!(server = %name, bind = %bind.text, address = %local_addr, udp, "listening");
         let running = RunningListener {
             bind,
+            udp,
             local_addr,
             stop,
             task,
@@ -265,18 +292,19 @@ impl Supervisor {
     fn apply(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let current = self.shared.snapshot.load_full();
         let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions);
-        let running: BTreeMap<String, BindAddr> = self
+        let running: BTreeMap<String, (BindAddr, bool)> = self
             .lock_listeners()
             .iter()
-            .map(|(name, listener)| (name.clone(), listener.bind.clone()))
+            .map(|(name, listener)| (name.clone(), (listener.bind.clone(), listener.udp)))
             .collect();
 
         let mut summary = ReloadSummary::default();
         let mut bound = Vec::new();
         for server in next.servers() {
             let (name, new_bind) = (&server.config.name, &server.config.bind);
+            let udp = server.config.udp.is_some();
             match running.get(name) {
-                Some(old_bind) if old_bind == new_bind => continue,
+                Some((old_bind, old_udp)) if old_bind == new_bind && *old_udp == udp => continue,
                 Some(_) => summary.servers_rebound.push(name.clone()),
                 None => summary.servers_added.push(name.clone()),
             }
@@ -285,7 +313,7 @@ impl Supervisor {
                     .inherited
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                bind(name, new_bind, &mut inherited)?
+                bind(&server.config, &mut inherited)?
             };
             bound.push((name.clone(), new_bind.clone(), listener));
         }
@@ -471,20 +499,31 @@ fn close_removed_backends(current: &Snapshot, next: &Snapshot) {
     }
 }
 
-/// A passed socket for `bind` if systemd gave one, else a freshly bound one.
-fn bind(
-    name: &str,
-    bind: &BindAddr,
-    inherited: &mut InheritedSockets,
-) -> Result<std::net::TcpListener, StartError> {
-    if let Some(listener) = inherited.take(bind) {
-        return Ok(listener);
-    }
-    net::bind_listener(bind).map_err(|source| StartError::Bind {
-        server: name.to_owned(),
+/// The server's socket: for TCP a passed socket for its bind if systemd gave one, else a
+/// freshly bound one; for UDP always a fresh one, after checking that transparent mode (if
+/// asked for) has the capability it needs.
+fn bind(server: &ServerConfig, inherited: &mut InheritedSockets) -> Result<Bound, StartError> {
+    let (name, bind) = (&server.name, &server.bind);
+    let bind_error = |source| StartError::Bind {
+        server: name.clone(),
         bind: bind.text.clone(),
         source,
-    })
+    };
+    match server.udp {
+        None => match inherited.take(bind) {
+            Some(listener) => Ok(Bound::Tcp(listener)),
+            None => net::bind_listener(bind).map(Bound::Tcp).map_err(bind_error),
+        },
+        Some(udp) => {
+            if udp.transparent {
+                net::check_transparent().map_err(|source| StartError::Transparent {
+                    server: name.clone(),
+                    source,
+                })?;
+            }
+            net::bind_udp(bind).map(Bound::Udp).map_err(bind_error)
+        }
+    }
 }
 
 /// Once a second, turns byte counters into the `rx_second`/`tx_second` rates of every server
