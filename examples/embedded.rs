@@ -49,6 +49,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let summary = balancer.stop(Duration::from_secs(10)).await;
-    println!("stopped; {} sessions closed by force", summary.closed_by_force);
+    println!(
+        "stopped; {} sessions closed by force",
+        summary.closed_by_force
+    );
     Ok(())
 }

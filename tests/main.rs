@@ -16,4 +16,5 @@ mod health;
 mod limits;
 mod reload;
 mod resources;
+mod udp;
 mod util;
