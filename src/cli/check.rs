@@ -55,6 +55,12 @@ fn write_server(f: &mut fmt::Formatter<'_>, server: &ServerConfig) -> fmt::Resul
             count(udp.max_responses),
             udp.transparent
         )?;
+        if server.client_idle_timeout.is_none() && server.backend_idle_timeout.is_none() {
+            writeln!(
+                f,
+                "  udp sessions end after 60s without a datagram either way"
+            )?;
+        }
     }
     let check = &server.healthcheck;
     match &check.kind {
