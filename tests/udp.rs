@@ -894,3 +894,37 @@ async fn transparent_mode_without_the_capability_names_the_key() {
         "{said}"
     );
 }
+
+/// A UDP server added through the REST API serves at once; its stats and gobetween's metrics
+/// count its sessions and bytes like a TCP server's.
+#[tokio::test]
+async fn a_udp_server_posted_to_the_api_serves_and_reports_stats() {
+    use crate::api::{Balancer, ENDPOINTS};
+    use hyper::Method;
+    let backend = UdpBackend::start("a", true).await;
+    let lb = Balancer::start(&format!("{ENDPOINTS}\n{}", udp_config("", &[&backend], ""))).await;
+    let body = format!(
+        r#"{{"bind": "127.0.0.1:0", "protocol": "udp", "udp": {{"max_responses": 1}},
+            "discovery": {{"kind": "static", "static_list": ["{}"]}}}}"#,
+        backend.addr
+    );
+    let reply = lb.call(Method::POST, "/servers/posted", &body).await;
+    assert_eq!(reply.status, hyper::StatusCode::OK, "{}", reply.body);
+    let socket = client().await;
+    let reply = ask(&socket, lb.server("posted"), "hello").await;
+    assert_eq!(reply.as_deref(), Some("a:hello"));
+    let stats = lb.get_json("/servers/posted/stats").await;
+    assert_eq!(stats["tx_total"], 5, "{stats}");
+    assert_eq!(stats["rx_total"], 7, "{stats}");
+    assert_eq!(
+        stats["backends"][0]["stats"]["total_connections"], 1,
+        "{stats}"
+    );
+    let metrics = lb.scrape().await;
+    let labels = [("server", "posted")];
+    assert_eq!(metrics.value("gobetween_server_tx_total", &labels), 5.0);
+    assert_eq!(
+        metrics.value("betwixt_server_datagrams_dropped_total", &labels),
+        0.0
+    );
+}

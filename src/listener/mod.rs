@@ -16,7 +16,7 @@ pub use tcp::accept_loop;
 /// What every listener and session of the process shares.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    /// The current snapshot; loaded once per accepted connection or new UDP session.
+    /// The current snapshot; loaded once per accepted connection, or per batch of datagrams.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Every session task, so shutdown can wait for them.
     pub sessions: TaskTracker,
