@@ -120,7 +120,8 @@ impl UdpSession {
         let taken = self
             .requests
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n != CLOSED).then_some(n + 1)
+                // Lazy: `then_some(n + 1)` would compute CLOSED + 1 and overflow.
+                (n != CLOSED).then(|| n + 1)
             });
         let Ok(before) = taken else {
             return Forwarded::Closed;
