@@ -38,7 +38,8 @@
 //! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
 //!   snapshot behind one `ArcSwap`, backend state carried over by target.
 //! - `health`: check kinds and the task that schedules them.
-//! - `listener`, `session`: accept, access rules and limits; connect with retry and forward.
+//! - `listener`, `session`: accept (TCP) or receive (UDP), access rules and limits; connect
+//!   with retry and forward, or keep one backend socket per UDP client address.
 //! - `supervisor`: owns listeners and the published snapshot; reload and graceful shutdown.
 //! - [`report`]: what a running balancer reports about itself.
 //! - `http`, `api`, `metrics`: HTTP plumbing, gobetween's REST API, Prometheus; [`rest`] is

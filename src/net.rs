@@ -1,5 +1,5 @@
-//! Sockets: listeners bound the way gobetween binds them, and the TCP options both sides of a
-//! session get.
+//! Sockets: listeners bound the way gobetween binds them, the TCP options both sides of a
+//! session get, and the UDP sockets of UDP sessions.
 
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -120,6 +120,108 @@ pub async fn connect_host(
         }
     }
     Err(last_error)
+}
+
+/// Receive buffer asked for on a UDP listening socket: a burst of datagrams waits here while
+/// the receive loop is busy (the kernel caps it at `net.core.rmem_max`).
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Binds a UDP socket for `bind`, with the same address rules as [`bind_listener`] (dual stack
+/// for an empty host or `0.0.0.0`), SO_REUSEADDR and SO_REUSEPORT, non-blocking.
+///
+/// # Errors
+/// The bind error, e.g. the address is in use or not local.
+pub fn bind_udp(bind: &BindAddr) -> io::Result<std::net::UdpSocket> {
+    if bind.dual_stack {
+        let any_v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), bind.addr.port());
+        match bind_datagram(any_v6, true) {
+            Ok(socket) => return Ok(socket),
+            Err(error) if ipv6_unavailable(&error) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    bind_datagram(bind.addr, false)
+}
+
+fn bind_datagram(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    // Best effort: a smaller buffer only means drops under a burst, which are counted.
+    if let Err(error) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        tracing::debug!(%error, "cannot enlarge the UDP receive buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A non-blocking UDP socket connected to `backend`, so the kernel filters what it receives to
+/// that backend's replies and reports its ICMP errors (ECONNREFUSED) on it. With `from`, the
+/// socket is bound to that foreign address first (IP_TRANSPARENT: needs CAP_NET_ADMIN), so the
+/// backend sees the client's own address.
+///
+/// # Errors
+/// The socket, setsockopt, bind or connect error; EPERM when transparent mode lacks the
+/// capability.
+pub fn connect_udp(
+    backend: SocketAddr,
+    from: Option<SocketAddr>,
+) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(backend), Type::DGRAM, None)?;
+    socket.set_nonblocking(true)?;
+    if let Some(from) = from {
+        let from = match (from, backend) {
+            (SocketAddr::V6(v6), SocketAddr::V4(_)) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None => from,
+            },
+            _ => from,
+        };
+        set_transparent(&socket, backend)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&from.into())?;
+    }
+    socket.connect(&backend.into())?;
+    Ok(socket.into())
+}
+
+/// Checks that this process may open transparent sockets (CAP_NET_ADMIN), before a server
+/// that needs them starts.
+///
+/// # Errors
+/// EPERM without the capability.
+pub fn check_transparent() -> io::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    socket.set_ip_transparent_v4(true)
+}
+
+fn set_transparent(socket: &Socket, backend: SocketAddr) -> io::Result<()> {
+    match backend {
+        SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
+        SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
+    }
+}
+
+/// The process's soft limit on open descriptors (RLIMIT_NOFILE); 1024 if it cannot be read.
+pub fn descriptor_limit() -> usize {
+    descriptor_limit_imp::soft_nofile().unwrap_or(1024)
+}
+
+#[allow(unsafe_code)]
+mod descriptor_limit_imp {
+    pub(super) fn soft_nofile() -> Option<usize> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one `rlimit` into the valid, exclusively borrowed `limit`.
+        let result = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        (result == 0).then(|| usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
+    }
 }
 
 /// What this host lacked when a connect failed through no fault of the peer.

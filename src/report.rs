@@ -60,6 +60,8 @@ pub struct ServerReport {
     pub to_backends: u64,
     /// Bytes from backends to clients.
     pub to_clients: u64,
+    /// UDP: datagrams dropped in either direction (see `betwixt_server_datagrams_dropped_total`).
+    pub datagrams_dropped: u64,
     /// How established sessions ended, one count per [`SessionEnd`].
     pub ended: BTreeMap<SessionEnd, u64>,
     /// Ordered by `host:port`.
@@ -93,6 +95,7 @@ impl ServerReport {
             connect_retries: stats.connect_retries.load(Ordering::Relaxed),
             to_backends: stats.traffic.tx.load(Ordering::Relaxed),
             to_clients: stats.traffic.rx.load(Ordering::Relaxed),
+            datagrams_dropped: stats.datagrams_dropped.load(Ordering::Relaxed),
             ended: SessionEnd::ALL
                 .iter()
                 .map(|&end| (end, stats.ended.get(end)))

@@ -1,5 +1,5 @@
 //! Lock-free counters shared by the data path and the API: sessions and bytes per backend and
-//! per server.
+//! per server, and the datagrams a UDP server dropped.
 //!
 //! Sessions update them with relaxed atomics as bytes move; the statistics task turns the byte
 //! counters into per-second rates once a second. Nothing here takes a lock.
@@ -85,6 +85,9 @@ pub struct ServerStats {
     /// How established sessions ended.
     pub ended: SessionEnds,
     pub traffic: Traffic,
+    /// UDP: client datagrams not forwarded (no backend, a full socket buffer, no session
+    /// possible) and backend replies that could not be sent to the client.
+    pub datagrams_dropped: AtomicU64,
 }
 
 /// Why an established session ended.
@@ -105,10 +108,12 @@ pub enum SessionEnd {
     BackendDisabled = 5,
     /// The shutdown grace period ran out.
     Shutdown = 6,
+    /// A UDP session pushed out of its server's full session table (the oldest idle one).
+    Evicted = 7,
 }
 
 impl SessionEnd {
-    pub const ALL: [SessionEnd; 7] = [
+    pub const ALL: [SessionEnd; 8] = [
         Self::Completed,
         Self::Error,
         Self::IdleTimeout,
@@ -116,6 +121,7 @@ impl SessionEnd {
         Self::BackendRemoved,
         Self::BackendDisabled,
         Self::Shutdown,
+        Self::Evicted,
     ];
 
     /// The metric label value.
@@ -128,6 +134,7 @@ impl SessionEnd {
             Self::BackendRemoved => "backend_removed",
             Self::BackendDisabled => "backend_disabled",
             Self::Shutdown => "shutdown",
+            Self::Evicted => "evicted",
         }
     }
 
@@ -147,7 +154,7 @@ impl std::fmt::Display for SessionEnd {
 
 /// A counter per [`SessionEnd`].
 #[derive(Debug, Default)]
-pub struct SessionEnds([AtomicU64; 7]);
+pub struct SessionEnds([AtomicU64; SessionEnd::ALL.len()]);
 
 impl SessionEnds {
     pub fn record(&self, end: SessionEnd) {

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::{Admin, Backend};
-use crate::config::{BindAddr, Config};
+use crate::config::{BindAddr, Config, ServerConfig};
 use crate::health::monitor::Monitor;
 use crate::listener::{self, Shared};
 use crate::net;
@@ -40,6 +40,11 @@ pub enum StartError {
         bind: String,
         error: io::Error,
     },
+    #[error(
+        "server {server:?}: servers.{server}.udp.transparent = true needs the CAP_NET_ADMIN \
+         capability (or CAP_NET_RAW): {error}"
+    )]
+    Transparent { server: String, error: io::Error },
 }
 
 /// What a reload changed.
@@ -122,14 +127,22 @@ struct PreparedListener {
     name: String,
     bind: BindAddr,
     local_addr: SocketAddr,
-    listener: TcpListener,
+    socket: ListeningSocket,
     /// Passed by systemd: handed back if the start or reload it was for is refused.
     inherited: bool,
+}
+
+/// A server's socket, registered with the runtime.
+#[derive(Debug)]
+enum ListeningSocket {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
 }
 
 #[derive(Debug)]
 struct RunningListener {
     bind: BindAddr,
+    udp: bool,
     local_addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -156,9 +169,7 @@ impl Supervisor {
     ) -> Result<Self, StartError> {
         let close_sessions = CancellationToken::new();
         let snapshot = Snapshot::new(config, None, &close_sessions);
-        let wanted = snapshot
-            .servers()
-            .map(|server| (server.config.name.as_str(), &server.config.bind));
+        let wanted = snapshot.servers().map(|server| &server.config);
         let prepared = prepare_listeners(wanted, &mut inherited)?;
         inherited.report_unused();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -192,19 +203,35 @@ impl Supervisor {
             name,
             bind,
             local_addr,
-            listener,
+            socket,
             inherited: _,
         } = prepared;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(listener::accept_loop(
-            name.as_str().into(),
-            listener,
-            self.shared.clone(),
-            stop.clone(),
-        ));
-        info!(server = %name, bind = %bind.text, address = %local_addr, "listening");
+        let (shared, server) = (self.shared.clone(), name.as_str().into());
+        let (task, udp) = match socket {
+            ListeningSocket::Tcp(listener) => (
+                tokio::spawn(listener::accept_loop(
+                    server,
+                    listener,
+                    shared,
+                    stop.clone(),
+                )),
+                false,
+            ),
+            ListeningSocket::Udp(socket) => (
+                tokio::spawn(listener::udp::receive_loop(
+                    server,
+                    socket,
+                    shared,
+                    stop.clone(),
+                )),
+                true,
+            ),
+        };
+        info!(server = %name, bind = %bind.text, address = %local_addr, udp, "listening");
         let running = RunningListener {
             bind,
+            udp,
             local_addr,
             stop,
             task,
@@ -269,22 +296,23 @@ impl Supervisor {
     fn apply(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let current = self.shared.snapshot.load_full();
         let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions);
-        let running: BTreeMap<String, BindAddr> = self
+        let running: BTreeMap<String, (BindAddr, bool)> = self
             .lock_listeners()
             .iter()
-            .map(|(name, listener)| (name.clone(), listener.bind.clone()))
+            .map(|(name, listener)| (name.clone(), (listener.bind.clone(), listener.udp)))
             .collect();
 
         let mut summary = ReloadSummary::default();
         let mut wanted = Vec::new();
         for server in next.servers() {
             let (name, new_bind) = (&server.config.name, &server.config.bind);
+            let udp = server.config.udp.is_some();
             match running.get(name) {
-                Some(old_bind) if old_bind == new_bind => continue,
+                Some((old_bind, old_udp)) if old_bind == new_bind && *old_udp == udp => continue,
                 Some(_) => summary.servers_rebound.push(name.clone()),
                 None => summary.servers_added.push(name.clone()),
             }
-            wanted.push((name.as_str(), new_bind));
+            wanted.push(&server.config);
         }
         let prepared = {
             let mut inherited = self
@@ -476,16 +504,15 @@ fn close_removed_backends(current: &Snapshot, next: &Snapshot) {
     }
 }
 
-/// Binds (or takes from systemd) and registers a listener for each `(server, bind)`. On an
-/// error the passed sockets already taken go back to `inherited`, so a refused reload loses
-/// none.
+/// Binds and registers the listening socket of every server in `wanted`, or none: on a failure
+/// the sockets passed by systemd that were taken are handed back.
 fn prepare_listeners<'a>(
-    wanted: impl IntoIterator<Item = (&'a str, &'a BindAddr)>,
+    wanted: impl IntoIterator<Item = &'a ServerConfig>,
     inherited: &mut InheritedSockets,
 ) -> Result<Vec<PreparedListener>, StartError> {
     let mut prepared = Vec::new();
-    for (name, bind) in wanted {
-        match prepare_listener(name, bind, inherited) {
+    for server in wanted {
+        match prepare_listener(server, inherited) {
             Ok(listener) => prepared.push(listener),
             Err(error) => {
                 for listener in prepared.into_iter().filter(|listener| listener.inherited) {
@@ -498,37 +525,59 @@ fn prepare_listeners<'a>(
     Ok(prepared)
 }
 
-/// A listener for `bind`: the socket systemd passed for it if there is one, else a freshly
-/// bound one. A passed socket whose registration fails is closed (a later reload binds anew).
+/// A server's socket: for TCP a socket systemd passed for its bind if there is one, else a
+/// freshly bound one; for UDP always a fresh one, after checking that transparent mode (if
+/// asked for) has the capability it needs.
 fn prepare_listener(
-    name: &str,
-    bind: &BindAddr,
+    server: &ServerConfig,
     inherited: &mut InheritedSockets,
 ) -> Result<PreparedListener, StartError> {
+    let (name, bind) = (server.name.as_str(), &server.bind);
     let error = |error| StartError::Bind {
         server: name.to_owned(),
         bind: bind.text.clone(),
         error,
     };
-    let (local_addr, listener, from_systemd) = match inherited.take(bind) {
-        Some((local_addr, listener)) => (local_addr, listener, true),
+    let (local_addr, socket, from_systemd) = match server.udp {
         None => {
-            let listener = net::bind_listener(bind).map_err(error)?;
-            (listener.local_addr().map_err(error)?, listener, false)
+            let (local_addr, listener, from_systemd) = match inherited.take(bind) {
+                Some((local_addr, listener)) => (local_addr, listener, true),
+                None => {
+                    let listener = net::bind_listener(bind).map_err(error)?;
+                    (listener.local_addr().map_err(error)?, listener, false)
+                }
+            };
+            let listener = register(name, listener).map_err(error)?;
+            (local_addr, ListeningSocket::Tcp(listener), from_systemd)
+        }
+        Some(udp) => {
+            if udp.transparent {
+                net::check_transparent().map_err(|error| StartError::Transparent {
+                    server: name.to_owned(),
+                    error,
+                })?;
+            }
+            let socket = net::bind_udp(bind).map_err(error)?;
+            let local_addr = socket.local_addr().map_err(error)?;
+            let socket = tokio::net::UdpSocket::from_std(socket).map_err(error)?;
+            (local_addr, ListeningSocket::Udp(socket), false)
         }
     };
     Ok(PreparedListener {
         name: name.to_owned(),
         bind: bind.clone(),
         local_addr,
-        listener: register(name, listener).map_err(error)?,
+        socket,
         inherited: from_systemd,
     })
 }
 
 /// Returns a passed socket to the unused ones.
 fn hand_back(prepared: PreparedListener, inherited: &mut InheritedSockets) {
-    match prepared.listener.into_std() {
+    let ListeningSocket::Tcp(listener) = prepared.socket else {
+        return;
+    };
+    match listener.into_std() {
         Ok(listener) => inherited.give_back(prepared.local_addr, listener),
         Err(error) => {
             warn!(server = %prepared.name, address = %prepared.local_addr, %error, "closing a socket passed by systemd")

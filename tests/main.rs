@@ -17,4 +17,5 @@ mod limits;
 mod memory;
 mod reload;
 mod resources;
+mod udp;
 mod util;

@@ -60,15 +60,18 @@ pub enum Workload {
     Keepalive,
     Pingpong,
     Idle,
+    /// UDP: dnsperf against three dnsmasq backends.
+    Dns,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Bulk,
         Workload::Connrate,
         Workload::Keepalive,
         Workload::Pingpong,
         Workload::Idle,
+        Workload::Dns,
     ];
 }
 

@@ -24,6 +24,10 @@ pub enum Goal {
     HaproxyAtLeast(f64),
     /// At most this many times HAProxy's value.
     HaproxyAtMost(f64),
+    /// At least this many times nginx's value (UDP, where HAProxy has nothing to compare).
+    NginxAtLeast(f64),
+    /// At most this many times nginx's value.
+    NginxAtMost(f64),
     /// At most this value, in the metric's unit.
     AtMost(f64),
 }
@@ -56,7 +60,7 @@ const fn metric(
 }
 
 use Better::{Higher, Lower};
-use Goal::{AtMost, HaproxyAtLeast, HaproxyAtMost};
+use Goal::{AtMost, HaproxyAtLeast, HaproxyAtMost, NginxAtLeast, NginxAtMost};
 
 /// Every row of the table, in order.
 #[rustfmt::skip]
@@ -85,6 +89,9 @@ pub const METRICS: &[Metric] = &[
     metric("idle.fds",       "idle conn fds (silent)",             "fds/conn", Lower,  2, Some(AtMost(2.0))),
     metric("watch.rss",      "idle conn memory (after 64 B echo)", "KiB/conn", Lower,  2, Some(AtMost(2.0))),
     metric("watch.fds",      "idle conn fds (after 64 B echo)",    "fds/conn", Lower,  2, Some(AtMost(2.0))),
+    metric("dns.qps",        "DNS queries at ≤ 0.1 % loss",        "q/s",      Higher, 0, Some(NginxAtLeast(1.3))),
+    metric("dns.p99",        "DNS latency p99 at that rate",       "µs",       Lower,  0, None),
+    metric("dns.cpu",        "balancer CPU per 100k DNS queries",  "s",        Lower,  3, Some(NginxAtMost(0.7))),
 ];
 
 /// All samples of a run, and notes for the reader (skips, failures, sizes).
@@ -130,11 +137,18 @@ impl Results {
 }
 
 /// Whether betwixt's `value` meets `goal`; `None` when the comparison has no data.
-fn verdict(goal: Goal, value: Option<f64>, haproxy: Option<f64>, decimals: usize) -> Option<bool> {
+fn verdict(
+    goal: Goal,
+    value: Option<f64>,
+    (haproxy, nginx): (Option<f64>, Option<f64>),
+    decimals: usize,
+) -> Option<bool> {
     let value = value?;
     Some(match goal {
         HaproxyAtLeast(factor) => value >= factor * haproxy.filter(|h| *h > 0.0)?,
         HaproxyAtMost(factor) => value <= factor * haproxy.filter(|h| *h > 0.0)?,
+        NginxAtLeast(factor) => value >= factor * nginx.filter(|n| *n > 0.0)?,
+        NginxAtMost(factor) => value <= factor * nginx.filter(|n| *n > 0.0)?,
         // Compared as displayed, so 2.001 fds per connection shown as 2.00 passes.
         AtMost(limit) => round(value, decimals) <= limit,
     })
@@ -149,6 +163,8 @@ fn goal_text(goal: Goal, unit: &str) -> String {
     match goal {
         HaproxyAtLeast(factor) => format!("≥ {factor}×h"),
         HaproxyAtMost(factor) => format!("≤ {factor}×h"),
+        NginxAtLeast(factor) => format!("≥ {factor}×nginx"),
+        NginxAtMost(factor) => format!("≤ {factor}×nginx"),
         AtMost(limit) => format!("≤ {limit} {}", unit.split('/').next().unwrap_or(unit)),
     }
 }
@@ -182,8 +198,11 @@ fn verdicts(results: &Results, metric: &Metric, betwixts: &[TargetKind]) -> Vec<
             None => String::new(),
             Some(goal) => {
                 let value = results.median(metric.id, target);
-                let haproxy = results.median(metric.id, TargetKind::Haproxy);
-                match verdict(goal, value, haproxy, metric.decimals) {
+                let references = (
+                    results.median(metric.id, TargetKind::Haproxy),
+                    results.median(metric.id, TargetKind::Nginx),
+                );
+                match verdict(goal, value, references, metric.decimals) {
                     Some(true) => "PASS".to_owned(),
                     Some(false) => "FAIL".to_owned(),
                     None => "n/a".to_owned(),

@@ -46,6 +46,22 @@ fn write_server(f: &mut fmt::Formatter<'_>, server: &ServerConfig) -> fmt::Resul
         duration(server.client_idle_timeout),
         duration(server.backend_idle_timeout)
     )?;
+    if let Some(udp) = &server.udp {
+        let count = |value: Option<u64>| value.map_or("unlimited".to_owned(), |n| n.to_string());
+        writeln!(
+            f,
+            "  protocol udp, max_requests {}, max_responses {}, transparent {}",
+            count(udp.max_requests),
+            count(udp.max_responses),
+            udp.transparent
+        )?;
+        if server.client_idle_timeout.is_none() && server.backend_idle_timeout.is_none() {
+            writeln!(
+                f,
+                "  udp sessions end after 60s without a datagram either way"
+            )?;
+        }
+    }
     let check = &server.healthcheck;
     match &check.kind {
         CheckKind::None => writeln!(f, "  healthcheck none")?,

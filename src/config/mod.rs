@@ -209,6 +209,8 @@ pub struct ServerConfig {
     pub close_sessions_on_backend_removal: bool,
     /// `[proxy_protocol] version = "1"`.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// `Some` when `protocol = "udp"`: the `[udp]` table's keys (all optional).
+    pub udp: Option<UdpConfig>,
     /// `[access]`; `None` allows everyone.
     pub access: Option<AccessConfig>,
     /// From `discovery.static_list`, in file order.
@@ -227,6 +229,21 @@ pub struct BindAddr {
     /// with IPV6_V6ONLY off, accepting IPv4 and IPv6, and falls back to IPv4 when the host has
     /// no IPv6.
     pub dual_stack: bool,
+}
+
+/// `protocol = "udp"` and its `[servers.NAME.udp]` table, with gobetween's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UdpConfig {
+    /// `max_requests`: datagrams from the client one session carries; the next one starts a
+    /// new session (a new pick). 1 is fire-and-forget: no session, replies are not read.
+    /// `None` when 0 (unlimited).
+    pub max_requests: Option<u64>,
+    /// `max_responses`: replies expected per request; a session ends once every request it
+    /// carried got them. `None` when 0 (the session ends on idle timeout).
+    pub max_responses: Option<u64>,
+    /// `transparent`: datagrams reach the backends from the client's own address
+    /// (IP_TRANSPARENT; needs CAP_NET_ADMIN).
+    pub transparent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

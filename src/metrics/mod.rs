@@ -308,6 +308,17 @@ fn server_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {
         }
     }
     let mut family = out.family(
+        "betwixt_server_datagrams_dropped_total",
+        Kind::Counter,
+        "UDP datagrams not forwarded: no backend, a full socket buffer, or no session possible.",
+    );
+    for server in servers {
+        family.sample(
+            &[("server", server.name())],
+            load(&server.stats.datagrams_dropped),
+        );
+    }
+    let mut family = out.family(
         "betwixt_server_connect_retries_total",
         Kind::Counter,
         "Connects tried on another backend after one failed.",

@@ -7,6 +7,7 @@
 //! the run goes on.
 
 mod bulk;
+mod dns;
 mod idle;
 mod pingpong;
 mod requests;
@@ -195,6 +196,7 @@ pub fn run_all(args: RunArgs) -> anyhow::Result<()> {
             Workload::Keepalive => requests::keepalive(&mut bench),
             Workload::Pingpong => pingpong::run(&mut bench),
             Workload::Idle => idle::run(&mut bench),
+            Workload::Dns => dns::run(&mut bench),
         };
         if let Err(error) = outcome {
             bench.results.note(format!("{workload:?}: {error:#}"));

@@ -35,8 +35,32 @@ fn rows() -> Vec<(String, &'static str)> {
             "servers.k3s.bind: \"::1:6443\" is not a valid listen address: write an IPv6 address in brackets",
         ),
         (
-            k3s(&format!("{BIND}\nprotocol = \"udp\""), DISCOVERY, ""),
-            "gobetween.toml: servers.k3s.protocol: protocol \"udp\" is not supported by betwixt yet (supported: tcp)",
+            k3s(
+                &format!("{BIND}\nprotocol = \"udp\""),
+                DISCOVERY,
+                "[servers.k3s.healthcheck]\nkind = \"ping\"\ninterval = \"2s\"",
+            ),
+            "gobetween.toml: servers.k3s.healthcheck.kind: kind \"ping\" is a TCP connect and cannot check a udp server",
+        ),
+        (
+            k3s(
+                &format!("{BIND}\nprotocol = \"udp\""),
+                DISCOVERY,
+                "[servers.k3s.udp]\nmax_requests = -1",
+            ),
+            "gobetween.toml: servers.k3s.udp.max_requests: must be a whole number from 0 (unlimited) up, found -1",
+        ),
+        (
+            k3s(
+                &format!("{BIND}\nprotocol = \"udp\""),
+                DISCOVERY,
+                "[servers.k3s.proxy_protocol]\nversion = \"1\"",
+            ),
+            "gobetween.toml: servers.k3s.proxy_protocol: the PROXY protocol header is for TCP streams",
+        ),
+        (
+            k3s(&format!("{BIND}\nprotocol = \"quic\""), DISCOVERY, ""),
+            "gobetween.toml: servers.k3s.protocol: unknown protocol \"quic\"; expected tcp or udp",
         ),
         (
             k3s(&format!("{BIND}\nprotocol = \"tls\""), DISCOVERY, ""),

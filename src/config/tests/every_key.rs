@@ -57,11 +57,10 @@ fn raw_form_round_trips_for_dump() {
 fn unsupported_features_are_refused_by_name() {
     let errors = load_errors(EVERY_KEY);
     let expected = [
-        "gobetween.toml: servers.everything.protocol: protocol \"tls\" is not supported by betwixt yet (supported: tcp)",
+        "gobetween.toml: servers.everything.protocol: protocol \"tls\" is not supported by betwixt yet (supported: tcp, udp)",
         "gobetween.toml: servers.everything.tls: [servers.everything.tls] (TLS termination) is not supported by betwixt yet; remove it",
         "gobetween.toml: servers.everything.backends_tls: [servers.everything.backends_tls] (TLS to the backends) is not supported by betwixt yet; remove it",
         "gobetween.toml: servers.everything.sni: [servers.everything.sni] (SNI-based backend selection) is not supported by betwixt yet; remove it",
-        "gobetween.toml: servers.everything.udp: [servers.everything.udp] (UDP) is not supported by betwixt yet; remove it",
         "gobetween.toml: servers.everything.discovery.kind: discovery kind \"srv\" is not supported by betwixt yet (supported: static)",
     ];
     assert_eq!(errors, expected);

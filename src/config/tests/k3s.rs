@@ -142,6 +142,7 @@ fn expected_k3s() -> ServerConfig {
         close_sessions_on_backend_down: true,
         close_sessions_on_backend_removal: false,
         proxy_protocol: None,
+        udp: None,
         access: Some(AccessConfig {
             default: AccessAction::Deny,
             rules: vec![
@@ -179,6 +180,7 @@ fn expected_supervisor() -> ServerConfig {
         close_sessions_on_backend_down: true,
         close_sessions_on_backend_removal: false,
         proxy_protocol: None,
+        udp: None,
         access: None,
         backends,
         healthcheck: HealthcheckConfig {

@@ -1,5 +1,5 @@
 //! One `[servers.NAME]` table: bind, protocol, balance, the connection options merged with
-//! `[defaults]`, access rules and PROXY protocol; discovery and healthcheck have their own files.
+//! `[defaults]`, access rules, PROXY protocol and `[udp]`; discovery and healthcheck have their own files.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -10,10 +10,10 @@ use ipnet::IpNet;
 use super::value::{self, Given, choice, text};
 use super::{Key, Report, bind, discovery, healthcheck};
 use crate::config::duration::parse_duration;
-use crate::config::raw::{RawAccess, RawDefaults, RawProxyProtocol, RawServer};
+use crate::config::raw::{RawAccess, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
 use crate::config::{
-    AccessAction, AccessConfig, AccessRule, BalanceKind, BindAddr, ProxyProtocolVersion,
-    ServerConfig,
+    AccessAction, AccessConfig, AccessRule, BackendSpec, BalanceKind, BindAddr, CheckKind,
+    HealthcheckConfig, ProxyProtocolVersion, ServerConfig, UdpConfig,
 };
 
 /// `backend_connection_timeout` when neither the server nor `[defaults]` sets it. gobetween
@@ -61,7 +61,7 @@ pub(super) fn server(
         return None;
     }
     let key = Key::server(name);
-    check_protocol(report, &key, raw);
+    let udp = protocol(report, &key, raw);
     let balance = balance(report, &key, raw);
     let options = connection_options(report, &key, raw, defaults);
     let access = raw
@@ -75,6 +75,10 @@ pub(super) fn server(
     let backends = discovery::backends(report, &key, raw.discovery.as_ref());
     let healthcheck =
         healthcheck::healthcheck(report, &key.child("healthcheck"), raw.healthcheck.as_ref());
+    if udp.is_some() {
+        check_udp_healthcheck(report, &key, &healthcheck);
+        check_udp_backends(report, &key, &backends);
+    }
     Some(ServerConfig {
         name: name.to_owned(),
         bind: bind?,
@@ -87,6 +91,7 @@ pub(super) fn server(
         close_sessions_on_backend_down: options.close_sessions_on_backend_down,
         close_sessions_on_backend_removal: options.close_sessions_on_backend_removal,
         proxy_protocol,
+        udp,
         access,
         backends,
         healthcheck,
@@ -119,20 +124,30 @@ pub(super) fn check_defaults(report: &mut Report<'_>, defaults: &RawDefaults) {
     );
 }
 
-/// Only tcp is implemented; the tables of the other protocols and of TLS/SNI are refused.
-fn check_protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) {
+/// tcp and udp are implemented; tls and the TLS/SNI tables are refused. Returns the `[udp]`
+/// settings when `protocol = "udp"`.
+fn protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) -> Option<UdpConfig> {
     let protocol_key = key.child("protocol");
-    match text(&raw.protocol) {
-        None | Some("tcp") => {}
-        Some(protocol @ ("tls" | "udp")) => report.error(
-            &protocol_key,
-            format!("protocol {protocol:?} is not supported by betwixt yet (supported: tcp)"),
-        ),
-        Some(protocol) => report.error(
-            &protocol_key,
-            format!("unknown protocol {protocol:?}; expected tcp (gobetween also has tls, udp)"),
-        ),
-    }
+    let udp = match text(&raw.protocol) {
+        None | Some("tcp") => false,
+        Some("udp") => true,
+        Some("tls") => {
+            report.error(
+                &protocol_key,
+                "protocol \"tls\" is not supported by betwixt yet (supported: tcp, udp)",
+            );
+            false
+        }
+        Some(protocol) => {
+            report.error(
+                &protocol_key,
+                format!(
+                    "unknown protocol {protocol:?}; expected tcp or udp (gobetween also has tls)"
+                ),
+            );
+            false
+        }
+    };
     let tables = [
         ("tls", raw.tls.is_some(), "TLS termination"),
         (
@@ -141,7 +156,6 @@ fn check_protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) {
             "TLS to the backends",
         ),
         ("sni", raw.sni.is_some(), "SNI-based backend selection"),
-        ("udp", raw.udp.is_some(), "UDP"),
     ];
     for (table, present, feature) in tables {
         if present {
@@ -150,6 +164,84 @@ fn check_protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) {
                 format!("[{table_key}] ({feature}) is not supported by betwixt yet; remove it");
             report.error(&table_key, message);
         }
+    }
+    if !udp {
+        if raw.udp.is_some() {
+            report.warn(
+                &key.child("udp"),
+                "ignored: the server's protocol is not \"udp\"",
+            );
+        }
+        return None;
+    }
+    if raw.proxy_protocol.is_some() {
+        report.error(
+            &key.child("proxy_protocol"),
+            "the PROXY protocol header is for TCP streams; a udp server cannot send it",
+        );
+    }
+    Some(raw.udp.as_ref().map_or_else(UdpConfig::default, |table| {
+        udp_options(report, &key.child("udp"), table)
+    }))
+}
+
+/// `[udp]`: `max_requests`, `max_responses` (0 = unlimited) and `transparent`.
+fn udp_options(report: &mut Report<'_>, key: &Key, raw: &RawUdp) -> UdpConfig {
+    let mut count = |name: &str, value: Option<i64>| {
+        let value = value?;
+        match u64::try_from(value) {
+            Ok(0) => None,
+            Ok(count) => Some(count),
+            Err(_) => {
+                report.error(
+                    &key.child(name),
+                    format!("must be a whole number from 0 (unlimited) up, found {value}"),
+                );
+                None
+            }
+        }
+    };
+    let max_requests = count("max_requests", raw.max_requests);
+    let max_responses = count("max_responses", raw.max_responses);
+    let transparent = raw.transparent.unwrap_or(false);
+    if max_requests == Some(1) && max_responses.is_some() && !transparent {
+        report.warn(
+            &key.child("max_responses"),
+            "ignored with max_requests = 1 (fire-and-forget): replies are not read, as in gobetween",
+        );
+    }
+    UdpConfig {
+        max_requests,
+        max_responses,
+        transparent,
+    }
+}
+
+/// A UDP session opens its backend socket on the receive path, which cannot wait for a DNS
+/// lookup: backends of a udp server are IP addresses.
+fn check_udp_backends(report: &mut Report<'_>, key: &Key, backends: &[BackendSpec]) {
+    for (index, backend) in backends.iter().enumerate() {
+        if backend.ip_addr().is_none() {
+            report.error(
+                &key.child("discovery").child("static_list").index(index),
+                format!(
+                    "{:?}: a udp server's backends must be IP addresses, not host names",
+                    backend.target()
+                ),
+            );
+        }
+    }
+}
+
+/// gobetween refuses `kind = "ping"` on a udp server: it is a TCP connect, which says nothing
+/// about a UDP service.
+fn check_udp_healthcheck(report: &mut Report<'_>, key: &Key, healthcheck: &HealthcheckConfig) {
+    if matches!(healthcheck.kind, CheckKind::Ping) {
+        report.error(
+            &key.child("healthcheck").child("kind"),
+            "kind \"ping\" is a TCP connect and cannot check a udp server (gobetween refuses it \
+             too); use kind = \"probe\" with probe_protocol = \"udp\", or kind = \"exec\"",
+        );
     }
 }
 

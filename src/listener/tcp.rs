@@ -1,4 +1,4 @@
-//! One listener: accept, check access and limits, then hand the client to a session.
+//! A TCP listener: accept, check access and limits, then hand the client to a session.
 //!
 //! Each `[servers.NAME]` has one accept task running [`accept_loop`]. It looks the server up in
 //! the current snapshot for every connection, so a reload changes the pool of new connections at
@@ -12,27 +12,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use super::Shared;
 use crate::session::tcp::TcpSession;
-use crate::snapshot::{Server, Snapshot};
+use crate::snapshot::Server;
 use crate::stats::Slot;
 use crate::{access, net};
-
-/// What every listener and session of the process shares.
-#[derive(Debug, Clone)]
-pub struct Shared {
-    /// The current snapshot; loaded once per accepted connection.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Every session task, so shutdown can wait for them.
-    pub sessions: TaskTracker,
-    /// Cancelled when the shutdown grace period is over: remaining sessions close.
-    pub close_sessions: CancellationToken,
-}
 
 /// Pause after an accept error that is not about the connection itself.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
