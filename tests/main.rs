@@ -15,6 +15,7 @@ mod forwarding;
 mod health;
 mod limits;
 mod memory;
+mod node;
 mod reload;
 mod resources;
 mod util;
