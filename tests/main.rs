@@ -12,6 +12,7 @@ mod daemon;
 mod failover;
 mod fake_apiserver;
 mod forwarding;
+mod ha;
 mod health;
 mod limits;
 mod memory;
