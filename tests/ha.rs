@@ -207,8 +207,9 @@ impl Drop for Process {
 enum Event {
     /// A new connection reached a backend through `lb`.
     Connected { lb: Ipv4Addr },
-    /// A new connection attempt failed.
-    ConnectFailed,
+    /// A new connection attempt failed: one of the 200 a second, or (`session`) the opening
+    /// of a long session, retried every 50 ms.
+    ConnectFailed { session: bool },
     /// A session ended before its time; it had gone through `lb`.
     Lost { lb: Ipv4Addr },
     /// A session ended when the client chose.
@@ -244,7 +245,7 @@ async fn long_sessions(log: Log, stop: Arc<AtomicBool>) {
             return;
         }
         let Some((mut stream, lb)) = open().await else {
-            record(&log, Event::ConnectFailed);
+            record(&log, Event::ConnectFailed { session: true });
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -295,7 +296,7 @@ async fn load(log: Log, stop: Arc<AtomicBool>) {
         tokio::spawn(async move {
             match open().await {
                 Some((_, lb)) => record(&log, Event::Connected { lb }),
-                None => record(&log, Event::ConnectFailed),
+                None => record(&log, Event::ConnectFailed { session: false }),
             }
         });
     }
@@ -668,7 +669,6 @@ fn exercise(namespaces: &Namespaces, nodes: &mut [Node]) {
 /// Prints each phase's figures and asserts what must hold.
 fn judge(log: &[(Instant, Event)], phases: &[Phase]) {
     let mut problems = Vec::new();
-    let mut totals = BTreeMap::new();
     for (index, phase) in phases.iter().enumerate() {
         let end = phases.get(index + 1).map(|next| next.start);
         let in_phase = log
@@ -676,14 +676,18 @@ fn judge(log: &[(Instant, Event)], phases: &[Phase]) {
             .filter(|(at, _)| *at >= phase.start && end.is_none_or(|end| *at < end));
         // A connection that failed within the window started up to CONNECT_TIMEOUT earlier.
         let window_end = phase.recovered.map(|at| at + CONNECT_TIMEOUT);
-        let (mut failed_in_window, mut failed_outside, mut lost, mut completed, mut connected) =
-            (0, 0, BTreeMap::<Ipv4Addr, usize>::new(), 0, 0);
+        let (mut failed_in_window, mut retries_in_window, mut failed_outside) = (0, 0, 0);
+        let (mut lost, mut completed, mut connected) = (BTreeMap::<Ipv4Addr, usize>::new(), 0, 0);
         for (at, event) in in_phase {
             match event {
-                Event::ConnectFailed if window_end.is_some_and(|end| *at <= end) => {
-                    failed_in_window += 1
+                Event::ConnectFailed { session } if window_end.is_some_and(|end| *at <= end) => {
+                    if *session {
+                        retries_in_window += 1;
+                    } else {
+                        failed_in_window += 1;
+                    }
                 }
-                Event::ConnectFailed => failed_outside += 1,
+                Event::ConnectFailed { .. } => failed_outside += 1,
                 Event::Lost { lb } => *lost.entry(*lb).or_default() += 1,
                 Event::Completed => completed += 1,
                 Event::Connected { .. } => connected += 1,
@@ -691,16 +695,15 @@ fn judge(log: &[(Instant, Event)], phases: &[Phase]) {
         }
         let failover = phase.recovered.map(|at| at - phase.start);
         println!(
-            "{:<32} failover {:>9}  new connections {connected:>5}, failed in the window \
-             {failed_in_window:>4}, outside {failed_outside}  sessions completed {completed:>4}, \
-             lost {lost:?}",
+            "{:<30} failover {:>6}  connections {connected:>4}, new ones failed in the window \
+             {failed_in_window:>3} (session reopenings {retries_in_window:>4}), outside \
+             {failed_outside}  sessions completed {completed:>3}, lost {lost:?}",
             phase.name,
             failover.map_or("-".to_owned(), |time| format!(
                 "{:.2} s",
                 time.as_secs_f64()
             )),
         );
-        totals.insert(phase.name, (failover, failed_in_window, lost.clone()));
         if failed_outside > 0 {
             problems.push(format!(
                 "{}: {failed_outside} new connections failed outside the failover window",
