@@ -350,7 +350,7 @@ fn keepalived_config(lb: usize, state_file: &Path) -> String {
         .replace("10.0.0.100/24", &format!("{VIP}/24"))
         .replace("/usr/bin/betwixt", BINARY)
         .replace(
-            "/etc/betwixt/keepalived/betwixt-notify.sh",
+            "/usr/share/betwixt/keepalived/betwixt-notify.sh",
             &deploy.join("betwixt-notify.sh").display().to_string(),
         )
         .replace("/run/betwixt-vrrp.state", &state_file.display().to_string());
