@@ -37,6 +37,38 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// Where a running daemon's REST API is.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The REST API's URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8888")]
+    api: String,
+    /// Login of [api.basic_auth].
+    #[arg(long, requires = "password")]
+    login: Option<String>,
+    /// Password of [api.basic_auth].
+    #[arg(long, requires = "login")]
+    password: Option<String>,
+    /// PEM CA certificate to verify an https API against (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+}
+
+impl From<ApiArgs> for StatusOptions {
+    fn from(args: ApiArgs) -> Self {
+        Self {
+            api: args.api,
+            login: args.login,
+            password: args.password,
+            ca_cert: args.cacert,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    betwixt::config::duration::parse_duration(text).map_err(|error| error.to_string())
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum FormatArg {
     Toml,
@@ -88,6 +120,26 @@ enum Command {
         /// PEM CA certificate to verify an https API against (default: the system's roots).
         #[arg(long, value_name = "FILE")]
         cacert: Option<PathBuf>,
+        /// Print one line and exit 0 only if the daemon answers and every server has a live
+        /// backend (a keepalived track_script).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Stop listening and let sessions finish, for a planned switchover to a VRRP peer.
+    Drain {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Close the sessions still open after this long (Go syntax, e.g. 30s, 5m).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        deadline: std::time::Duration,
+        /// Wait until no session is left.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Listen again after `drain`.
+    Undrain {
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Run the balancer in front of three local demo backends, to watch it balance and fail over.
     Demo {
@@ -170,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             login,
             password,
             cacert,
+            check,
         }) => {
             let options = StatusOptions {
                 api,
@@ -177,8 +230,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 password,
                 ca_cert: cacert,
             };
+            if check {
+                return cli::status::run_check(&options);
+            }
             return cli::status::run(&options);
         }
+        Some(Command::Drain {
+            api,
+            deadline,
+            wait,
+        }) => return cli::node::run_drain(&api.into(), deadline, wait),
+        Some(Command::Undrain { api }) => return cli::node::run_undrain(&api.into()),
     };
     let Some(path) = path else {
         use clap::CommandFactory;

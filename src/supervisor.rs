@@ -29,6 +29,9 @@ use crate::snapshot::Snapshot;
 use crate::stats::{ProcessStats, SessionEnd};
 use crate::systemd::InheritedSockets;
 
+mod drain;
+pub use drain::{Fitness, NodeDrain};
+
 /// A listener that could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -118,6 +121,7 @@ pub struct Supervisor {
     health: Monitor,
     stats: ProcessStats,
     background: CancellationToken,
+    drain: drain::DrainState,
 }
 
 /// A listener bound and registered with the runtime but not accepting yet: everything about
@@ -185,6 +189,7 @@ impl Supervisor {
             health: Monitor::new(snapshot),
             stats: ProcessStats::default(),
             background: CancellationToken::new(),
+            drain: drain::DrainState::default(),
         };
         supervisor.health.reconcile();
         for listener in prepared {
@@ -314,7 +319,10 @@ impl Supervisor {
             }
             wanted.push(&server.config);
         }
-        let prepared = {
+        // A drained node binds nothing; undraining binds what the config then says.
+        let prepared = if self.drain.is_active() {
+            Vec::new()
+        } else {
             let mut inherited = self
                 .inherited
                 .lock()

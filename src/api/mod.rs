@@ -9,8 +9,8 @@
 //!
 //! Per request, [`Api::respond`] answers a CORS preflight, matches the path ([`route`]),
 //! checks the `Host` against DNS rebinding ([`browser`]) and basic authentication ([`auth`])
-//! on everything but `/ping`, requires JSON for `POST` and `DELETE` ([`browser`]), and
-//! dispatches to [`root`], [`servers`] or [`admin`]. What the API shows of the config has its
+//! on everything but `/ping` and `/healthz`, requires JSON for `POST` and `DELETE`
+//! ([`browser`]), and dispatches to [`root`], [`servers`], [`admin`] or [`node`]. What the API shows of the config has its
 //! secrets masked ([`secrets`]).
 
 mod admin;
@@ -20,6 +20,7 @@ mod browser;
 pub use auth::authorization_value as basic_authorization;
 mod clock;
 mod cors;
+mod node;
 mod root;
 mod route;
 mod secrets;
@@ -163,6 +164,10 @@ impl Api {
         let supervisor = &self.supervisor;
         match route {
             Route::Ping => response::text(StatusCode::OK, "OK"),
+            Route::Healthz => node::healthz(supervisor),
+            Route::DrainState => node::state(supervisor),
+            Route::Drain => node::drain(supervisor, request.uri().query()).await,
+            Route::Undrain => node::undrain(supervisor),
             Route::Root => root::info(supervisor, &self.config_path),
             Route::Dump => root::dump(supervisor, request.uri().query()),
             Route::ListServers => servers::list(supervisor),

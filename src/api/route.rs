@@ -35,8 +35,16 @@ impl AdminAction {
 /// One endpoint of the API, with its path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /ping`: the only endpoint without authentication.
+    /// `GET /ping`: public.
     Ping,
+    /// `GET /healthz`: public; whether this node should hold a virtual address (betwixt).
+    Healthz,
+    /// `GET /drain`: the node's drain state (betwixt).
+    DrainState,
+    /// `POST /drain`: stop listening, let sessions finish (betwixt).
+    Drain,
+    /// `POST /undrain`: listen again (betwixt).
+    Undrain,
     /// `GET /`.
     Root,
     /// `GET /dump`.
@@ -63,7 +71,7 @@ pub enum Route {
 impl Route {
     /// Whether the endpoint answers without credentials.
     pub fn is_public(&self) -> bool {
-        matches!(self, Self::Ping)
+        matches!(self, Self::Ping | Self::Healthz)
     }
 }
 
@@ -84,6 +92,13 @@ pub fn resolve(method: &Method, path: &str) -> Resolved {
     match words.as_slice() {
         [] => get_only(Route::Root),
         ["ping"] => get_only(Route::Ping),
+        ["healthz"] => get_only(Route::Healthz),
+        ["drain"] => match *method {
+            Method::GET => Resolved::Found(Route::DrainState),
+            Method::POST => Resolved::Found(Route::Drain),
+            _ => Resolved::MethodNotAllowed("GET, POST"),
+        },
+        ["undrain"] => only(method, &Method::POST, "POST", Route::Undrain),
         ["dump"] => get_only(Route::Dump),
         ["servers"] => get_only(Route::ListServers),
         ["servers", name] => server(method, name),
@@ -195,6 +210,22 @@ mod tests {
             Route::ServerStats("k3s".into())
         );
         assert!(Route::Ping.is_public() && !Route::Root.is_public());
+    }
+
+    #[test]
+    fn node_paths() {
+        assert_eq!(found(Method::GET, "/healthz"), Route::Healthz);
+        assert!(Route::Healthz.is_public());
+        assert_eq!(found(Method::GET, "/drain"), Route::DrainState);
+        assert_eq!(found(Method::POST, "/drain"), Route::Drain);
+        assert_eq!(found(Method::POST, "/undrain"), Route::Undrain);
+        for route in [Route::DrainState, Route::Drain, Route::Undrain] {
+            assert!(!route.is_public(), "{route:?}");
+        }
+        assert_eq!(
+            resolve(&Method::GET, "/undrain"),
+            Resolved::MethodNotAllowed("POST")
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! A small HTTP/1.1 client for the REST API, used by `betwixt status`.
+//! A small HTTP/1.1 client for the REST API, used by `betwixt status`, `drain` and `undrain`.
 //!
 //! One connection per request (the command makes a handful), optional basic authentication,
 //! HTTPS verified against `--cacert` or the system roots, and a deadline on every request.
@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
-use hyper::header::{AUTHORIZATION, HOST, USER_AGENT};
-use hyper::{Request, StatusCode, Uri};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -38,17 +38,17 @@ pub enum ClientError {
     CaCert { path: String, message: String },
     #[error("cannot connect to {address}: {cause}")]
     Connect { address: String, cause: io::Error },
-    #[error("GET {path}: {cause}")]
+    #[error("{path}: {cause}")]
     Http { path: String, cause: hyper::Error },
-    #[error("GET {path}: no answer within {REQUEST_TIMEOUT:?}")]
+    #[error("{path}: no answer within {REQUEST_TIMEOUT:?}")]
     Timeout { path: String },
-    #[error("GET {path}: {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    #[error("{path}: {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
     Status {
         path: String,
         status: StatusCode,
         body: String,
     },
-    #[error("GET {path}: not the expected JSON: {cause}")]
+    #[error("{path}: not the expected JSON: {cause}")]
     Json {
         path: String,
         cause: serde_json::Error,
@@ -130,18 +130,53 @@ impl ApiClient {
     /// # Errors
     /// No connection, an HTTP error status, a timeout, or an answer of another shape.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let body = tokio::time::timeout(REQUEST_TIMEOUT, self.fetch(path))
-            .await
-            .map_err(|_| ClientError::Timeout {
+        self.json(Method::GET, path).await
+    }
+
+    /// `POST path` (no body) and its JSON answer.
+    ///
+    /// # Errors
+    /// No connection, an HTTP error status, a timeout, or an answer of another shape.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(Method::POST, path).await
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let (status, body) = self.request(method, path).await?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
                 path: path.to_owned(),
-            })??;
+                status,
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
+            });
+        }
         serde_json::from_slice(&body).map_err(|cause| ClientError::Json {
             path: path.to_owned(),
             cause,
         })
     }
 
-    async fn fetch(&self, path: &str) -> Result<Bytes, ClientError> {
+    /// `method path` (no body): the status and the body, whatever the status.
+    ///
+    /// # Errors
+    /// No connection, an HTTP error, or a timeout.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.fetch(method, path))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                path: path.to_owned(),
+            })?
+    }
+
+    async fn fetch(&self, method: Method, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
         let connect_error = |cause| ClientError::Connect {
             address: self.authority.clone(),
             cause,
@@ -151,18 +186,23 @@ impl ApiClient {
             .map_err(connect_error)?;
         debug!(address = %self.authority, path, "API request");
         match &self.tls {
-            None => self.exchange(tcp, path).await,
+            None => self.exchange(tcp, method, path).await,
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(connect_error)?;
-                self.exchange(tls, path).await
+                self.exchange(tls, method, path).await
             }
         }
     }
 
-    async fn exchange<S>(&self, stream: S, path: &str) -> Result<Bytes, ClientError>
+    async fn exchange<S>(
+        &self,
+        stream: S,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, Bytes), ClientError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -178,8 +218,12 @@ impl ApiClient {
                 debug!(%error, "API connection ended with an error");
             }
         });
-        let mut request = Request::get(format!("{}{path}", self.prefix))
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
             .header(HOST, &self.authority)
+            // The API wants JSON on every POST; these carry no body.
+            .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, concat!("betwixt/", env!("CARGO_PKG_VERSION")));
         if let Some(authorization) = &self.authorization {
             request = request.header(AUTHORIZATION, authorization);
@@ -198,14 +242,7 @@ impl ApiClient {
             .await
             .map_err(http_error)?
             .to_bytes();
-        if !status.is_success() {
-            return Err(ClientError::Status {
-                path: path.to_owned(),
-                status,
-                body: String::from_utf8_lossy(&body).trim().to_owned(),
-            });
-        }
-        Ok(body)
+        Ok((status, body))
     }
 }
 

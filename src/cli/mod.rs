@@ -5,4 +5,5 @@
 pub mod check;
 pub mod client;
 pub mod demo;
+pub mod node;
 pub mod status;

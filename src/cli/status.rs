@@ -203,6 +203,69 @@ fn encode_segment(name: &str) -> String {
         .collect()
 }
 
+/// Whether the daemon answers and every server has a live backend (and the node is not
+/// drained), as a keepalived `track_script` wants it: `Ok` with the reason when not.
+///
+/// Asks the public `/healthz` first; against a daemon without it (gobetween) or to say
+/// why not, reads the servers' stats (which may need credentials).
+///
+/// # Errors
+/// The API cannot be reached.
+pub async fn check(options: &StatusOptions) -> Result<Result<(), String>, ClientError> {
+    let client = ApiClient::new(&options.api, None, options.ca_cert.as_deref())?;
+    let (code, _) = client.request(hyper::Method::GET, "/healthz").await?;
+    if code.is_success() {
+        return Ok(Ok(()));
+    }
+    let status = match fetch(options).await {
+        Ok(status) => status,
+        Err(error) if code == hyper::StatusCode::SERVICE_UNAVAILABLE => {
+            return Ok(Err(format!("/healthz: {code} ({error})")));
+        }
+        Err(error) => return Err(error),
+    };
+    if let Some(server) = status.servers.iter().find(|server| {
+        !server
+            .report
+            .backends
+            .iter()
+            .any(|backend| backend.stats.live)
+    }) {
+        return Ok(Err(format!(
+            "server {} has no live backend (0/{})",
+            server.name,
+            server.report.backends.len()
+        )));
+    }
+    if code == hyper::StatusCode::SERVICE_UNAVAILABLE {
+        // Every server has a live backend: drained, or its live backends are not enabled.
+        return Ok(Err("drained, or no live backend is enabled".to_owned()));
+    }
+    Ok(Ok(()))
+}
+
+/// `betwixt status --check`: one line, exit status 0 only when [`check`] passes.
+pub fn run_check(options: &StatusOptions) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(check(options)) {
+        Ok(Ok(())) => {
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(reason)) => {
+            println!("not ok: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(error) => {
+            println!("not ok: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// `betwixt status`: prints the table; exit status 1 when the API cannot be asked.
 pub fn run(options: &StatusOptions) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
