@@ -128,9 +128,7 @@ impl Supervisor {
             return Ok(NodeDrain::Serving);
         };
         let snapshot = self.snapshot();
-        let wanted = snapshot
-            .servers()
-            .map(|server| (server.config.name.as_str(), &server.config.bind));
+        let wanted = snapshot.servers().map(|server| &server.config);
         let prepared = {
             let mut inherited = self
                 .inherited
