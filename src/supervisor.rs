@@ -24,7 +24,7 @@ use crate::backend::{Admin, Backend};
 use crate::config::{BindAddr, Config};
 use crate::health::monitor::Monitor;
 use crate::listener::{self, Shared};
-use crate::net;
+use crate::net::{self, Sharing};
 use crate::snapshot::Snapshot;
 use crate::stats::{ProcessStats, SessionEnd};
 use crate::systemd::InheritedSockets;
@@ -156,9 +156,10 @@ impl Supervisor {
     ) -> Result<Self, StartError> {
         let close_sessions = CancellationToken::new();
         let snapshot = Snapshot::new(config, None, &close_sessions);
-        let wanted = snapshot
-            .servers()
-            .map(|server| (server.config.name.as_str(), &server.config.bind));
+        let wanted = snapshot.servers().map(|server| {
+            let (name, bind) = (server.config.name.as_str(), &server.config.bind);
+            (name, bind, Sharing::Exclusive)
+        });
         let prepared = prepare_listeners(wanted, &mut inherited)?;
         inherited.report_unused();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -284,7 +285,15 @@ impl Supervisor {
                 Some(_) => summary.servers_rebound.push(name.clone()),
                 None => summary.servers_added.push(name.clone()),
             }
-            wanted.push((name.as_str(), new_bind));
+            // Only a port this process already listens on is shared (its listener stops once the
+            // new one runs); anyone else's listener there is an error.
+            let ours = running.values().any(|bind| bind.conflicts_with(new_bind));
+            let sharing = if ours {
+                Sharing::WithOwnListener
+            } else {
+                Sharing::Exclusive
+            };
+            wanted.push((name.as_str(), new_bind, sharing));
         }
         let prepared = {
             let mut inherited = self
@@ -480,12 +489,12 @@ fn close_removed_backends(current: &Snapshot, next: &Snapshot) {
 /// error the passed sockets already taken go back to `inherited`, so a refused reload loses
 /// none.
 fn prepare_listeners<'a>(
-    wanted: impl IntoIterator<Item = (&'a str, &'a BindAddr)>,
+    wanted: impl IntoIterator<Item = (&'a str, &'a BindAddr, Sharing)>,
     inherited: &mut InheritedSockets,
 ) -> Result<Vec<PreparedListener>, StartError> {
     let mut prepared = Vec::new();
-    for (name, bind) in wanted {
-        match prepare_listener(name, bind, inherited) {
+    for (name, bind, sharing) in wanted {
+        match prepare_listener(name, bind, sharing, inherited) {
             Ok(listener) => prepared.push(listener),
             Err(error) => {
                 for listener in prepared.into_iter().filter(|listener| listener.inherited) {
@@ -503,6 +512,7 @@ fn prepare_listeners<'a>(
 fn prepare_listener(
     name: &str,
     bind: &BindAddr,
+    sharing: Sharing,
     inherited: &mut InheritedSockets,
 ) -> Result<PreparedListener, StartError> {
     let error = |error| StartError::Bind {
@@ -513,7 +523,7 @@ fn prepare_listener(
     let (local_addr, listener, from_systemd) = match inherited.take(bind) {
         Some((local_addr, listener)) => (local_addr, listener, true),
         None => {
-            let listener = net::bind_listener(bind).map_err(error)?;
+            let listener = net::bind_listener(bind, sharing).map_err(error)?;
             (listener.local_addr().map_err(error)?, listener, false)
         }
     };
