@@ -205,7 +205,8 @@ mod tests {
 
     #[tokio::test]
     async fn dual_stack_listener_accepts_v4_and_v6() {
-        let listener = bind_listener(&bind_addr(":0", "0.0.0.0:0", true)).unwrap();
+        let listener =
+            bind_listener(&bind_addr(":0", "0.0.0.0:0", true), Sharing::Exclusive).unwrap();
         let port = listener.local_addr().unwrap().port();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         for client in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
@@ -234,7 +235,11 @@ mod tests {
     fn an_address_held_by_another_program_is_an_error() {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = other.local_addr().unwrap();
-        let error = bind_listener(&bind_addr("", &taken.to_string(), false)).unwrap_err();
+        let error = bind_listener(
+            &bind_addr("", &taken.to_string(), false),
+            Sharing::Exclusive,
+        )
+        .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
     }
 

@@ -203,7 +203,9 @@ pub struct ServerConfig {
     /// (the default, or 0) tries every candidate once.
     pub connect_attempts: Option<u32>,
     /// betwixt's `close_sessions_on_backend_down`, default true: sessions on a backend marked
-    /// down are closed so their clients reconnect through the balancer at once.
+    /// down are closed so their clients reconnect through the balancer, once the next active
+    /// check fails too (a backend back by then keeps them): within about `(fails + 1)`
+    /// check intervals of a freeze.
     pub close_sessions_on_backend_down: bool,
     /// betwixt's `close_sessions_on_backend_removal`, default false: when a reload removes a
     /// backend its sessions drain; true closes them instead.
