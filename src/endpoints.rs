@@ -283,7 +283,10 @@ fn listen<S: Site>(
         bind: bind.to_owned(),
         cause,
     };
-    let listener = net::bind_listener(&address).map_err(bind_error)?;
+    // Shared: a reload that moves the API or metrics opens the new listener while the old one
+    // may still hold the port. A second betwixt is already refused by its servers' binds.
+    let listener =
+        net::bind_listener(&address, net::Sharing::WithOwnListener).map_err(bind_error)?;
     HttpListener::serve(listener, site).map_err(bind_error)
 }
 

@@ -22,39 +22,67 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// about a minute instead of the kernel's default of two hours.
 const KEEPALIVE_RETRIES: u32 = 3;
 
-/// Binds a listening socket for `bind`: SO_REUSEADDR, SO_REUSEPORT, a large backlog,
-/// non-blocking.
+/// Whether a new listener may join a port that another socket already listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The bind fails when any other socket listens on the address, so a second betwixt (or a
+    /// gobetween still running) is an error at start-up instead of two processes silently
+    /// sharing the port.
+    Exclusive,
+    /// SO_REUSEPORT before the bind: for betwixt's own rebinds during a reload, when the
+    /// listener being replaced still holds the port (a bind that changes from `0.0.0.0:6443`
+    /// to `10.0.0.5:6443`, or a server renamed), so no client is refused in between.
+    WithOwnListener,
+}
+
+/// Binds a listening socket for `bind`: SO_REUSEADDR, a large backlog, non-blocking.
 ///
-/// SO_REUSEPORT lets a reload that changes a bind (`0.0.0.0:6443` to `10.0.0.5:6443`) open the
-/// new listener before closing the old one, so no client is refused in between. Like HAProxy,
-/// it also means a second betwixt on the same address would share the port instead of failing.
+/// Every listener ends up with SO_REUSEPORT, set after the bind in [`Sharing::Exclusive`]: the
+/// bind itself is exclusive (it fails with `EADDRINUSE` if anyone listens there), while the
+/// flag lets a later reload of this process bind a replacement beside it. The check and the
+/// bind are one system call, so there is no window for another process in between.
 ///
 /// An empty host or `0.0.0.0` listens on `[::]` with IPV6_V6ONLY off, so IPv4 and IPv6 clients
 /// are both accepted as with gobetween; on a host without IPv6 it falls back to `0.0.0.0`.
 ///
 /// # Errors
 /// The bind or listen error, e.g. the address is in use or not local.
-pub fn bind_listener(bind: &BindAddr) -> io::Result<std::net::TcpListener> {
+pub fn bind_listener(bind: &BindAddr, sharing: Sharing) -> io::Result<std::net::TcpListener> {
     if bind.dual_stack {
         let any_v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), bind.addr.port());
-        match listen(any_v6, true) {
+        match listen(any_v6, true, sharing) {
             Ok(listener) => return Ok(listener),
             Err(error) if ipv6_unavailable(&error) => {}
             Err(error) => return Err(error),
         }
     }
-    listen(bind.addr, false)
+    listen(bind.addr, false, sharing)
 }
 
-fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
+fn listen(
+    addr: SocketAddr,
+    dual_stack: bool,
+    sharing: Sharing,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if sharing == Sharing::WithOwnListener {
+        socket.set_reuse_port(true)?;
+    }
     if dual_stack {
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
+    socket
+        .bind(&addr.into())
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::AddrInUse if sharing == Sharing::Exclusive => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process already listens on this address (a second betwixt, or gobetween?)",
+            ),
+            _ => error,
+        })?;
+    socket.set_reuse_port(true)?;
     socket.listen(LISTEN_BACKLOG)?;
     let listener = socket.into();
     prepare_listener(&listener)?;
@@ -279,7 +307,8 @@ mod tests {
 
     #[tokio::test]
     async fn dual_stack_listener_accepts_v4_and_v6() {
-        let listener = bind_listener(&bind_addr(":0", "0.0.0.0:0", true)).unwrap();
+        let listener =
+            bind_listener(&bind_addr(":0", "0.0.0.0:0", true), Sharing::Exclusive).unwrap();
         let port = listener.local_addr().unwrap().port();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         for client in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
@@ -308,7 +337,11 @@ mod tests {
     fn an_address_held_by_another_program_is_an_error() {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = other.local_addr().unwrap();
-        let error = bind_listener(&bind_addr("", &taken.to_string(), false)).unwrap_err();
+        let error = bind_listener(
+            &bind_addr("", &taken.to_string(), false),
+            Sharing::Exclusive,
+        )
+        .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
     }
 

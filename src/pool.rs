@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::balance::{Balancer, Candidates, Tried};
+use crate::balance::{Balancer, Candidates, ClientIpForm, Tried};
 use crate::config::BalanceKind;
 
 /// The backends of one server in one snapshot, sorted by `host:port` (gobetween's order for
@@ -16,9 +16,20 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(kind: BalanceKind, mut backends: Vec<Arc<Backend>>) -> Self {
+    /// A pool whose hashes see clients as a wildcard bind does (16-byte addresses).
+    pub fn new(kind: BalanceKind, backends: Vec<Arc<Backend>>) -> Self {
+        Self::with_client_form(kind, ClientIpForm::Sixteen, backends)
+    }
+
+    /// A pool whose `iphash`/`iphash1` hash a client in `form`, the form gobetween's socket on
+    /// the same bind address would have given it.
+    pub fn with_client_form(
+        kind: BalanceKind,
+        form: ClientIpForm,
+        mut backends: Vec<Arc<Backend>>,
+    ) -> Self {
         backends.sort_by(|a, b| a.target.cmp(&b.target));
-        let balancer = Balancer::new(kind, &backends);
+        let balancer = Balancer::new(kind, form);
         Self { backends, balancer }
     }
 

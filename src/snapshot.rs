@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendState, Health};
+use crate::balance::ClientIpForm;
 use crate::config::{CheckKind, Config, InitialStatus, RuntimeConfig, ServerConfig};
 use crate::forward;
 use crate::logging::RateLimit;
@@ -146,7 +147,11 @@ impl Server {
             budget: Arc::clone(forwarding_budget),
         };
         Self {
-            pool: Pool::new(config.balance, backends),
+            pool: Pool::with_client_form(
+                config.balance,
+                ClientIpForm::for_bind(&config.bind),
+                backends,
+            ),
             stats: previous.map_or_else(Arc::default, |server| Arc::clone(&server.stats)),
             forward,
             log_limits: ServerLogLimits::default(),

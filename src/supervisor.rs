@@ -24,7 +24,7 @@ use crate::backend::{Admin, Backend};
 use crate::config::{BindAddr, Config, ServerConfig};
 use crate::health::monitor::Monitor;
 use crate::listener::{self, Shared};
-use crate::net;
+use crate::net::{self, Sharing};
 use crate::snapshot::Snapshot;
 use crate::stats::{ProcessStats, SessionEnd};
 use crate::systemd::InheritedSockets;
@@ -173,7 +173,9 @@ impl Supervisor {
     ) -> Result<Self, StartError> {
         let close_sessions = CancellationToken::new();
         let snapshot = Snapshot::new(config, None, &close_sessions);
-        let wanted = snapshot.servers().map(|server| &server.config);
+        let wanted = snapshot
+            .servers()
+            .map(|server| (&server.config, Sharing::Exclusive));
         let prepared = prepare_listeners(wanted, &mut inherited)?;
         inherited.report_unused();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -317,7 +319,17 @@ impl Supervisor {
                 Some(_) => summary.servers_rebound.push(name.clone()),
                 None => summary.servers_added.push(name.clone()),
             }
-            wanted.push(&server.config);
+            // Only a port this process already listens on is shared (its listener stops once the
+            // new one runs); anyone else's listener there is an error.
+            let ours = running
+                .values()
+                .any(|(bind, _)| bind.conflicts_with(new_bind));
+            let sharing = if ours {
+                Sharing::WithOwnListener
+            } else {
+                Sharing::Exclusive
+            };
+            wanted.push((&server.config, sharing));
         }
         // A drained node binds nothing; undraining binds what the config then says.
         let prepared = if self.drain.is_active() {
@@ -515,12 +527,12 @@ fn close_removed_backends(current: &Snapshot, next: &Snapshot) {
 /// Binds and registers the listening socket of every server in `wanted`, or none: on a failure
 /// the sockets passed by systemd that were taken are handed back.
 fn prepare_listeners<'a>(
-    wanted: impl IntoIterator<Item = &'a ServerConfig>,
+    wanted: impl IntoIterator<Item = (&'a ServerConfig, Sharing)>,
     inherited: &mut InheritedSockets,
 ) -> Result<Vec<PreparedListener>, StartError> {
     let mut prepared = Vec::new();
-    for server in wanted {
-        match prepare_listener(server, inherited) {
+    for (server, sharing) in wanted {
+        match prepare_listener(server, sharing, inherited) {
             Ok(listener) => prepared.push(listener),
             Err(error) => {
                 for listener in prepared.into_iter().filter(|listener| listener.inherited) {
@@ -538,6 +550,7 @@ fn prepare_listeners<'a>(
 /// asked for) has the capability it needs.
 fn prepare_listener(
     server: &ServerConfig,
+    sharing: Sharing,
     inherited: &mut InheritedSockets,
 ) -> Result<PreparedListener, StartError> {
     let (name, bind) = (server.name.as_str(), &server.bind);
@@ -551,7 +564,7 @@ fn prepare_listener(
             let (local_addr, listener, from_systemd) = match inherited.take(bind) {
                 Some((local_addr, listener)) => (local_addr, listener, true),
                 None => {
-                    let listener = net::bind_listener(bind).map_err(error)?;
+                    let listener = net::bind_listener(bind, sharing).map_err(error)?;
                     (listener.local_addr().map_err(error)?, listener, false)
                 }
             };

@@ -272,3 +272,77 @@ async fn the_api_password_can_come_from_a_systemd_credential() {
     assert_eq!(get("").await, StatusCode::UNAUTHORIZED);
     assert_eq!(get("from-credential\n").await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_address_exits_naming_it() {
+    let port = free_port();
+    let first = Daemon::spawn("twice-1", &serving_config(port, ""), &[], &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually("the first daemon listens", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    let scratch = Scratch::new("twice-2");
+    let config = scratch.file("g.toml", &serving_config(port, "output = \"stderr\""));
+    let (code, stderr) = start_expecting_exit(&["-c", config.to_str().unwrap()]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("\"k3s\""), "{stderr}");
+    assert!(
+        stderr.contains("another process already listens"),
+        "{stderr}"
+    );
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_pidfile_naming_a_running_daemon_refuses_a_second_one() {
+    let scratch = Scratch::new("pid-live");
+    let pidfile = scratch.0.join("betwixt.pid");
+    let pidfile_arg = pidfile.to_str().unwrap();
+    let first = Daemon::spawn(
+        "pid-live-1",
+        &serving_config(free_port(), ""),
+        &["-p", pidfile_arg],
+        &[],
+    );
+    eventually("the pidfile", || pidfile.exists()).await;
+    let config = scratch.file(
+        "g.toml",
+        &serving_config(free_port(), "output = \"stderr\""),
+    );
+    let (code, stderr) =
+        start_expecting_exit(&["-c", config.to_str().unwrap(), "-p", pidfile_arg]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("process {}", first.pid())),
+        "{stderr}"
+    );
+    assert!(stderr.contains(pidfile_arg), "{stderr}");
+    let written: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        written,
+        first.pid(),
+        "the running daemon's pidfile was overwritten"
+    );
+
+    // A pidfile left by a process that is gone does not block a start.
+    drop(first);
+    std::fs::write(&pidfile, "999999999\n").unwrap();
+    let mut daemon = Daemon::spawn_in(
+        Scratch::new("pid-stale"),
+        &serving_config(free_port(), ""),
+        &["-p", pidfile_arg],
+        &[],
+    );
+    eventually("the stale pidfile replaced", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|text| text.trim() == daemon.pid().to_string())
+    })
+    .await;
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_for_exit().await.success());
+}

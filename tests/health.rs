@@ -598,3 +598,50 @@ fn a_blocking_ca_file_does_not_stall_the_runtime() {
         "the balancer stalled while a check read its CA file"
     );
 }
+
+/// An echo listener on `addr` whose sessions outlive it: aborting the returned task closes
+/// only the listening socket.
+async fn echo_listener(addr: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failed_check_with_gobetweens_default_fails_keeps_the_sessions() {
+    let (flaky_addr, listener) = echo_listener("127.0.0.1:0".parse().unwrap()).await;
+    let config = server_config(
+        "api",
+        "",
+        &[flaky_addr],
+        "[servers.api.healthcheck]\nkind = \"ping\"\ninterval = \"400ms\"\ntimeout = \"100ms\"\nfails = 1\npasses = 1",
+    );
+    let balancer = start_balancer(&config).await;
+    let addr = balancer.local_addr("api").unwrap();
+    let mut session = TcpStream::connect(addr).await.unwrap();
+    assert!(echo_once(&mut session).await);
+
+    // The listener goes away for one check (established sessions stay), then comes back.
+    listener.abort();
+    wait_health(&balancer, "api", flaky_addr, Health::Down).await;
+    let (_, back) = echo_listener(flaky_addr).await;
+    wait_health(&balancer, "api", flaky_addr, Health::Up).await;
+
+    assert!(
+        echo_once(&mut session).await,
+        "a healthy backend's session was cut"
+    );
+    assert_eq!(
+        server_report(&balancer, "api").ended(SessionEnd::BackendDown),
+        0
+    );
+    back.abort();
+}

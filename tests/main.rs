@@ -8,6 +8,7 @@ mod api;
 mod architecture;
 mod balancing;
 mod cli;
+mod compat;
 mod daemon;
 mod failover;
 mod fake_apiserver;

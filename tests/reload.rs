@@ -260,3 +260,30 @@ async fn shutdown_drains_then_closes_what_is_left() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_reload_may_rebind_a_port_this_process_holds_but_not_a_foreign_one() {
+    let backend = echo_backend().await;
+    let port = free_port();
+    let text = pool_config(&[backend.addr]).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let balancer = start_balancer(&text).await;
+    // Widened to the wildcard on the same port while the old listener still holds it.
+    let widened = text.replace(&format!("127.0.0.1:{port}"), &format!("0.0.0.0:{port}"));
+    let summary = balancer.reload(parse(&widened)).await.unwrap();
+    assert_eq!(summary.servers_rebound, ["k3s"]);
+
+    let foreign = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = foreign.local_addr().unwrap().port();
+    let clash = format!(
+        "{widened}\n{}",
+        server_config("other", "", &[backend.addr], "")
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{taken}"))
+    );
+    let error = balancer
+        .reload(parse(&clash))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("\"other\""), "{error}");
+    assert!(error.contains("another process already listens"), "{error}");
+}

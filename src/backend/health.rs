@@ -5,8 +5,13 @@
 //! (gobetween kept counting failures across successes). Client traffic adds a passive signal:
 //! `passive_fails` consecutive failed connects mark the backend down before the next check.
 //! Only flips are reported, so only flips are logged and counted.
+//!
+//! Closing a down backend's sessions waits for one more failed active check ([`confirm_down`]):
+//! with gobetween's default `fails = 1`, a single lost probe (a GC pause, a dropped SYN) would
+//! otherwise cut every session of a healthy API server. A frozen one still loses its sessions
+//! after `fails + 1` failed checks, about `(fails + 1) * interval`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::backend::{BackendState, Health};
 
@@ -17,6 +22,9 @@ pub struct Streaks {
     passes: AtomicU32,
     fails: AtomicU32,
     connect_failures: AtomicU32,
+    /// Set when the backend is marked down; the next failed active check, with no pass in
+    /// between, closes its sessions.
+    close_pending: AtomicBool,
 }
 
 /// Thresholds of one backend's checks.
@@ -77,9 +85,30 @@ pub fn observe_connect(state: &BackendState, connected: bool, passive_fails: u32
     flip(state, Health::Down).then_some(failures)
 }
 
+/// After an active check that flipped nothing: true once per down period, when this failed
+/// check confirms a backend marked down earlier (by checks or by client traffic), so its
+/// sessions should be closed now. A passed check cancels the pending close.
+pub fn confirm_down(state: &BackendState, passed: bool) -> bool {
+    let pending = &state.streaks.close_pending;
+    if passed {
+        if pending.load(Ordering::Relaxed) {
+            pending.store(false, Ordering::Relaxed);
+        }
+        return false;
+    }
+    state.health() == Health::Down && pending.swap(false, Ordering::Relaxed)
+}
+
 /// Sets health; true when this call changed it (so concurrent observers report one flip).
 fn flip(state: &BackendState, to: Health) -> bool {
-    state.set_health(to) != to
+    let flipped = state.set_health(to) != to;
+    if flipped {
+        state
+            .streaks
+            .close_pending
+            .store(to == Health::Down, Ordering::Relaxed);
+    }
+    flipped
 }
 
 #[cfg(test)]
@@ -166,5 +195,51 @@ mod tests {
             assert_eq!(observe_connect(&state, false, 0), None);
         }
         assert_eq!(state.health(), Health::Up);
+    }
+
+    #[test]
+    fn sessions_close_only_when_a_second_failure_confirms_down() {
+        let state = BackendState::default();
+        let gobetween_default = Thresholds {
+            fails: 1,
+            passes: 1,
+        };
+        // One lost probe, then a pass: marked down and back up, no close.
+        assert_eq!(
+            observe_check(&state, false, gobetween_default),
+            Some((Health::Down, 1))
+        );
+        assert_eq!(
+            observe_check(&state, true, gobetween_default),
+            Some((Health::Up, 1))
+        );
+        assert!(
+            !confirm_down(&state, false),
+            "a failure while up is no confirmation"
+        );
+        // Frozen: down after `fails`, sessions closed at `fails + 1`, once.
+        let state = BackendState::default();
+        assert!(observe_check(&state, false, TWO_AND_TWO).is_none());
+        assert!(observe_check(&state, false, TWO_AND_TWO).is_some());
+        assert_eq!(observe_check(&state, false, TWO_AND_TWO), None);
+        assert!(confirm_down(&state, false));
+        assert_eq!(observe_check(&state, false, TWO_AND_TWO), None);
+        assert!(!confirm_down(&state, false), "closed once per down period");
+    }
+
+    #[test]
+    fn a_pass_while_down_cancels_the_close() {
+        let state = BackendState::default();
+        observe_check(&state, false, TWO_AND_TWO);
+        observe_check(&state, false, TWO_AND_TWO);
+        assert_eq!(state.health(), Health::Down);
+        assert_eq!(observe_check(&state, true, TWO_AND_TWO), None);
+        assert!(!confirm_down(&state, true));
+        assert_eq!(observe_check(&state, false, TWO_AND_TWO), None);
+        assert!(!confirm_down(&state, false));
+        // Marked down by client traffic: the next failed check confirms.
+        let state = BackendState::default();
+        assert_eq!(observe_connect(&state, false, 1), Some(1));
+        assert!(confirm_down(&state, false));
     }
 }

@@ -1,55 +1,38 @@
-//! gobetween's `iphash1`: rendezvous (highest random weight) hashing of the client address.
+//! gobetween's `iphash1`: for each candidate, FNV-1a (32-bit) of the client address followed
+//! by the backend's `host:port`; the highest wins (rendezvous hashing). Computed exactly as
+//! gobetween computes it, so a client keeps its backend when betwixt replaces gobetween.
 //!
 //! Unlike `iphash`, removing or losing a backend moves only the clients that were on it.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use super::Candidates;
-use super::ip_hash::with_octets;
-use crate::backend::Backend;
+use super::ip_hash::{ClientIpForm, FNV_OFFSET, fnv1a_32};
 
 /// Each (client, backend) pair gets a score; the candidate with the highest score wins.
 #[derive(Debug)]
 pub struct IpHash1 {
-    /// A hash of each backend's target, by pool index, computed when the pool is built.
-    target_hashes: Vec<u64>,
+    form: ClientIpForm,
 }
 
 impl IpHash1 {
-    pub fn new(backends: &[Arc<Backend>]) -> Self {
-        let target_hashes = backends
-            .iter()
-            .map(|backend| fnv1a_64(backend.target.as_bytes()))
-            .collect();
-        Self { target_hashes }
+    pub fn new(form: ClientIpForm) -> Self {
+        Self { form }
     }
 
+    /// Ties keep the first candidate in pool order, as gobetween keeps the first it meets
+    /// (its order is a map's, so a tie, one pair in four billion, may differ).
     pub fn select(&self, candidates: &Candidates<'_>, client: IpAddr) -> Option<usize> {
-        let client_hash = with_octets(client, fnv1a_64);
-        candidates
-            .iter()
-            .max_by_key(|&(index, _)| {
-                let target_hash = self.target_hashes.get(index).copied().unwrap_or(0);
-                mix(client_hash ^ target_hash)
-            })
-            .map(|(index, _)| index)
+        let client_hash = fnv1a_32(FNV_OFFSET, &self.form.bytes(client));
+        let mut best: Option<(u32, usize)> = None;
+        for (index, backend) in candidates.iter() {
+            let score = fnv1a_32(client_hash, backend.target.as_bytes());
+            if best.is_none_or(|(best_score, _)| score > best_score) {
+                best = Some((score, index));
+            }
+        }
+        best.map(|(_, index)| index)
     }
-}
-
-fn fnv1a_64(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |hash: u64, &byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-}
-
-/// splitmix64's finaliser: spreads the XOR of two FNV hashes over all 64 bits.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 #[cfg(test)]
@@ -63,10 +46,38 @@ mod tests {
         (0..=255u8).flat_map(|c| (0..4u8).map(move |d| IpAddr::from([172, 16, c, d])))
     }
 
+    fn hash() -> IpHash1 {
+        IpHash1::new(ClientIpForm::Sixteen)
+    }
+
+    /// Vectors worked out from gobetween's iphash1.go: the argmax over the live backends of
+    /// `fnv32a(ip ++ "host:port")`.
+    #[test]
+    fn picks_what_gobetween_picks() {
+        let backends = pool(&[spec(11, 1, 1), spec(12, 1, 1), spec(13, 1, 1)]);
+        let tried = Tried::new(backends.len());
+        let pick = |form, client: &str| {
+            let candidates = Candidates::new(&backends, &tried, false);
+            let index = IpHash1::new(form)
+                .select(&candidates, client.parse().unwrap())
+                .unwrap();
+            backends[index].target.to_string()
+        };
+        use ClientIpForm::{Four, Sixteen};
+        assert_eq!(pick(Sixteen, "192.0.2.7"), "10.0.0.12:6443");
+        assert_eq!(pick(Sixteen, "10.1.2.3"), "10.0.0.11:6443");
+        assert_eq!(pick(Four, "10.1.2.3"), "10.0.0.13:6443");
+        assert_eq!(pick(Sixteen, "172.16.0.1"), "10.0.0.11:6443");
+        assert_eq!(pick(Sixteen, "2001:db8::5"), "10.0.0.13:6443");
+        backends[0].state.set_health(Health::Down);
+        assert_ne!(pick(Sixteen, "10.1.2.3"), "10.0.0.11:6443");
+        assert_eq!(pick(Sixteen, "192.0.2.7"), "10.0.0.12:6443");
+    }
+
     #[test]
     fn only_clients_of_a_lost_backend_move() {
         let backends = pool(&[spec(1, 1, 1), spec(2, 1, 1), spec(3, 1, 1), spec(4, 1, 1)]);
-        let hash = IpHash1::new(&backends);
+        let hash = hash();
         let tried = Tried::new(backends.len());
         let before: Vec<_> = {
             let candidates = Candidates::new(&backends, &tried, false);
@@ -94,13 +105,12 @@ mod tests {
     fn removal_from_the_pool_moves_only_its_clients() {
         let full = pool(&[spec(1, 1, 1), spec(2, 1, 1), spec(3, 1, 1)]);
         let reduced = pool(&[spec(1, 1, 1), spec(3, 1, 1)]);
-        let (full_hash, reduced_hash) = (IpHash1::new(&full), IpHash1::new(&reduced));
         let (full_tried, reduced_tried) = (Tried::new(3), Tried::new(2));
         let full_candidates = Candidates::new(&full, &full_tried, false);
         let reduced_candidates = Candidates::new(&reduced, &reduced_tried, false);
         for client in clients() {
-            let was = &full[full_hash.select(&full_candidates, client).unwrap()].target;
-            let now = &reduced[reduced_hash.select(&reduced_candidates, client).unwrap()].target;
+            let was = &full[hash().select(&full_candidates, client).unwrap()].target;
+            let now = &reduced[hash().select(&reduced_candidates, client).unwrap()].target;
             if !was.starts_with("10.0.0.2:") {
                 assert_eq!(was, now);
             }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::config::BalanceKind;
 
-pub use ip_hash::IpHash;
+pub use ip_hash::{ClientIpForm, IpHash};
 pub use ip_hash1::IpHash1;
 pub use least_bandwidth::LeastBandwidth;
 pub use least_conn::LeastConn;
@@ -40,15 +40,15 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    /// Builds the algorithm's tables for `backends`, which the pool keeps sorted by target.
-    pub fn new(kind: BalanceKind, backends: &[Arc<Backend>]) -> Self {
+    /// Builds the algorithm for a pool; `form` is how the hashes see a client address.
+    pub fn new(kind: BalanceKind, form: ClientIpForm) -> Self {
         match kind {
             BalanceKind::Weight => Self::Weight(Weight),
             BalanceKind::RoundRobin => Self::RoundRobin(RoundRobin::default()),
             BalanceKind::LeastConn => Self::LeastConn(LeastConn::default()),
             BalanceKind::LeastBandwidth => Self::LeastBandwidth(LeastBandwidth::default()),
-            BalanceKind::IpHash => Self::IpHash(IpHash),
-            BalanceKind::IpHash1 => Self::IpHash1(IpHash1::new(backends)),
+            BalanceKind::IpHash => Self::IpHash(IpHash::new(form)),
+            BalanceKind::IpHash1 => Self::IpHash1(IpHash1::new(form)),
         }
     }
 

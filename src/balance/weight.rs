@@ -6,6 +6,10 @@
 use super::Candidates;
 
 /// Weighted random choice within the best priority group.
+///
+/// As in gobetween 0.8, a weight of 0 is allowed: such a backend is never picked while a
+/// backend of the same priority has a weight, and a group whose weights are all 0 is picked
+/// uniformly (RFC 2782's reading of zero weights).
 #[derive(Debug, Default)]
 pub struct Weight;
 
@@ -13,30 +17,46 @@ impl Weight {
     pub fn select(&self, candidates: &Candidates<'_>) -> Option<usize> {
         let mut best_priority = u32::MAX;
         let mut total_weight = 0u64;
+        let mut group_size = 0usize;
         for (_, backend) in candidates.iter() {
             let (priority, weight) = (backend.spec.priority, u64::from(backend.spec.weight));
             if priority < best_priority {
                 best_priority = priority;
                 total_weight = weight;
+                group_size = 1;
             } else if priority == best_priority {
                 total_weight += weight;
+                group_size += 1;
             }
         }
-        if total_weight == 0 {
+        if group_size == 0 {
             return None;
         }
-        let mut ticket = fastrand::u64(..total_weight);
+        // All zero: every member counts as weight 1.
+        let uniform = total_weight == 0;
+        let total = if uniform {
+            group_size as u64
+        } else {
+            total_weight
+        };
+        let mut ticket = fastrand::u64(..total);
         let mut last = None;
         for (index, backend) in candidates.iter() {
             if backend.spec.priority != best_priority {
                 continue;
             }
-            let weight = u64::from(backend.spec.weight);
+            let weight = if uniform {
+                1
+            } else {
+                u64::from(backend.spec.weight)
+            };
             if ticket < weight {
                 return Some(index);
             }
             ticket -= weight;
-            last = Some(index);
+            if weight > 0 {
+                last = Some(index);
+            }
         }
         // A backend left the candidates between the two passes: fall back to the last one seen.
         last
@@ -87,5 +107,31 @@ mod tests {
         tried.insert(0);
         let candidates = Candidates::new(&backends, &tried, false);
         assert_eq!(Weight.select(&candidates), Some(1));
+    }
+
+    #[test]
+    fn zero_weight_is_never_picked_beside_a_weighted_peer() {
+        let backends = pool(&[spec(1, 0, 1), spec(2, 1, 1), spec(3, 0, 1), spec(4, 5, 2)]);
+        let tried = Tried::new(backends.len());
+        let candidates = Candidates::new(&backends, &tried, false);
+        for _ in 0..500 {
+            assert_eq!(Weight.select(&candidates), Some(1));
+        }
+    }
+
+    #[test]
+    fn an_all_zero_group_is_picked_uniformly() {
+        let backends = pool(&[spec(1, 0, 1), spec(2, 0, 1), spec(3, 7, 2)]);
+        let tried = Tried::new(backends.len());
+        let candidates = Candidates::new(&backends, &tried, false);
+        let mut counts = [0u32; 3];
+        for _ in 0..2000 {
+            counts[Weight.select(&candidates).unwrap()] += 1;
+        }
+        assert_eq!(
+            counts[2], 0,
+            "the backup group must get nothing: {counts:?}"
+        );
+        assert!((800..1200).contains(&counts[0]), "{counts:?}");
     }
 }

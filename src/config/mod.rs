@@ -17,6 +17,7 @@ mod balance;
 mod builder;
 pub mod duration;
 pub mod raw;
+mod services;
 pub mod source;
 pub mod static_list;
 pub mod validate;
@@ -202,7 +203,9 @@ pub struct ServerConfig {
     /// (the default, or 0) tries every candidate once.
     pub connect_attempts: Option<u32>,
     /// betwixt's `close_sessions_on_backend_down`, default true: sessions on a backend marked
-    /// down are closed so their clients reconnect through the balancer at once.
+    /// down are closed so their clients reconnect through the balancer, once the next active
+    /// check fails too (a backend back by then keeps them): within about `(fails + 1)`
+    /// check intervals of a freeze.
     pub close_sessions_on_backend_down: bool,
     /// betwixt's `close_sessions_on_backend_removal`, default false: when a reload removes a
     /// backend its sessions drain; true closes them instead.
@@ -277,7 +280,8 @@ pub struct BackendSpec {
     /// An IP address (without brackets) or a DNS name, resolved when connecting.
     pub host: String,
     pub port: u16,
-    /// Default 1.
+    /// Default 1. 0 (valid since gobetween 0.8) is never picked beside a weighted backend of
+    /// the same priority; a group where every weight is 0 is picked uniformly.
     pub weight: u32,
     /// Default 1; lower numbers are preferred.
     pub priority: u32,
@@ -391,7 +395,9 @@ impl PartialEq for ProbeStrategy {
 /// newline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecCheck {
-    /// `exec_command`, split on whitespace into program and arguments.
+    /// The program and its arguments. From a file, `exec_command` is one element: the whole
+    /// string is the program path, as gobetween runs it (spaces and all); the host and port
+    /// follow as the last two arguments.
     pub command: Vec<String>,
     /// `exec_expected_positive_output`, default "1".
     pub positive_output: String,

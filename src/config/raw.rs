@@ -20,6 +20,10 @@ pub use parse::{Parsed, parse};
 /// Implements `Deserialize` for a table from a map only. serde's derive would also accept an
 /// array as the fields in order (`healthcheck = ["ping", "2s"]`), which no config means.
 /// Unknown keys are read as `IgnoredAny`, which is what lets `serde_ignored` record them.
+///
+/// Field names match in any ASCII case (`Bind`, `STATIC_LIST`), as gobetween's TOML and JSON
+/// decoders match Go struct fields; a key written twice in two cases is a duplicate. Map keys
+/// such as server names are data, not fields, and keep their case.
 macro_rules! deserialize_table {
     ($name:ident { $($field:ident),* $(,)? }) => {
         impl<'de> Deserialize<'de> for $name {
@@ -42,7 +46,7 @@ macro_rules! deserialize_table {
                     {
                         $( let mut $field = None; )*
                         while let Some(key) = map.next_key::<String>()? {
-                            match key.as_str() {
+                            match key.to_ascii_lowercase().as_str() {
                                 $(
                                     stringify!($field) => {
                                         if $field.is_some() {

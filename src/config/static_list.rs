@@ -44,7 +44,6 @@ pub enum EntryProblem {
         option: &'static str,
         value: String,
     },
-    ZeroWeight,
     EmptySni,
 }
 
@@ -60,7 +59,10 @@ impl fmt::Display for EntryProblem {
                 f,
                 "{host:?} is not an IPv4 address, a [bracketed] IPv6 address or a DNS name"
             ),
-            Self::BadPort(port) => write!(f, "port {port:?} is not a number from 1 to 65535"),
+            Self::BadPort(port) => write!(
+                f,
+                "port {port:?} is not a number from 1 to 65535 or a known TCP service name"
+            ),
             Self::ExtraSpace => f.write_str("separate the options with single spaces"),
             Self::UnknownOption(option) => write!(f, "unknown option {option:?}"),
             Self::OutOfOrder(option) => write!(
@@ -74,10 +76,6 @@ impl fmt::Display for EntryProblem {
                     "{option}={value} is not a whole number from 0 to 4294967295"
                 )
             }
-            Self::ZeroWeight => f.write_str(
-                "weight must be at least 1 (gobetween fails on a zero total weight); \
-                 use priority for backups",
-            ),
             Self::EmptySni => f.write_str("sni needs a name"),
         }
     }
@@ -149,7 +147,6 @@ fn apply_option(
     }
     let number = number(option, value)?;
     match option {
-        "weight" if number == 0 => return Err(EntryProblem::ZeroWeight),
         "weight" => backend.weight = number,
         "priority" => backend.priority = number,
         _ => backend.max_connections = (number > 0).then_some(number),
@@ -191,10 +188,14 @@ fn split_address(address: &str) -> Result<(String, u16), EntryProblem> {
     Ok((host.to_owned(), parse_port(port)?))
 }
 
+/// A port number, or a TCP service name (`https`) that Go's dialer would accept.
 fn parse_port(port: &str) -> Result<u16, EntryProblem> {
     let bad = || EntryProblem::BadPort(port.to_owned());
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+    if port.is_empty() {
         return Err(bad());
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return super::services::tcp_port(port).ok_or_else(bad);
     }
     match port.parse::<u16>() {
         Ok(0) | Err(_) => Err(bad()),
@@ -260,6 +261,8 @@ mod tests {
             ("[fd00::1]:6443", backend("fd00::1", 6443, 1, 1, None, None)),
             ("[::1]:1", backend("::1", 1, 1, 1, None, None)),
             ("h:6443 weight=5", backend("h", 6443, 5, 1, None, None)),
+            ("h:6443 weight=0", backend("h", 6443, 0, 1, None, None)),
+            ("h:https", backend("h", 443, 1, 1, None, None)),
             ("h:6443 priority=2", backend("h", 6443, 1, 2, None, None)),
             ("h:6443 priority=0", backend("h", 6443, 1, 0, None, None)),
             (
@@ -297,7 +300,10 @@ mod tests {
             ("10.0.0.1:0", BadPort("0".into())),
             ("10.0.0.1:65536", BadPort("65536".into())),
             ("10.0.0.1:+80", BadPort("+80".into())),
-            ("10.0.0.1:https", BadPort("https".into())),
+            (
+                "10.0.0.1:no-such-service",
+                BadPort("no-such-service".into()),
+            ),
             ("::1:6443", UnbracketedIpv6),
             ("fd00::1:6443", UnbracketedIpv6),
             ("[::1]6443", MissingPort),
@@ -317,7 +323,6 @@ mod tests {
                 "h:6443 sni=a max_connections=1",
                 OutOfOrder("max_connections"),
             ),
-            ("h:6443 weight=0", ZeroWeight),
             (
                 "h:6443 weight=-1",
                 BadNumber {
@@ -356,8 +361,6 @@ mod tests {
             "\"10.0.0.2:6443 weigth=2\" is not a valid backend; expected host:port[ weight=N]\
              [ priority=N][ max_connections=N][ sni=NAME] (unknown option \"weigth=2\")"
         );
-        let error = parse_backend("h:1 weight=0").expect_err("zero");
-        assert!(error.to_string().contains("use priority for backups"));
     }
 
     #[test]

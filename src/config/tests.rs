@@ -2,6 +2,7 @@
 
 mod bad_configs;
 mod every_key;
+mod gobetween_08;
 mod k3s;
 
 use super::{ConfigErrors, LoadOptions, Loaded, load_str};

@@ -59,6 +59,10 @@ pub enum DaemonError {
     Endpoint(#[from] EndpointError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// gobetween's `-p` refuses to start too: two daemons would fight over the pidfile, and
+    /// with SO_REUSEPORT-free listeners the second could not bind anyway.
+    #[error("pidfile {} names process {pid}, a running betwixt: refusing to start a second instance", path.display())]
+    AlreadyRunning { path: PathBuf, pid: u32 },
     #[error("cannot write pidfile {}: {error}", path.display())]
     Pidfile {
         path: PathBuf,
@@ -73,6 +77,9 @@ pub enum DaemonError {
 /// installed, or the pidfile cannot be written. Reload failures are not errors: they are
 /// logged and the old config stays.
 pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonError> {
+    if let Some(path) = &options.pidfile {
+        refuse_if_running(path)?;
+    }
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let inherited = InheritedSockets::from_environment();
     let supervisor = Arc::new(Supervisor::start_with_sockets(config, inherited).await?);
@@ -174,6 +181,44 @@ async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> bool {
             false
         }
     }
+}
+
+/// Fails when the pidfile names another live process running the same program as this one.
+///
+/// A missing, unreadable or garbled pidfile, a dead pid, or our own pid is no obstacle: it is
+/// what a crash or an unclean reboot leaves behind. A pid that the kernel reused for another
+/// program (its `/proc/PID/exe` has another file name) is stale too, so a leftover pidfile
+/// never blocks a restart. A process of another user whose executable cannot be read counts
+/// as running: refusing is the safer mistake.
+fn refuse_if_running(path: &Path) -> Result<(), DaemonError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return Ok(());
+    };
+    if pid == 0 || pid == std::process::id() {
+        return Ok(());
+    }
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if !proc_dir.exists() {
+        return Ok(());
+    }
+    let same_program = match std::fs::read_link(proc_dir.join("exe")) {
+        Ok(exe) => {
+            let ours = std::env::current_exe().ok();
+            let name = |path: &Path| path.file_name().map(ToOwned::to_owned);
+            ours.is_none_or(|ours| name(&ours) == name(&exe))
+        }
+        Err(_) => true,
+    };
+    if same_program {
+        return Err(DaemonError::AlreadyRunning {
+            path: path.to_owned(),
+            pid,
+        });
+    }
+    Ok(())
 }
 
 /// Writes the process id, never through a symbolic link: a link planted at the path would

@@ -172,11 +172,14 @@ impl CheckTask {
 
     fn observe(&self, result: Result<(), CheckError>, thresholds: Thresholds, kind: &str) {
         let passed = result.is_ok();
-        let Some((health, streak)) = state::observe_check(&self.state, passed, thresholds) else {
-            return;
-        };
         let snapshot = self.snapshot.load();
         let server = snapshot.server(&self.server);
+        let Some((health, streak)) = state::observe_check(&self.state, passed, thresholds) else {
+            if state::confirm_down(&self.state, passed) && self.spec.close_sessions_on_down {
+                close_sessions(&self.server, &self.backend, &self.state);
+            }
+            return;
+        };
         match (health, result) {
             (Health::Up, _) => {
                 info!(server = %self.server, backend = %self.backend, "backend {} UP after {streak} passed {kind} checks", self.backend);
@@ -187,7 +190,7 @@ impl CheckTask {
                     .map_or_else(String::new, |error| error.to_string());
                 warn!(server = %self.server, backend = %self.backend, "backend {} DOWN after {streak} failed {kind} checks: {reason}", self.backend);
                 if let Some(server) = server {
-                    after_marked_down(server, &self.state, self.spec.close_sessions_on_down);
+                    after_marked_down(server);
                 }
             }
         }
@@ -214,31 +217,30 @@ pub fn observe_connect(server: &Server, backend: &Backend, error: Option<&std::i
     if let Some(streak) = state::observe_connect(&backend.state, error.is_none(), passive_fails) {
         let reason = error.map_or_else(String::new, ToString::to_string);
         warn!(server = server.name(), backend = %backend.target, "backend {} DOWN after {streak} failed connects of client traffic: {reason}", backend.target);
-        after_marked_down(
-            server,
-            &backend.state,
-            server.config.close_sessions_on_backend_down,
-        );
+        after_marked_down(server);
     }
 }
 
-/// Closes the sessions of a backend just marked down (unless configured to keep them), and
-/// says loudly when that left its server with no healthy backend.
-fn after_marked_down(server: &Server, state: &BackendState, close_sessions: bool) {
-    if close_sessions {
-        let open = state
-            .stats
-            .active
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if open > 0 {
-            info!(
-                server = server.name(),
-                sessions = open,
-                "closing the sessions of a backend marked down"
-            );
-        }
-        state.close_sessions(SessionEnd::BackendDown);
+/// Closes the sessions of a backend whose down state a further failed check confirmed (see
+/// [`state::confirm_down`]).
+fn close_sessions(server: &str, backend: &str, state: &BackendState) {
+    let open = state
+        .stats
+        .active
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if open > 0 {
+        info!(
+            server,
+            backend,
+            sessions = open,
+            "closing the sessions of a backend still down at its next check"
+        );
     }
+    state.close_sessions(SessionEnd::BackendDown);
+}
+
+/// Says loudly when a backend just marked down left its server with no healthy backend.
+fn after_marked_down(server: &Server) {
     if !server.pool.any_healthy() {
         error!(
             server = server.name(),

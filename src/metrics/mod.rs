@@ -6,6 +6,7 @@
 //! from the next scrape, as gobetween deletes their label sets.
 
 mod exposition;
+mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub fn render(supervisor: &Supervisor) -> String {
     server_gauges(&mut out, &servers);
     backend_gauges(&mut out, &servers);
     process(&mut out, supervisor);
+    process::render(&mut out);
     server_counters(&mut out, &servers);
     backend_states(&mut out, &servers);
     backend_histograms(&mut out, &servers);

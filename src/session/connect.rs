@@ -26,11 +26,36 @@ pub(crate) struct Connected {
     _slot: Slot<BackendState>,
 }
 
+/// When every backend is down, each is tried for at most this long...
+const ALL_DOWN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// ...and the whole walk gets the connect timeout, or this when there is none.
+const ALL_DOWN_DEFAULT_BUDGET: Duration = Duration::from_secs(5);
+
+/// How long one connect may take. Normally the server's `backend_connection_timeout`. When
+/// every backend was down as the walk began, a client must not wait through each one's full
+/// timeout in turn (gobetween closes it at once): each attempt gets at most
+/// [`ALL_DOWN_ATTEMPT_TIMEOUT`], and all of them together what is left of one connect timeout
+/// ([`ALL_DOWN_DEFAULT_BUDGET`] when it is "0"). `None` when the budget is spent.
+fn attempt_timeout(
+    configured: Option<Duration>,
+    all_down: bool,
+    spent: Duration,
+) -> Option<Option<Duration>> {
+    if !all_down {
+        return Some(configured);
+    }
+    let budget = configured.unwrap_or(ALL_DOWN_DEFAULT_BUDGET);
+    let left = budget.checked_sub(spent).filter(|left| !left.is_zero())?;
+    Some(Some(left.min(ALL_DOWN_ATTEMPT_TIMEOUT)))
+}
+
 /// Tries backends in the balancer's order, each at most once (and at most `connect_attempts`
-/// in all), until one accepts. `None` when every one failed.
+/// in all), until one accepts. `None` when every one failed, or when every backend was down
+/// and the all-down budget ran out (see [`attempt_timeout`]).
 pub(crate) async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Connected> {
     let max_attempts = server.config.connect_attempts.unwrap_or(u32::MAX);
     let mut attempts = server.pool.attempts(client.ip());
+    let walk_started = tokio::time::Instant::now();
     let mut made = 0;
     while made < max_attempts {
         let backend = attempts.next_backend()?;
@@ -51,8 +76,13 @@ pub(crate) async fn connect_with_retry(server: &Server, client: SocketAddr) -> O
             server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
         }
         made += 1;
+        let timeout = attempt_timeout(
+            server.config.backend_connection_timeout,
+            attempts.ignores_health(),
+            walk_started.elapsed(),
+        )?;
         let started = tokio::time::Instant::now();
-        match connect_backend(backend, server.config.backend_connection_timeout).await {
+        match connect_backend(backend, timeout).await {
             Ok(stream) => {
                 backend
                     .state
@@ -186,5 +216,24 @@ mod tests {
             fail_with(libc::ECONNREFUSED),
             (AfterFailure::TryNext, 1, Health::Down)
         );
+    }
+
+    #[test]
+    fn with_every_backend_down_a_client_waits_one_budget_in_all() {
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(
+            attempt_timeout(five, false, Duration::from_secs(60)),
+            Some(five)
+        );
+        assert_eq!(attempt_timeout(None, false, Duration::ZERO), Some(None));
+        let second = Some(Duration::from_secs(1));
+        assert_eq!(attempt_timeout(five, true, Duration::ZERO), Some(second));
+        assert_eq!(
+            attempt_timeout(five, true, Duration::from_millis(4600)),
+            Some(Some(Duration::from_millis(400)))
+        );
+        assert_eq!(attempt_timeout(five, true, Duration::from_secs(5)), None);
+        assert_eq!(attempt_timeout(None, true, Duration::ZERO), Some(second));
+        assert_eq!(attempt_timeout(None, true, Duration::from_secs(6)), None);
     }
 }

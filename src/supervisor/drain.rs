@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::{StartError, Supervisor, prepare_listeners};
 use crate::backend::{Admin, Health};
+use crate::net::Sharing;
 use crate::stats::SessionEnd;
 
 /// Whether the node is draining, kept by the supervisor.
@@ -128,7 +129,10 @@ impl Supervisor {
             return Ok(NodeDrain::Serving);
         };
         let snapshot = self.snapshot();
-        let wanted = snapshot.servers().map(|server| &server.config);
+        // The drained listeners may still be closing: share the port with them.
+        let wanted = snapshot
+            .servers()
+            .map(|server| (&server.config, Sharing::WithOwnListener));
         let prepared = {
             let mut inherited = self
                 .inherited

@@ -70,6 +70,13 @@ async fn metrics_follow_real_traffic() {
     }
 
     assert_eq!(metrics.value("gobetween_server_count", &server), 2.0);
+    // Go's default registry exports these; dashboards written for gobetween use them.
+    assert!(metrics.value("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(metrics.value("process_virtual_memory_bytes", &[]) > 0.0);
+    assert!(metrics.value("process_open_fds", &[]) >= 3.0);
+    assert!(metrics.value("process_max_fds", &[]) >= metrics.value("process_open_fds", &[]));
+    assert!(metrics.value("process_start_time_seconds", &[]) > 1.5e9);
+    assert!(metrics.value("process_cpu_seconds_total", &[]) >= 0.0);
     assert_eq!(
         metrics.value("gobetween_server_active_connections", &server),
         0.0

@@ -148,22 +148,6 @@ fn rows() -> Vec<(String, &'static str)> {
         (
             k3s(
                 BIND,
-                "kind = \"static\"\nstatic_list = [\"10.0.0.1:6443 weight=0\"]",
-                "",
-            ),
-            "gobetween.toml: servers.k3s.discovery.static_list[0]: \"10.0.0.1:6443 weight=0\" is not a valid backend",
-        ),
-        (
-            k3s(BIND, "kind = \"static\"\nstatic_list = []", ""),
-            "gobetween.toml: servers.k3s.discovery.static_list: empty; kind static needs at least one backend",
-        ),
-        (
-            k3s(BIND, "kind = \"static\"", ""),
-            "gobetween.toml: servers.k3s.discovery.static_list: missing; kind static needs",
-        ),
-        (
-            k3s(
-                BIND,
                 "kind = \"static\"\nstatic_list = [\"10.0.0.1:6443\", \"b:1\", \"10.0.0.1:6443 weight=3\"]",
                 "",
             ),

@@ -31,9 +31,7 @@ fn resolve_with(
     lookup: impl FnOnce(&str, u16) -> Result<SocketAddr, String>,
 ) -> Result<BindAddr, String> {
     let (host, port, bracketed) = split(text)?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
+    let port = parse_port(port)?;
     let wildcard = !bracketed && (host.is_empty() || host == "0.0.0.0");
     let addr = if wildcard {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
@@ -52,6 +50,20 @@ fn resolve_with(
         text: text.to_owned(),
         addr,
         dual_stack: wildcard,
+    })
+}
+
+/// A port number, or a TCP service name from the services database (`http`), as Go's
+/// `net.Listen` takes it.
+fn parse_port(port: &str) -> Result<u16, String> {
+    let is_number = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    let found = if is_number {
+        port.parse().ok()
+    } else {
+        crate::config::services::tcp_port(port)
+    };
+    found.ok_or_else(|| {
+        format!("port {port:?} is not a number from 0 to 65535 or a known TCP service name")
     })
 }
 
@@ -150,7 +162,7 @@ mod tests {
             ("0.0.0.0", "expected \"host:port\""),
             (":", "port \"\""),
             (":65536", "port \"65536\""),
-            (":https", "port \"https\""),
+            (":no-such-service", "port \"no-such-service\""),
             ("::1:6443", "brackets"),
             ("[::1]", "expected \"host:port\""),
             ("[10.0.0.1]:1", "[10.0.0.1] is not an IPv6 address"),

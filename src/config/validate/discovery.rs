@@ -25,7 +25,8 @@ const KINDS: [&str; 8] = [
 /// Keys every kind uses.
 const COMMON_KEYS: [&str; 4] = ["kind", "failpolicy", "interval", "timeout"];
 
-/// The server's backends from its discovery table; empty when something failed.
+/// The server's backends from its discovery table; empty when something failed or when the
+/// list is empty.
 pub(super) fn backends(
     report: &mut Report<'_>,
     server: &Key,
@@ -105,16 +106,16 @@ fn static_list(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery) -> Vec<Ba
     let list_key = key.child("static_list");
     let entries = raw.static_list.as_deref().unwrap_or_default();
     if entries.is_empty() {
+        // Valid in gobetween: the server listens and closes every client until a reload or
+        // the API gives it backends.
         let problem = if raw.static_list.is_none() {
             "missing"
         } else {
             "empty"
         };
-        report.error(
+        report.warn(
             &list_key,
-            format!(
-                "{problem}; kind static needs at least one backend, such as [\"10.0.0.1:6443\"]"
-            ),
+            format!("{problem}: the server has no backends and closes every client at once"),
         );
         return Vec::new();
     }

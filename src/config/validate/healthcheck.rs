@@ -145,15 +145,31 @@ fn threshold(report: &mut Report<'_>, key: &Key, value: Option<i64>) -> u32 {
 }
 
 /// gobetween's exec check: `COMMAND HOST PORT`, output "1" healthy, "0" unhealthy by default.
+///
+/// `exec_command` is one program path, never split: gobetween passes the whole string to
+/// `exec.Command` as the program, so `/opt/my checks/api.sh` works and `check.sh --fast` names
+/// a program that does not exist (every check fails). The latter is accepted, as gobetween
+/// accepts it, with a warning saying to move the arguments into a script.
 fn exec(report: &mut Report<'_>, key: &Key, raw: &RawHealthcheck) -> ExecCheck {
+    let command_key = key.child("exec_command");
     let command: Vec<String> = text(&raw.exec_command)
-        .map(|command| command.split_whitespace().map(str::to_owned).collect())
+        .filter(|command| !command.trim().is_empty())
+        .map(|command| vec![command.to_owned()])
         .unwrap_or_default();
-    if command.is_empty() {
-        report.error(
-            &key.child("exec_command"),
+    match command.first() {
+        None => report.error(
+            &command_key,
             "missing; kind exec needs a command, which runs as COMMAND HOST PORT",
-        );
+        ),
+        Some(program) if program.contains(char::is_whitespace) && !is_file(program) => {
+            report.warn(
+                &command_key,
+                format!(
+                    "{program:?} is run as one program path, as gobetween runs it, and no such                      file exists, so every check will fail; put the arguments in a script"
+                ),
+            );
+        }
+        Some(_) => {}
     }
     let output = |value: &Option<String>, default: &str| {
         value
@@ -174,6 +190,15 @@ fn exec(report: &mut Report<'_>, key: &Key, raw: &RawHealthcheck) -> ExecCheck {
         positive_output,
         negative_output,
     }
+}
+
+/// Whether `program` names an existing file, directly or through `PATH` (a name without `/`).
+fn is_file(program: &str) -> bool {
+    if program.contains('/') {
+        return std::path::Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Warns about keys that `kind` does not use, such as `probe_send` with kind ping.

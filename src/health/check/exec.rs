@@ -1,4 +1,5 @@
-//! gobetween's `exec`: runs `COMMAND HOST PORT` and compares what it prints.
+//! gobetween's `exec`: runs `COMMAND HOST PORT` and compares what it prints. `COMMAND` is one
+//! program path from the config file, never split on spaces (see [`ExecCheck::command`]).
 //!
 //! The output is compared after trimming the trailing newline (gobetween compares it as is,
 //! so `echo 1` never matched: its issue #83). The command runs in its own process group, and
