@@ -1,5 +1,5 @@
 //! betwixt's command line: gobetween's surface (`-c FILE`, `from-file`, `-f`, `-e`, `-p`, `-v`,
-//! the `GOBETWEEN` environment variable) plus `check`, `status` and `demo`.
+//! the `GOBETWEEN` environment variable) plus `check`, `migrate`, `status` and `demo`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -105,6 +105,14 @@ enum Command {
         /// Treat unknown keys as errors.
         #[arg(long)]
         strict: bool,
+    },
+    /// Print, per server, where betwixt will behave differently from gobetween with this
+    /// configuration, to review before a cutover.
+    Migrate {
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        path: Option<PathBuf>,
     },
     /// Show a running betwixt's (or gobetween's) servers and backends, through its REST API.
     Status {
@@ -215,6 +223,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("check needs a configuration: betwixt check -c FILE");
             };
             return Ok(cli::check::run(&path, &LoadOptions { strict, ..options }));
+        }
+        Some(Command::Migrate { config, path }) => {
+            let Some(path) = config.or(path) else {
+                bail!("migrate needs a gobetween configuration: betwixt migrate FILE");
+            };
+            return Ok(cli::migrate::run(&path, &options));
         }
         Some(Command::Demo { port }) => return cli::demo::run_blocking(port),
         Some(Command::Status {

@@ -346,3 +346,68 @@ async fn a_pidfile_naming_a_running_daemon_refuses_a_second_one() {
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_for_exit().await.success());
 }
+
+#[test]
+fn migrate_lists_per_server_differences_from_gobetween() {
+    let scratch = Scratch::new("migrate");
+    let config = r#"
+[servers.k3s]
+bind = "127.0.0.1:6443"
+
+[servers.k3s.discovery]
+kind = "static"
+static_list = ["10.0.0.11:6443"]
+
+[servers.k3s.healthcheck]
+kind = "exec"
+interval = "2s"
+exec_command = "/usr/local/bin/check apiserver.sh"
+"#;
+    let path = scratch.file("gobetween.toml", config);
+    let output = betwixt(&["migrate", path.to_str().unwrap()], &[]);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let server = stdout.split("server k3s").nth(1).expect("a k3s section");
+    assert!(
+        server.contains("backend_connection_timeout unset: betwixt gives up a connect after 5s"),
+        "{stdout}"
+    );
+    assert!(
+        server.contains(
+            "exec_command \"/usr/local/bin/check apiserver.sh\" contains spaces: \
+             it is run as one program path"
+        ),
+        "{stdout}"
+    );
+    assert!(server.contains("passive_fails = 3"), "{stdout}");
+
+    // The same server with a connect timeout of its own has no connect-timeout line.
+    let with_timeout = config.replace(
+        "bind = \"127.0.0.1:6443\"",
+        "bind = \"127.0.0.1:6443\"\nbackend_connection_timeout = \"2s\"",
+    );
+    let path = scratch.file("timeout.toml", &with_timeout);
+    let output = betwixt(&["migrate", path.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(!text(&output.stdout).contains("backend_connection_timeout"));
+}
+
+#[test]
+fn migrate_exits_1_on_an_invalid_config_and_names_the_error() {
+    let scratch = Scratch::new("migrate-bad");
+    let path = scratch.file(
+        "gobetween.json",
+        r#"{"servers": {"k3s": {"bind": "127.0.0.1:6443", "balance": "roundrobbin",
+            "discovery": {"kind": "static", "static_list": ["10.0.0.11:6443"]}}}}"#,
+    );
+    let output = betwixt(&["migrate", "-f", "json", path.to_str().unwrap()], &[]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("servers.k3s.balance"), "{stderr}");
+
+    let valid = text(&std::fs::read(&path).unwrap()).replace("roundrobbin", "roundrobin");
+    std::fs::write(&path, valid).unwrap();
+    let output = betwixt(&["migrate", "-f", "json", path.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("server k3s"));
+}
