@@ -1,8 +1,9 @@
 //! `/servers`: list, read, add and remove servers, and `GET /servers/NAME/stats`, as gobetween.
 //!
-//! A server is shown as its `[servers.NAME]` table in JSON, with the `[defaults]` it inherits
-//! filled in and its protocol and balance made explicit, as gobetween shows the config it
-//! runs. Adding or removing one builds the next [`RawConfig`] from the running one, validates
+//! A server is shown as its `[servers.NAME]` table in JSON, as gobetween shows the config it
+//! prepared: the `[defaults]` it inherits and gobetween's defaults filled in, protocol and
+//! balance explicit, a health check of kind `none` when it has none, and absent optional
+//! tables as `null`. Adding or removing one builds the next [`RawConfig`] from the running one, validates
 //! it whole (the same checks as a file: a new bind that collides with another listener is
 //! refused by name) and applies it with [`Supervisor::update`], like a reload: nothing else
 //! changes, and a removed server's sessions drain. gobetween's answers are kept: `null` with
@@ -26,7 +27,7 @@ use tracing::{info, warn};
 
 use super::{secrets, wire};
 use crate::config::raw::{self, RawConfig, RawServer};
-use crate::config::{Config, ConfigError, ConfigErrors, Format, validate};
+use crate::config::{Config, ConfigError, ConfigErrors, Format, duration, validate};
 use crate::http::response::{self, Body};
 use crate::supervisor::{ReloadSummary, StartError, Supervisor};
 
@@ -74,10 +75,10 @@ impl ChangeError {
 pub fn list(supervisor: &Supervisor) -> Response<Body> {
     let snapshot = supervisor.snapshot();
     let config = &snapshot.config;
-    let servers: std::collections::BTreeMap<&str, RawServer> = config
+    let servers: std::collections::BTreeMap<&str, PreparedServer> = config
         .servers
         .keys()
-        .filter_map(|name| Some((name.as_str(), effective(config, name)?)))
+        .filter_map(|name| Some((name.as_str(), prepared(config, name)?)))
         .collect();
     response::json(StatusCode::OK, &servers)
 }
@@ -85,7 +86,7 @@ pub fn list(supervisor: &Supervisor) -> Response<Body> {
 /// `GET /servers/NAME`: the server, or `null`.
 pub fn get(supervisor: &Supervisor, name: &str) -> Response<Body> {
     let snapshot = supervisor.snapshot();
-    response::json(StatusCode::OK, &effective(&snapshot.config, name))
+    response::json(StatusCode::OK, &prepared(&snapshot.config, name))
 }
 
 /// `GET /servers/NAME/stats`: its counters, or `null`.
@@ -269,6 +270,64 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
         server.balance = Some(validated.balance.as_str().to_owned());
     }
     Some(server)
+}
+
+/// A server as gobetween's `GET /servers/NAME` shows its prepared config: the optional tables
+/// `null` when absent (Go's nil pointers), everything else as in [`RawServer`].
+#[derive(Debug, serde::Serialize)]
+struct PreparedServer {
+    #[serde(flatten)]
+    rest: RawServer,
+    sni: Option<raw::RawSni>,
+    tls: Option<raw::RawTls>,
+    backends_tls: Option<raw::RawBackendsTls>,
+    udp: Option<raw::RawUdp>,
+    access: Option<raw::RawAccess>,
+    proxy_protocol: Option<raw::RawProxyProtocol>,
+}
+
+/// [`effective`] with the rest of gobetween's prepare step (`manager.prepareConfig`): unset
+/// limits and timeouts as `0` / `"0"`, discovery's failpolicy, interval and timeout, and a
+/// health check of kind `none` when there is none. An unset connect timeout shows the one
+/// betwixt applies (5s), not gobetween's `"0"`: the API shows what runs.
+fn prepared(config: &Config, name: &str) -> Option<PreparedServer> {
+    let mut server = effective(config, name)?;
+    let zero = || "0".to_owned();
+    server.max_connections.get_or_insert(0);
+    server.client_idle_timeout.get_or_insert_with(zero);
+    server.backend_idle_timeout.get_or_insert_with(zero);
+    let connect_timeout = config
+        .servers
+        .get(name)
+        .and_then(|validated| validated.backend_connection_timeout);
+    server
+        .backend_connection_timeout
+        .get_or_insert_with(|| connect_timeout.map_or_else(zero, duration::format_duration));
+    if let Some(discovery) = &mut server.discovery {
+        discovery
+            .failpolicy
+            .get_or_insert_with(|| "keeplast".to_owned());
+        discovery.interval.get_or_insert_with(zero);
+        discovery.timeout.get_or_insert_with(zero);
+    }
+    let check = server.healthcheck.get_or_insert_with(Default::default);
+    check.kind.get_or_insert_with(|| "none".to_owned());
+    check.interval.get_or_insert_with(zero);
+    check.timeout.get_or_insert_with(zero);
+    for count in [&mut check.fails, &mut check.passes] {
+        if count.is_none_or(|count| count <= 0) {
+            *count = Some(1);
+        }
+    }
+    Some(PreparedServer {
+        sni: server.sni.take(),
+        tls: server.tls.take(),
+        backends_tls: server.backends_tls.take(),
+        udp: server.udp.take(),
+        access: server.access.take(),
+        proxy_protocol: server.proxy_protocol.take(),
+        rest: server,
+    })
 }
 
 fn inherit<T: Clone>(value: &mut Option<T>, default: &Option<T>) {

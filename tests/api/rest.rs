@@ -138,6 +138,37 @@ async fn cors_headers_and_preflight_when_enabled() {
 }
 
 /// The posted server, pointing at `backend`.
+#[tokio::test]
+async fn a_server_shows_gobetweens_prepared_config_with_unset_tables_filled() {
+    let backend = echo_backend().await;
+    let lb = Balancer::start(&k3s(&[backend.addr])).await;
+
+    let shown = lb.get_json("/servers/k3s").await;
+    assert_same_shape(&fixture("server.json"), &shown, &[], "GET /servers/k3s");
+    assert_eq!(
+        shown["healthcheck"],
+        serde_json::json!({"kind": "none", "interval": "0", "timeout": "0", "fails": 1, "passes": 1})
+    );
+    assert_eq!(shown["max_connections"], 0);
+    assert_eq!(shown["client_idle_timeout"], "0");
+    assert_eq!(shown["backend_idle_timeout"], "0");
+    // Unset, betwixt connects with a 5s timeout (gobetween: none), and shows what runs.
+    assert_eq!(shown["backend_connection_timeout"], "5s");
+    assert_eq!(shown["discovery"]["failpolicy"], "keeplast");
+    assert_eq!(shown["discovery"]["interval"], "0");
+    for table in [
+        "sni",
+        "tls",
+        "backends_tls",
+        "udp",
+        "access",
+        "proxy_protocol",
+    ] {
+        assert_eq!(shown.get(table), Some(&Value::Null), "{table}");
+    }
+    assert_eq!(lb.get_json("/servers").await["k3s"], shown);
+}
+
 fn posted_server(backend: SocketAddr) -> String {
     let server = fixture("server.json").to_string();
     server.replace("BACKEND", &backend.to_string())
