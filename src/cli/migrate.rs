@@ -265,3 +265,75 @@ pub fn run(path: &Path, options: &LoadOptions) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(toml: &str) -> Review {
+        let loaded = config::load_str("gobetween.toml", toml, &LoadOptions::default()).unwrap();
+        Review::new(&loaded.config, &loaded.warnings)
+    }
+
+    fn server_lines(review: &Review) -> String {
+        review.servers[0].1.join("\n")
+    }
+
+    #[test]
+    fn udp_counts_responses_per_request_and_ends_idle_sessions() {
+        let review = review(
+            r#"
+[servers.dns]
+bind = "127.0.0.1:5353"
+protocol = "udp"
+[servers.dns.udp]
+max_responses = 2
+[servers.dns.discovery]
+kind = "static"
+static_list = ["127.0.0.1:53"]
+"#,
+        );
+        let lines = server_lines(&review);
+        assert!(lines.contains("max_responses = 2 counts replies per request"));
+        assert!(lines.contains("after 60s without a datagram"));
+        assert!(!lines.contains("half-closed"), "{lines}");
+        assert!(
+            !lines.contains("passive_fails"),
+            "no check, no passive checks"
+        );
+    }
+
+    #[test]
+    fn set_timeouts_and_a_disabled_session_close_are_reported_as_such() {
+        let review = review(
+            r#"
+[defaults]
+backend_connection_timeout = "3s"
+client_idle_timeout = "10m"
+close_sessions_on_backend_down = false
+[api]
+enabled = true
+bind = "127.0.0.1:9999"
+[servers.k3s]
+bind = "10.0.0.1:6443"
+balance = "iphash"
+[servers.k3s.discovery]
+kind = "static"
+static_list = ["127.0.0.1:6443"]
+[servers.k3s.healthcheck]
+kind = "ping"
+interval = "2s"
+passive_fails = 0
+"#,
+        );
+        let lines = server_lines(&review);
+        assert!(!lines.contains("backend_connection_timeout"), "{lines}");
+        assert!(!lines.contains("close_sessions_on_backend_down"), "{lines}");
+        assert!(!lines.contains("passive_fails"), "{lines}");
+        assert!(lines.contains("client_idle_timeout 600s"), "{lines}");
+        assert!(lines.contains("hashed in its 4-byte form"), "{lines}");
+        let process = review.process.join("\n");
+        assert!(!process.contains("bind unset"), "{process}");
+        assert!(process.contains("allow_exec is false"), "{process}");
+    }
+}
