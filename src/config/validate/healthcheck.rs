@@ -165,7 +165,7 @@ fn exec(report: &mut Report<'_>, key: &Key, raw: &RawHealthcheck) -> ExecCheck {
             report.warn(
                 &command_key,
                 format!(
-                    "{program:?} is run as one program path, as gobetween runs it, and no such                      file exists, so every check will fail; put the arguments in a script"
+                    "{program:?} is run as one program path, as gobetween runs it, and no such file exists, so every check will fail; put the arguments in a script"
                 ),
             );
         }
