@@ -1,4 +1,5 @@
 //! `GET /` (process information) and `GET /dump` (the running configuration), as gobetween.
+//! A browser asking for `/` gets the status page instead ([`page`](super::page)).
 //!
 //! `/dump` serialises the running [`RawConfig`](crate::config::raw::RawConfig): the file as
 //! loaded, with the servers added or removed through the API since. Like gobetween, those
