@@ -17,6 +17,7 @@ mod health;
 mod limits;
 mod memory;
 mod node;
+mod page;
 mod reload;
 mod resources;
 mod udp;
