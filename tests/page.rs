@@ -134,6 +134,10 @@ async fn a_browser_sees_a_backend_go_down_and_come_back() {
     );
     assert!(page.contains("<svg"), "no throughput graph:\n{page}");
     assert!(
+        page.contains("data-node=\"serving\""),
+        "no node state:\n{page}"
+    );
+    assert!(
         !page.contains(&went_down),
         "a transition before any:\n{page}"
     );
@@ -230,5 +234,6 @@ async fn the_page_is_for_browsers_and_behind_basic_auth() {
     .await;
     let status = status.json();
     assert_eq!(status["servers"], serde_json::json!(["k3s"]));
+    assert_eq!(status["node"], "serving");
     assert!(status["transitions"].is_array(), "{status}");
 }

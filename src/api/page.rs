@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::clock;
 use crate::http::response::{self, Body};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{NodeDrain, Supervisor};
 
 /// The page: HTML, CSS and script in one file.
 const PAGE: &str = include_str!("page.html");
@@ -94,6 +94,8 @@ pub(super) fn html() -> Response<Body> {
 #[derive(Debug, Serialize)]
 struct Status {
     time: String,
+    /// The node's drain state (`POST /drain`): `serving`, `draining` or `drained`.
+    node: &'static str,
     /// Server names, sorted; the page asks each one's stats.
     servers: Vec<String>,
     /// Newest first.
@@ -128,6 +130,11 @@ pub(super) fn status(supervisor: &Supervisor) -> Response<Body> {
         .collect();
     let status = Status {
         time: clock::rfc3339(std::time::SystemTime::now()),
+        node: match supervisor.drain_state() {
+            NodeDrain::Serving => "serving",
+            NodeDrain::Draining { .. } => "draining",
+            NodeDrain::Drained => "drained",
+        },
         servers: snapshot
             .servers()
             .map(|server| server.name().to_owned())
