@@ -223,6 +223,7 @@ async fn the_page_is_for_browsers_and_behind_basic_auth() {
         let reply = request(lb.api(), Method::GET, "/", headers(accept, true), "").await;
         assert_eq!(reply.status, StatusCode::OK, "{accept:?}");
         assert!(reply.json()["pid"].is_u64(), "{accept:?}: {}", reply.body);
+        assert_eq!(reply.headers["vary"], "Accept", "{accept:?}");
     }
     let status = request(
         lb.api(),

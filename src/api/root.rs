@@ -15,6 +15,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+use hyper::header::{HeaderValue, VARY};
 use hyper::{Response, StatusCode};
 
 use super::wire::{ConfigurationSource, ProcessInfo};
@@ -37,7 +38,12 @@ pub(super) fn info(supervisor: &Supervisor, config_path: &Path) -> Response<Body
         uptime: clock::go_duration(now.duration_since(started).unwrap_or_default()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    response::json(StatusCode::OK, &info)
+    let mut response = response::json(StatusCode::OK, &info);
+    // A browser gets the status page at the same URL: caches must key on Accept.
+    response
+        .headers_mut()
+        .insert(VARY, HeaderValue::from_static("Accept"));
+    response
 }
 
 /// Answers `GET /dump?format=toml|json&secrets=true|false` (default toml, secrets masked), as
