@@ -34,7 +34,8 @@
 //! - `net`, `tls`, `logging`, `access`, `proxy_protocol`, `signal`, `systemd`: sockets, PEM
 //!   certificates and keys, log set-up, `[access]` rules, the PROXY header, Unix signals, the
 //!   service manager.
-//! - `stats`, `forward`: lock-free counters and the byte movers (copy, splice).
+//! - `stats`, `events`, `forward`: lock-free counters, the recent health transitions the
+//!   status page shows, and the byte movers (copy, splice).
 //! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
 //!   snapshot behind one `ArcSwap`, backend state carried over by target.
 //! - `health`: check kinds and the task that schedules them.
@@ -57,6 +58,7 @@ pub mod config;
 pub mod daemon;
 mod embed;
 pub(crate) mod endpoints;
+pub(crate) mod events;
 pub(crate) mod forward;
 pub(crate) mod health;
 pub(crate) mod http;

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Admin, Backend};
 use crate::config::{BindAddr, Config, ServerConfig};
+use crate::events::Events;
 use crate::health::monitor::Monitor;
 use crate::listener::{self, Shared};
 use crate::net::{self, Sharing};
@@ -119,6 +120,8 @@ pub struct Supervisor {
     /// Sockets from systemd not used yet; a reload adding their server takes them.
     inherited: Mutex<InheritedSockets>,
     health: Monitor,
+    /// Recent health transitions, recorded by the checks, shown by the status page.
+    events: Arc<Events>,
     stats: ProcessStats,
     background: CancellationToken,
     drain: drain::DrainState,
@@ -179,6 +182,7 @@ impl Supervisor {
         let prepared = prepare_listeners(wanted, &mut inherited)?;
         inherited.report_unused();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let events = Arc::new(Events::default());
         let supervisor = Self {
             shared: Shared {
                 snapshot: Arc::clone(&snapshot),
@@ -188,7 +192,8 @@ impl Supervisor {
             listeners: Mutex::new(BTreeMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             inherited: Mutex::new(inherited),
-            health: Monitor::new(snapshot),
+            health: Monitor::new(snapshot, Arc::clone(&events)),
+            events,
             stats: ProcessStats::default(),
             background: CancellationToken::new(),
             drain: drain::DrainState::default(),
@@ -298,6 +303,11 @@ impl Supervisor {
     /// Reload counters and start time.
     pub fn process_stats(&self) -> &ProcessStats {
         &self.stats
+    }
+
+    /// The recent backend health transitions.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     fn apply(&self, config: Config) -> Result<ReloadSummary, StartError> {

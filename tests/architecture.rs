@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "tls",
     ],
     &["forward"],
-    &["stats"],
+    &["stats", "events"],
     &["backend"],
     &["balance"],
     &["pool"],

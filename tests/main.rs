@@ -18,6 +18,7 @@ mod health;
 mod limits;
 mod memory;
 mod node;
+mod page;
 mod reload;
 mod resources;
 mod udp;

@@ -10,7 +10,7 @@
 //! Per request, [`Api::respond`] answers a CORS preflight, matches the path ([`route`]),
 //! checks the `Host` against DNS rebinding ([`browser`]) and basic authentication ([`auth`])
 //! on everything but `/ping` and `/healthz`, requires JSON for `POST` and `DELETE`
-//! ([`browser`]), and dispatches to [`root`], [`servers`], [`admin`] or [`node`]. What the API shows of the config has its
+//! ([`browser`]), and dispatches to [`root`] (or the status page, [`page`], for a browser), [`servers`], [`admin`] or [`node`]. What the API shows of the config has its
 //! secrets masked ([`secrets`]).
 
 mod admin;
@@ -21,6 +21,7 @@ pub use auth::authorization_value as basic_authorization;
 mod clock;
 mod cors;
 mod node;
+mod page;
 mod root;
 mod route;
 mod secrets;
@@ -168,7 +169,9 @@ impl Api {
             Route::DrainState => node::state(supervisor),
             Route::Drain => node::drain(supervisor, request.uri().query()).await,
             Route::Undrain => node::undrain(supervisor),
+            Route::Root if page::wants_html(request.headers()) => page::html(),
             Route::Root => root::info(supervisor, &self.config_path),
+            Route::Status => page::status(supervisor),
             Route::Dump => root::dump(supervisor, request.uri().query()),
             Route::ListServers => servers::list(supervisor),
             Route::GetServer(name) => servers::get(supervisor, &name),

@@ -1,4 +1,5 @@
 //! `GET /` (process information) and `GET /dump` (the running configuration), as gobetween.
+//! A browser asking for `/` gets the status page instead ([`page`](super::page)).
 //!
 //! `/dump` serialises the running [`RawConfig`](crate::config::raw::RawConfig): the file as
 //! loaded, with the servers added or removed through the API since. Like gobetween, those
@@ -14,6 +15,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+use hyper::header::{HeaderValue, VARY};
 use hyper::{Response, StatusCode};
 
 use super::wire::{ConfigurationSource, ProcessInfo};
@@ -36,7 +38,12 @@ pub(super) fn info(supervisor: &Supervisor, config_path: &Path) -> Response<Body
         uptime: clock::go_duration(now.duration_since(started).unwrap_or_default()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    response::json(StatusCode::OK, &info)
+    let mut response = response::json(StatusCode::OK, &info);
+    // A browser gets the status page at the same URL: caches must key on Accept.
+    response
+        .headers_mut()
+        .insert(VARY, HeaderValue::from_static("Accept"));
+    response
 }
 
 /// Answers `GET /dump?format=toml|json&secrets=true|false` (default toml, secrets masked), as

@@ -45,8 +45,10 @@ pub enum Route {
     Drain,
     /// `POST /undrain`: listen again (betwixt).
     Undrain,
-    /// `GET /`.
+    /// `GET /`: gobetween's process information, or the status page for a browser.
     Root,
+    /// `GET /status.json`: what the status page needs besides the stats (betwixt).
+    Status,
     /// `GET /dump`.
     Dump,
     /// `GET /servers`.
@@ -100,6 +102,7 @@ pub fn resolve(method: &Method, path: &str) -> Resolved {
         },
         ["undrain"] => only(method, &Method::POST, "POST", Route::Undrain),
         ["dump"] => get_only(Route::Dump),
+        ["status.json"] => get_only(Route::Status),
         ["servers"] => get_only(Route::ListServers),
         ["servers", name] => server(method, name),
         ["servers", name, "stats"] => get_only(Route::ServerStats((*name).to_owned())),
@@ -192,6 +195,8 @@ mod tests {
         assert_eq!(found(Method::GET, "/"), Route::Root);
         assert_eq!(found(Method::GET, "/ping"), Route::Ping);
         assert_eq!(found(Method::GET, "/dump"), Route::Dump);
+        assert_eq!(found(Method::GET, "/status.json"), Route::Status);
+        assert!(!Route::Status.is_public());
         assert_eq!(found(Method::GET, "/servers/"), Route::ListServers);
         assert_eq!(
             found(Method::GET, "/servers/k3s"),

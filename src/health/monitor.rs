@@ -18,6 +18,7 @@ use super::check::{Check, CheckError, SetupError, Target};
 use crate::backend::health::{self as state, Thresholds};
 use crate::backend::{Backend, BackendState, Health};
 use crate::config::{CheckKind, HealthcheckConfig};
+use crate::events::Events;
 use crate::snapshot::{Server, Snapshot};
 use crate::stats::SessionEnd;
 
@@ -26,6 +27,8 @@ use crate::stats::SessionEnd;
 pub struct Monitor {
     snapshot: Arc<ArcSwap<Snapshot>>,
     tasks: Mutex<HashMap<(String, Arc<str>), RunningCheck>>,
+    /// Where flips are recorded for the status page.
+    events: Arc<Events>,
 }
 
 #[derive(Debug)]
@@ -44,9 +47,10 @@ struct CheckSpec {
 }
 
 impl Monitor {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, events: Arc<Events>) -> Self {
         Self {
             snapshot,
+            events,
             tasks: Mutex::new(HashMap::new()),
         }
     }
@@ -60,7 +64,7 @@ impl Monitor {
             for backend in server.pool.backends() {
                 let key = (server.config.name.clone(), Arc::clone(&backend.target));
                 if matches!(server.config.healthcheck.kind, CheckKind::None) {
-                    mark_up_without_check(server, backend);
+                    mark_up_without_check(server, backend, &self.events);
                     continue;
                 }
                 let spec = CheckSpec {
@@ -91,6 +95,7 @@ impl Monitor {
                 spec: spec.clone(),
                 state: Arc::clone(&state),
                 snapshot: Arc::clone(&self.snapshot),
+                events: Arc::clone(&self.events),
             };
             tokio::spawn(task.run(stop.clone()));
             tasks.insert(key, RunningCheck { spec, state, stop });
@@ -114,8 +119,14 @@ impl Drop for Monitor {
 
 /// A backend whose server has no active check (any more) is considered up: nothing else could
 /// ever bring it back.
-fn mark_up_without_check(server: &Server, backend: &Backend) {
+fn mark_up_without_check(server: &Server, backend: &Backend, events: &Events) {
     if backend.state.set_health(Health::Up) == Health::Down {
+        events.record(
+            server.name(),
+            &backend.target,
+            true,
+            "the server has no health check",
+        );
         info!(server = server.name(), backend = %backend.target, "backend UP: its server has no health check");
     }
 }
@@ -127,6 +138,7 @@ struct CheckTask {
     spec: CheckSpec,
     state: Arc<BackendState>,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    events: Arc<Events>,
 }
 
 impl CheckTask {
@@ -183,12 +195,24 @@ impl CheckTask {
         match (health, result) {
             (Health::Up, _) => {
                 info!(server = %self.server, backend = %self.backend, "backend {} UP after {streak} passed {kind} checks", self.backend);
+                self.events.record(
+                    &self.server,
+                    &self.backend,
+                    true,
+                    format!("{streak} passed {kind} checks"),
+                );
             }
             (Health::Down, result) => {
                 let reason = result
                     .err()
                     .map_or_else(String::new, |error| error.to_string());
                 warn!(server = %self.server, backend = %self.backend, "backend {} DOWN after {streak} failed {kind} checks: {reason}", self.backend);
+                self.events.record(
+                    &self.server,
+                    &self.backend,
+                    false,
+                    format!("{streak} failed {kind} checks: {reason}"),
+                );
                 if let Some(server) = server {
                     after_marked_down(server);
                 }
