@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use crate::backend::Backend;
 pub use crate::backend::{Admin, Health};
 use crate::config::BalanceKind;
+pub use crate::events::Transition;
 use crate::snapshot::{Server, Snapshot};
 pub use crate::stats::SessionEnd;
 
@@ -19,6 +20,8 @@ pub use crate::stats::SessionEnd;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub servers: Vec<ServerReport>,
+    /// The most recent backend health flips (at most 50), oldest first, with their reason.
+    pub transitions: Vec<Transition>,
 }
 
 impl Report {
@@ -33,6 +36,7 @@ impl Report {
                 .servers()
                 .map(|server| ServerReport::of(server, local_addr(server.name())))
                 .collect(),
+            transitions: snapshot.events.recent(),
         }
     }
 }

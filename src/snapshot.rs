@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, BackendState, Health};
 use crate::balance::ClientIpForm;
 use crate::config::{CheckKind, Config, InitialStatus, RuntimeConfig, ServerConfig};
+use crate::events::Events;
 use crate::forward;
 use crate::logging::RateLimit;
 use crate::pool::Pool;
@@ -26,6 +27,8 @@ pub struct Snapshot {
     servers: BTreeMap<String, Arc<Server>>,
     /// `forwarding_memory`: one budget for every server, carried over and re-limited on reload.
     pub forwarding_budget: Arc<forward::Budget>,
+    /// Recent health transitions of every server, carried over by every reload.
+    pub events: Arc<Events>,
 }
 
 impl Snapshot {
@@ -42,6 +45,7 @@ impl Snapshot {
             |snapshot| Arc::clone(&snapshot.forwarding_budget),
         );
         forwarding_budget.set_limit(budget_limit);
+        let events = previous.map_or_else(Arc::default, |snapshot| Arc::clone(&snapshot.events));
         let servers = config
             .servers
             .iter()
@@ -54,6 +58,7 @@ impl Snapshot {
                     server.clone(),
                     &config.runtime,
                     &forwarding_budget,
+                    &events,
                     origin,
                     all_sessions,
                 );
@@ -64,6 +69,7 @@ impl Snapshot {
             config: Arc::new(config),
             servers,
             forwarding_budget,
+            events,
         }
     }
 
@@ -85,6 +91,9 @@ pub struct Server {
     pub stats: Arc<ServerStats>,
     pub forward: forward::Options,
     pub log_limits: ServerLogLimits,
+    /// The snapshot's health transitions, where this server's flips are recorded (passive
+    /// ones by sessions, which see only their server).
+    pub events: Arc<Events>,
 }
 
 /// Rate limits for the per-client events of one server.
@@ -114,6 +123,7 @@ impl Server {
         config: ServerConfig,
         runtime: &RuntimeConfig,
         forwarding_budget: &Arc<forward::Budget>,
+        events: &Arc<Events>,
         origin: Origin<'_>,
         all_sessions: &CancellationToken,
     ) -> Self {
@@ -155,6 +165,7 @@ impl Server {
             stats: previous.map_or_else(Arc::default, |server| Arc::clone(&server.stats)),
             forward,
             log_limits: ServerLogLimits::default(),
+            events: Arc::clone(events),
             config,
         }
     }

@@ -181,8 +181,8 @@ impl Supervisor {
             .map(|server| (&server.config, Sharing::Exclusive));
         let prepared = prepare_listeners(wanted, &mut inherited)?;
         inherited.report_unused();
+        let events = Arc::clone(&snapshot.events);
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-        let events = Arc::new(Events::default());
         let supervisor = Self {
             shared: Shared {
                 snapshot: Arc::clone(&snapshot),

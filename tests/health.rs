@@ -315,6 +315,18 @@ async fn passive_checks_mark_a_refusing_backend_down_before_the_next_check() {
     assert_eq!(health_of(&balancer, "api", dead), Health::Down);
     // Down after two failed client connects: no client was sent there afterwards.
     assert_eq!(backend_report(&balancer, "api", dead).refused, 2);
+    // The flip is among the recent transitions, with its reason (the status page shows them).
+    let transitions = balancer.report().transitions;
+    let flip = transitions
+        .iter()
+        .find(|t| *t.backend == dead.to_string())
+        .expect("the passive flip is recorded");
+    assert!(!flip.up && flip.server == "api");
+    assert!(
+        flip.reason.contains("2 failed connects of client traffic"),
+        "{}",
+        flip.reason
+    );
 }
 
 #[tokio::test]

@@ -241,6 +241,12 @@ pub fn observe_connect(server: &Server, backend: &Backend, error: Option<&std::i
     if let Some(streak) = state::observe_connect(&backend.state, error.is_none(), passive_fails) {
         let reason = error.map_or_else(String::new, ToString::to_string);
         warn!(server = server.name(), backend = %backend.target, "backend {} DOWN after {streak} failed connects of client traffic: {reason}", backend.target);
+        server.events.record(
+            server.name(),
+            &backend.target,
+            false,
+            format!("{streak} failed connects of client traffic: {reason}"),
+        );
         after_marked_down(server);
     }
 }
