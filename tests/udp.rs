@@ -571,30 +571,55 @@ impl Dnsmasq {
         command
     }
 
+    /// Starts dnsmasq on a free UDP port and waits until it answers. A port found free can be
+    /// taken by another test before dnsmasq binds it (dnsmasq then exits, and whatever holds the
+    /// port may answer): only a real DNS answer from a running dnsmasq counts, else another port.
     async fn start(answer: &str) -> (Self, SocketAddr) {
-        let port = crate::util::free_port();
-        let dnsmasq = Self(
-            Self::command("127.0.0.1", port, answer)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("dnsmasq runs (apt-get install dnsmasq-base; .ci/run installs it)"),
-        );
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..5 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|socket| socket.local_addr())
+                .expect("a free UDP port")
+                .port();
+            let mut dnsmasq = Self(
+                Self::command("127.0.0.1", port, answer)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("dnsmasq runs (apt-get install dnsmasq-base; .ci/run installs it)"),
+            );
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            if dnsmasq.answers(addr).await {
+                return (dnsmasq, addr);
+            }
+        }
+        panic!("dnsmasq does not start on a free port");
+    }
+
+    /// Whether this dnsmasq runs and answers a query on `addr` with a DNS answer.
+    async fn answers(&mut self, addr: SocketAddr) -> bool {
         let socket = client().await;
         for _ in 0..100 {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return false;
+            }
             socket
-                .send_to(&dns_query(1, "m1.test"), addr)
+                .send_to(&dns_query(7, "m1.test"), addr)
                 .await
                 .unwrap();
             let mut buffer = [0; 512];
             let answered =
                 tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buffer)).await;
-            if answered.is_ok_and(|r| r.is_ok()) {
-                return (dnsmasq, addr);
+            if let Ok(Ok(len)) = answered {
+                let reply = &buffer[..len];
+                // The same ID, QR set (a response, not an echo), NOERROR, one answer.
+                return len > 16
+                    && reply[..2] == 7u16.to_be_bytes()
+                    && reply[2] & 0x80 != 0
+                    && reply[3] & 0x0f == 0
+                    && reply[6..8] == [0, 1];
             }
         }
-        panic!("dnsmasq on {addr} does not answer");
+        false
     }
 }
 
