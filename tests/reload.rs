@@ -264,7 +264,7 @@ async fn shutdown_drains_then_closes_what_is_left() {
 #[tokio::test]
 async fn a_reload_may_rebind_a_port_this_process_holds_but_not_a_foreign_one() {
     let backend = echo_backend().await;
-    let port = free_port();
+    let port = wildcard_free_port();
     let text = pool_config(&[backend.addr]).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let balancer = start_balancer(&text).await;
     // Widened to the wildcard on the same port while the old listener still holds it.
@@ -286,4 +286,17 @@ async fn a_reload_may_rebind_a_port_this_process_holds_but_not_a_foreign_one() {
         .to_string();
     assert!(error.contains("\"other\""), "{error}");
     assert!(error.contains("another process already listens"), "{error}");
+}
+
+/// A port free on every address and below the ephemeral range (32768 and up on Linux), so no
+/// other test's outgoing connection takes it before the wildcard rebind (which would then be
+/// refused as rightly as a foreign listener is).
+fn wildcard_free_port() -> u16 {
+    for _ in 0..100 {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
