@@ -514,8 +514,28 @@ fn two_lb_nodes_fail_over_through_keepalived() {
             }
         })
         .collect();
+    // betwixt ready on both nodes before keepalived starts: otherwise lb1's first track check
+    // can fail, lb2 wins the first election, and with nopreempt the VIP stays there.
     for node in &mut nodes {
         node.start_betwixt();
+    }
+    for node in &nodes {
+        wait_until(&format!("betwixt ready on {}", node.role), || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &node.namespace,
+                    BINARY,
+                    "status",
+                    "--check",
+                ])
+                .args(["--api", "http://127.0.0.1:8888"])
+                .output()
+                .is_ok_and(|output| output.status.success())
+        });
+    }
+    for node in &mut nodes {
         node.start_keepalived();
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
