@@ -3,9 +3,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::backend::Backend;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, BackendState};
 use crate::balance::{Balancer, Candidates, ClientIpForm, Tried};
 use crate::config::BalanceKind;
+use crate::stats::Slot;
 
 /// The backends of one server in one snapshot, sorted by `host:port` (gobetween's order for
 /// roundrobin and iphash), with the balancer built for them.
@@ -84,6 +87,26 @@ impl<'a> Attempts<'a> {
         let index = self.pool.balancer.select(&candidates, self.client)?;
         self.tried.insert(index);
         self.pool.backends.get(index)
+    }
+
+    /// The next backend a session can have: a place held on it (`max_connections`) and the
+    /// token that closes its sessions. Backends that filled up, were drained or went down
+    /// since the pick are skipped. The token is taken before the routable check: a backend
+    /// closed between the pick and that check handed out a fresh token, but its new state is
+    /// visible by then (it is stored before the token is swapped), so it is skipped.
+    pub fn next_reserved(
+        &mut self,
+    ) -> Option<(&'a Arc<Backend>, Slot<BackendState>, CancellationToken)> {
+        loop {
+            let backend = self.next_backend()?;
+            let Some(slot) = backend.try_acquire() else {
+                continue;
+            };
+            let closer = backend.state.session_closer();
+            if backend.accepts_new_sessions() && (backend.is_healthy() || self.ignore_health) {
+                return Some((backend, slot, closer));
+            }
+        }
     }
 }
 

@@ -58,20 +58,9 @@ pub(crate) async fn connect_with_retry(server: &Server, client: SocketAddr) -> O
     let walk_started = tokio::time::Instant::now();
     let mut made = 0;
     while made < max_attempts {
-        let backend = attempts.next_backend()?;
-        // Full since the pick (another session took the last place): try the next one.
-        let Some(slot) = backend.try_acquire() else {
-            continue;
-        };
-        // Taken before connecting: a backend closed while we connect closes this session too.
-        // A backend closed between the pick and this line handed out a fresh token, but its
-        // new state is visible by now (it is stored before the token is swapped): skip it.
-        let backend_closer = backend.state.session_closer();
-        let still_routable =
-            backend.accepts_new_sessions() && (backend.is_healthy() || attempts.ignores_health());
-        if !still_routable {
-            continue;
-        }
+        // The closer is taken before connecting: a backend closed while we connect closes
+        // this session too.
+        let (backend, slot, backend_closer) = attempts.next_reserved()?;
         if made > 0 {
             server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
         }

@@ -36,17 +36,7 @@ pub(crate) fn open(
     let server_slot = Slot::try_acquire(&server.stats, None).ok_or(Unopened::NoBackend)?;
     let transparent = server.config.udp.is_some_and(|udp| udp.transparent);
     let mut attempts = server.pool.attempts(client.ip());
-    while let Some(backend) = attempts.next_backend() {
-        let Some(backend_slot) = backend.try_acquire() else {
-            continue;
-        };
-        // Taken before the routable check, for the reason given in `connect_with_retry`.
-        let backend_closer = backend.state.session_closer();
-        let routable =
-            backend.accepts_new_sessions() && (backend.is_healthy() || attempts.ignores_health());
-        if !routable {
-            continue;
-        }
+    while let Some((backend, backend_slot, backend_closer)) = attempts.next_reserved() {
         let Some(address) = backend.resolved else {
             continue;
         };
