@@ -411,3 +411,24 @@ fn migrate_exits_1_on_an_invalid_config_and_names_the_error() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("server k3s"));
 }
+
+/// `[logging] format = "gobetween-text"`: the daemon's own lines read as gobetween's, for log
+/// parsers written against it.
+#[tokio::test]
+async fn the_daemon_logs_in_gobetweens_text_shape_when_asked() {
+    let scratch = Scratch::new("gobetween-log");
+    let log = scratch.0.join("betwixt.log");
+    let logging = format!(
+        "output = \"{}\"\nformat = \"gobetween-text\"",
+        log.display()
+    );
+    let config = serving_config(free_port(), &logging);
+    let _daemon = Daemon::spawn_in(scratch, &config, &[], &[]);
+    let line =
+        regex::Regex::new(r"(?m)^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[INFO \] \([a-z_]+\): \S.*k3s")
+            .unwrap();
+    eventually("a gobetween-shaped line about server k3s", || {
+        std::fs::read_to_string(&log).is_ok_and(|text| line.is_match(&text))
+    })
+    .await;
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use betwixt::config::raw::RawConfig;
-use betwixt::config::{self, BalanceKind, CheckKind, Config, LoadOptions, ServerConfig};
+use betwixt::config::{self, BalanceKind, CheckKind, Config, LoadOptions, LogFormat, ServerConfig};
 
 /// The differences found in one config: process-wide ones, one list per server, then the
 /// loader's warnings (which gobetween would not have printed).
@@ -77,6 +77,19 @@ fn process_differences(config: &Config) -> Vec<String> {
          peer; gobetween has no equivalent"
             .to_owned(),
     ];
+    match config.logging.format {
+        LogFormat::Text | LogFormat::Json => lines.push(format!(
+            "logging: format {:?} prints betwixt's own lines (level, module, message, key=value \
+             fields); format = \"gobetween-{0}\" prints gobetween's shape for parsers written \
+             against it",
+            if config.logging.format == LogFormat::Json {
+                "json"
+            } else {
+                "text"
+            },
+        )),
+        LogFormat::GobetweenText | LogFormat::GobetweenJson => {}
+    }
     if config.api.enabled {
         let bind_unset = raw.api.as_ref().and_then(|api| api.bind.as_ref()).is_none();
         if bind_unset {
@@ -335,5 +348,23 @@ passive_fails = 0
         let process = review.process.join("\n");
         assert!(!process.contains("bind unset"), "{process}");
         assert!(process.contains("allow_exec is false"), "{process}");
+        assert!(process.contains("format = \"gobetween-text\""), "{process}");
+    }
+
+    #[test]
+    fn a_gobetween_log_format_is_no_difference() {
+        let review = review(
+            r#"
+[logging]
+format = "gobetween-json"
+[servers.k3s]
+bind = "10.0.0.1:6443"
+[servers.k3s.discovery]
+kind = "static"
+static_list = ["127.0.0.1:6443"]
+"#,
+        );
+        let process = review.process.join("\n");
+        assert!(!process.contains("logging"), "{process}");
     }
 }

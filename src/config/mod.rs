@@ -111,8 +111,14 @@ pub enum LogOutput {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// betwixt's own: time, level, module, message, `key=value` fields.
     Text,
+    /// betwixt's own: one JSON object per line, fields flattened.
     Json,
+    /// `gobetween-text`: `2006-01-02 15:04:05 [INFO ] (name): message`, as gobetween prints.
+    GobetweenText,
+    /// `gobetween-json`: logrus's JSON (`level`, `msg`, `name`, `time`).
+    GobetweenJson,
 }
 
 /// `[api]`: gobetween's REST API.

@@ -47,7 +47,12 @@ pub(super) fn logging(report: &mut Report<'_>, raw: Option<&RawLogging>) -> Logg
         Some("stderr") => LogOutput::Stderr,
         Some(path) => LogOutput::File(PathBuf::from(path)),
     };
-    let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+    let formats = [
+        ("text", LogFormat::Text),
+        ("json", LogFormat::Json),
+        ("gobetween-text", LogFormat::GobetweenText),
+        ("gobetween-json", LogFormat::GobetweenJson),
+    ];
     let format = choice(
         report,
         &key.child("format"),

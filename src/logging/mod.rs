@@ -1,6 +1,8 @@
 //! `[logging]`: where log lines go and how they look, plus a limiter for events that can
 //! repeat thousands of times a second (accept errors, connect failures under a storm).
 
+mod gobetween;
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -86,6 +88,12 @@ pub fn init(config: &LoggingConfig) -> Result<LogControl, LogFileError> {
             .with(layer.with_ansi(ansi && is_terminal(&config.output)))
             .try_init(),
         LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
+        LogFormat::GobetweenText => registry
+            .with(layer.event_format(gobetween::GobetweenText))
+            .try_init(),
+        LogFormat::GobetweenJson => registry
+            .with(layer.event_format(gobetween::GobetweenJson))
+            .try_init(),
     };
     Ok(LogControl {
         filter: handle,
