@@ -199,8 +199,12 @@ pub fn connect_udp(
     backend: SocketAddr,
     from: Option<SocketAddr>,
 ) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(backend), Type::DGRAM, None)?;
-    socket.set_nonblocking(true)?;
+    // Non-blocking from `socket()` on: one system call instead of three per session.
+    let socket = Socket::new(
+        Domain::for_address(backend),
+        Type::DGRAM.nonblocking(),
+        None,
+    )?;
     if let Some(from) = from {
         let from = match (from, backend) {
             (SocketAddr::V6(v6), SocketAddr::V4(_)) => match v6.ip().to_ipv4_mapped() {

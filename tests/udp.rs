@@ -209,6 +209,75 @@ async fn max_responses_ends_the_session_and_the_next_request_is_balanced_again()
     .await;
 }
 
+/// With `max_responses`, a session per request would cost a socket, a connect and two epoll
+/// registrations each: a completed session's socket serves the next session to its backend.
+#[tokio::test]
+async fn completed_sessions_hand_their_backend_socket_to_the_next_one() {
+    let backend = UdpBackend::start("a", true).await;
+    let config = udp_config("", &[&backend], "[servers.dns.udp]\nmax_responses = 1");
+    let balancer = start_balancer(&config).await;
+    let addr = address(&balancer);
+    for request in 0..20_u64 {
+        let payload = format!("q{request}");
+        let reply = ask(&client().await, addr, &payload).await.unwrap();
+        assert_eq!(answered_by(&reply, &payload), "a");
+        eventually("the session completes", || {
+            server_report(&balancer, "dns").ended(SessionEnd::Completed) == request + 1
+        })
+        .await;
+    }
+    let sources = backend.sources();
+    assert!(
+        sources.len() <= 3,
+        "20 sessions, one after the other, should share a socket: {sources:?}"
+    );
+}
+
+/// A reply the backend sends after the session completed (one more than `max_responses`)
+/// must not reach the client of the next session on that socket.
+#[tokio::test]
+async fn a_late_extra_reply_never_reaches_the_next_client() {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = socket.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let mut buffer = vec![0; 1500];
+        while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+            let request = String::from_utf8_lossy(&buffer[..len]).into_owned();
+            let _ = socket
+                .send_to(format!("a:{request}").as_bytes(), from)
+                .await;
+            if request == "first" {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = socket.send_to(b"a:extra reply to first", from).await;
+            }
+        }
+    });
+    let config = format!(
+        "[servers.dns]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\n\
+         [servers.dns.udp]\nmax_responses = 1\n\
+         [servers.dns.discovery]\nkind = \"static\"\nstatic_list = [\"{backend_addr}\"]\n"
+    );
+    let balancer = start_balancer(&config).await;
+    let addr = address(&balancer);
+    assert_eq!(
+        ask(&client().await, addr, "first").await.unwrap(),
+        "a:first"
+    );
+    // The extra reply lands on the completed session's idle socket.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = client().await;
+    assert_eq!(ask(&second, addr, "second").await.unwrap(), "a:second");
+    let mut buffer = [0; 100];
+    let more =
+        tokio::time::timeout(Duration::from_millis(500), second.recv_from(&mut buffer)).await;
+    assert!(
+        more.is_err(),
+        "the next client got another datagram: {:?}",
+        more.map(|r| String::from_utf8_lossy(&buffer[..r.unwrap().0]).into_owned())
+    );
+    backend.abort();
+}
+
 /// Several requests in flight on one session: the session waits for a reply to each (gobetween
 /// ended it at the first reply and lost the others).
 #[tokio::test]

@@ -67,7 +67,9 @@ pub async fn receive_loop(
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            Some(ended) = receiver.table.next_ended() => receiver.table.remove_ended(&ended),
+            Some(ended) = receiver.table.next_ended() => {
+                receiver.table.remove_ended(ended, &receiver.server);
+            }
             ready = endpoint.socket.readable() => match ready {
                 Ok(()) => receiver.receive_batch(&endpoint.socket, &mut buffer),
                 Err(error) => {
@@ -86,6 +88,8 @@ impl Receiver {
         if let Some(current) = self.shared.snapshot.load().server(&self.name) {
             if !Arc::ptr_eq(current, &self.server) {
                 self.server = Arc::clone(current);
+                // Their backends may be gone or changed.
+                self.table.spares.clear();
             }
         }
         for _ in 0..RECEIVE_BATCH {
@@ -151,10 +155,11 @@ impl Receiver {
                 self.drop_datagram(client, "the session table is full");
                 return;
             }
-            let session = match open(server, &self.table.endpoint, client) {
+            let session = match open(server, &self.table.endpoint, &mut self.table.spares, client) {
                 Ok(session) => session,
                 Err(Unopened::NoDescriptor) => {
-                    // Evicted sessions free their sockets as their tasks end.
+                    // Evicted sessions free their sockets as their tasks end; spares at once.
+                    self.table.spares.clear();
                     self.table.evict_one(server);
                     self.drop_datagram(client, "no descriptor left for a session socket");
                     return;

@@ -14,6 +14,7 @@
 pub(crate) mod forget;
 mod open;
 mod relay;
+pub(crate) mod spare;
 pub(crate) mod table;
 
 use std::net::SocketAddr;

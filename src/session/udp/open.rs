@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use tokio::net::UdpSocket;
 use tracing::{error, warn};
 
+use super::spare::{Spare, SpareSockets};
 use super::table::BudgetGuard;
 use super::{Endpoint, UdpSession};
 use crate::backend::Backend;
@@ -25,13 +26,13 @@ pub(crate) enum Unopened {
 }
 
 /// Opens a session for `client` on the first backend, in the balancer's order, whose socket
-/// can be made, and starts its task.
+/// can be made (or is kept in `spares`), and starts its task.
 pub(crate) fn open(
     server: &Arc<Server>,
     endpoint: &Arc<Endpoint>,
+    spares: &mut SpareSockets,
     client: SocketAddr,
 ) -> Result<Arc<UdpSession>, Unopened> {
-    let budget = BudgetGuard::try_acquire().ok_or(Unopened::NoDescriptor)?;
     // Never refused: the session table, not a refusal, enforces `max_connections`.
     let server_slot = Slot::try_acquire(&server.stats, None).ok_or(Unopened::NoBackend)?;
     let transparent = server.config.udp.is_some_and(|udp| udp.transparent);
@@ -40,20 +41,35 @@ pub(crate) fn open(
         let Some(address) = backend.resolved else {
             continue;
         };
-        let socket = match connect(address, transparent.then_some(client)) {
-            Ok(socket) => socket,
-            Err(error) if net::local_shortage(&error) == Some(LocalShortage::Resources) => {
-                if let Some(suppressed) = server.log_limits.exhausted.check() {
-                    error!(server = server.name(), client = %client, %error, suppressed, "cannot open a UDP backend socket: out of local resources");
+        let spare = if transparent {
+            None
+        } else {
+            spares.take(address)
+        };
+        let (socket, budget) = match spare {
+            Some(Spare { socket, budget }) => (socket, budget),
+            None => {
+                let budget = BudgetGuard::try_acquire().ok_or(Unopened::NoDescriptor)?;
+                match connect(address, transparent.then_some(client)) {
+                    Ok(socket) => (socket, budget),
+                    Err(error) => {
+                        match net::local_shortage(&error) {
+                            Some(LocalShortage::Resources) => {
+                                if let Some(suppressed) = server.log_limits.exhausted.check() {
+                                    error!(server = server.name(), client = %client, %error, suppressed, "cannot open a UDP backend socket: out of local resources");
+                                }
+                                return Err(Unopened::NoDescriptor);
+                            }
+                            // No local port or address for this destination: not the
+                            // backend's fault, and another backend may still be reached.
+                            Some(LocalShortage::Address) => {}
+                            None => {
+                                report_socket_error(server, backend, client, transparent, &error)
+                            }
+                        }
+                        continue;
+                    }
                 }
-                return Err(Unopened::NoDescriptor);
-            }
-            // No local port or address for this destination: not the backend's fault, and
-            // another backend may still be reached.
-            Err(error) if net::local_shortage(&error) == Some(LocalShortage::Address) => continue,
-            Err(error) => {
-                report_socket_error(server, backend, client, transparent, &error);
-                continue;
             }
         };
         let now = endpoint.now_ms();

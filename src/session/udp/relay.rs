@@ -65,6 +65,8 @@ impl UdpSession {
     pub(crate) async fn run(self: Arc<Self>) {
         let end = self.serve().await;
         self.requests.store(CLOSED, Ordering::Release);
+        // The table reads it to decide whether the socket may serve another session.
+        self.end_reason.store(end as u8, Ordering::Release);
         self.server.stats.ended.record(end);
         debug!(
             server = self.server.name(),
@@ -74,8 +76,10 @@ impl UdpSession {
             responses = self.responses.load(Ordering::Relaxed),
             "UDP session ended"
         );
-        // The table may be gone with its listener; the session is over either way.
-        let _ = self.endpoint.ended_tx.send(Arc::clone(&self));
+        // The table may be gone with its listener; the session is over either way. The task's
+        // own reference goes with it, so the table can take the socket back.
+        let endpoint = Arc::clone(&self.endpoint);
+        let _ = endpoint.ended_tx.send(self);
     }
 
     async fn serve(&self) -> SessionEnd {

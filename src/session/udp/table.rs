@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::spare::{Spare, SpareSockets};
 use super::{Endpoint, UdpSession};
 use crate::logging::RateLimit;
 use crate::snapshot::Server;
@@ -68,6 +69,8 @@ pub(crate) struct SessionTable {
     counted: usize,
     ended_rx: mpsc::UnboundedReceiver<Arc<UdpSession>>,
     eviction_log: RateLimit,
+    /// Sockets of completed sessions, for the next sessions to their backends.
+    pub(crate) spares: SpareSockets,
 }
 
 impl SessionTable {
@@ -82,6 +85,7 @@ impl SessionTable {
             counted: 0,
             ended_rx,
             eviction_log: RateLimit::per_second(),
+            spares: SpareSockets::default(),
         }
     }
 
@@ -129,25 +133,43 @@ impl SessionTable {
         self.ended_rx.recv().await
     }
 
-    /// Counts out an ended session.
-    pub(crate) fn remove_ended(&mut self, session: &Arc<UdpSession>) {
-        self.detach(session);
-        if !session.was_evicted() {
-            self.counted = self.counted.saturating_sub(1);
+    /// Counts out an ended session, and keeps its socket if it may serve another session of
+    /// `server` (see [`super::spare`]).
+    pub(crate) fn remove_ended(&mut self, session: Arc<UdpSession>, server: &Arc<Server>) {
+        self.detach(&session);
+        if session.was_evicted() {
+            return;
+        }
+        self.counted = self.counted.saturating_sub(1);
+        let reusable = SessionEnd::from_u8(session.end_reason.load(Ordering::Acquire))
+            == SessionEnd::Completed
+            && Arc::ptr_eq(&session.server, server)
+            && !server.config.udp.is_some_and(|udp| udp.transparent)
+            && !session.backend_closer.is_cancelled();
+        let Some(backend) = session.backend.resolved.filter(|_| reusable) else {
+            return;
+        };
+        // The last reference unless the receive loop still holds one (then it just closes).
+        if let Some(ended) = Arc::into_inner(session) {
+            let spare = Spare {
+                socket: ended.socket,
+                budget: ended._socket_budget,
+            };
+            self.spares.keep(backend, spare);
         }
     }
 
     /// Counts out every session that ended since the last call.
-    pub(crate) fn reap(&mut self) {
+    pub(crate) fn reap(&mut self, server: &Arc<Server>) {
         while let Ok(session) = self.ended_rx.try_recv() {
-            self.remove_ended(&session);
+            self.remove_ended(session, server);
         }
     }
 
     /// Evicts the least recently active sessions until one more fits under `bound`. False when
     /// nothing could be evicted.
-    pub(crate) fn make_room(&mut self, server: &Server, bound: usize) -> bool {
-        self.reap();
+    pub(crate) fn make_room(&mut self, server: &Arc<Server>, bound: usize) -> bool {
+        self.reap(server);
         while self.counted >= bound {
             if !self.evict_one(server) {
                 return false;
