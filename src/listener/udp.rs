@@ -1,17 +1,20 @@
 //! A UDP listener: the receive loop of one `protocol = "udp"` server.
 //!
-//! One task per server reads client datagrams into one reused buffer, up to a batch per
-//! wake-up, and dispatches each: to the client's session if it has one, else, after the
+//! One task per server reads client datagrams with `recvmmsg` into buffers allocated once, a
+//! few batches per wake-up, and dispatches each: to the client's session if it has one, else, after the
 //! `[access]` rules (checked once per session, which is keyed by address), to a new session
 //! or, with `max_requests = 1`, to a backend directly. It owns the [`SessionTable`] and counts
 //! out sessions as their tasks end. It loads the server from the current snapshot once per
 //! batch, so a reload changes the pool of new sessions at once while existing sessions keep
 //! theirs: a reload that keeps the server and its bind keeps this task and every session.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,12 +22,17 @@ use tracing::{debug, error, info, warn};
 
 use super::Shared;
 use crate::access;
+use crate::net::DatagramBatch;
 use crate::session::udp::forget::FireAndForget;
 use crate::session::udp::{Endpoint, Forwarded, MAX_DATAGRAM, SessionTable, Unopened, open};
 use crate::snapshot::Server;
 
-/// Datagrams read per wake-up before the loop looks at its other duties.
-const RECEIVE_BATCH: usize = 64;
+/// Datagrams one `recvmmsg` returns at most. Each slot holds the largest datagram, so a
+/// listener's buffers take `RECEIVE_SLOTS * 64 KiB`.
+const RECEIVE_SLOTS: usize = 16;
+
+/// Batches read per wake-up before the loop looks at its other duties.
+const RECEIVE_ROUNDS: usize = 4;
 
 /// The receive loop's state.
 struct Receiver {
@@ -62,7 +70,7 @@ pub async fn receive_loop(
         forget: FireAndForget::default(),
         shared,
     };
-    let mut buffer = vec![0; MAX_DATAGRAM];
+    let mut batch = DatagramBatch::new(RECEIVE_SLOTS, MAX_DATAGRAM);
     loop {
         tokio::select! {
             biased;
@@ -71,7 +79,7 @@ pub async fn receive_loop(
                 receiver.table.remove_ended(ended, &receiver.server);
             }
             ready = endpoint.socket.readable() => match ready {
-                Ok(()) => receiver.receive_batch(&endpoint.socket, &mut buffer),
+                Ok(()) => receiver.receive(&endpoint.socket, &mut batch),
                 Err(error) => {
                     error!(server = %receiver.name, %error, "UDP listener failed");
                     break;
@@ -84,7 +92,7 @@ pub async fn receive_loop(
 }
 
 impl Receiver {
-    fn receive_batch(&mut self, socket: &UdpSocket, buffer: &mut [u8]) {
+    fn receive(&mut self, socket: &UdpSocket, batch: &mut DatagramBatch) {
         if let Some(current) = self.shared.snapshot.load().server(&self.name) {
             if !Arc::ptr_eq(current, &self.server) {
                 self.server = Arc::clone(current);
@@ -92,10 +100,25 @@ impl Receiver {
                 self.table.spares.clear();
             }
         }
-        for _ in 0..RECEIVE_BATCH {
-            match socket.try_recv_from(buffer) {
-                Ok((len, client)) => self.dispatch(client, &buffer[..len]),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+        for _ in 0..RECEIVE_ROUNDS {
+            let received = socket.try_io(Interest::READABLE, || {
+                let count = batch.receive(socket.as_fd())?;
+                for index in 0..count {
+                    if let Some((payload, client)) = batch.get(index) {
+                        self.dispatch(client, payload);
+                    }
+                }
+                if count < batch.slots() {
+                    // The queue was empty when the batch came back short: saying so now
+                    // saves the call that would only find it empty. tokio clears readiness
+                    // only if no new datagram was signalled since, so none is missed.
+                    return Err(ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match received {
+                Ok(()) => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return,
                 Err(error) => {
                     // An unconnected socket has no peer whose ICMP errors it could report;
                     // anything here is transient (ENOMEM, ...).

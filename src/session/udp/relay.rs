@@ -2,6 +2,8 @@
 //! session is over.
 
 use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,18 +14,23 @@ use tracing::debug;
 
 use super::{CLOSED, LINGER_AFTER_STOP, MAX_DATAGRAM, UdpSession};
 use crate::config::ServerConfig;
+use crate::net::DatagramBatch;
 use crate::stats::SessionEnd;
 
 /// What wakes a session: a reply, or an error such as the backend's ICMP port unreachable.
 const REPLY_OR_ERROR: Interest = Interest::READABLE.add(Interest::ERROR);
 
-/// Replies relayed per wake-up before the task yields to others.
-const REPLY_BATCH: usize = 64;
+/// Replies one `recvmmsg` returns at most: most sessions get one reply per wake-up, but a
+/// short batch is what tells that the socket is empty without another call.
+const REPLY_SLOTS: usize = 4;
+
+/// Batches relayed per wake-up before the task yields to others.
+const REPLY_ROUNDS: usize = 16;
 
 thread_local! {
-    /// One receive buffer per runtime thread, shared by every session on it: an idle session
-    /// holds no buffer, and a reply costs no allocation.
-    static REPLY_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
+    /// One set of receive buffers per runtime thread, shared by every session on it: an idle
+    /// session holds no buffer, and a reply costs no allocation.
+    static REPLIES: RefCell<DatagramBatch> = RefCell::new(DatagramBatch::new(REPLY_SLOTS, MAX_DATAGRAM));
 }
 
 /// When a session counts as idle, from `client_idle_timeout` and `backend_idle_timeout`.
@@ -137,15 +144,33 @@ impl UdpSession {
         } else {
             Interest::READABLE
         };
-        REPLY_BUFFER.with_borrow_mut(|buffer| {
-            for _ in 0..REPLY_BATCH {
+        REPLIES.with_borrow_mut(|batch| {
+            for _ in 0..REPLY_ROUNDS {
+                let mut end = None;
                 let received = self.socket.try_io(interest, || {
-                    std::io::Read::read(&mut &*socket2::SockRef::from(&self.socket), buffer)
+                    let count = batch.receive(self.socket.as_fd())?;
+                    for index in 0..count {
+                        let Some((reply, _)) = batch.get(index) else {
+                            continue;
+                        };
+                        end = self.relay_one(reply);
+                        if end.is_some() {
+                            // Replies past the session's last are dropped with it.
+                            break;
+                        }
+                    }
+                    if count < batch.slots() {
+                        // Nothing more was queued: clearing readiness now saves the call that
+                        // would find the socket empty (and lets a spare socket be checked for
+                        // stale replies without one).
+                        return Err(ErrorKind::WouldBlock.into());
+                    }
+                    Ok(())
                 });
-                let len = match received {
-                    Ok(len) => len,
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return None,
-                    Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                match received {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => return end,
+                    Err(error) if error.kind() == ErrorKind::ConnectionRefused => {
                         self.observe_refused(&error);
                         return Some(SessionEnd::Error);
                     }
@@ -153,9 +178,9 @@ impl UdpSession {
                         debug!(server = self.server.name(), client = %self.client, backend = %self.backend.target, %error, "UDP backend socket failed");
                         return Some(SessionEnd::Error);
                     }
-                };
-                if let Some(end) = self.relay_one(&buffer[..len]) {
-                    return Some(end);
+                }
+                if end.is_some() {
+                    return end;
                 }
             }
             None

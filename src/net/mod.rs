@@ -1,6 +1,10 @@
 //! Sockets: listeners bound the way gobetween binds them, the TCP options both sides of a
 //! session get, and the UDP sockets of UDP sessions.
 
+mod datagrams;
+
+pub use datagrams::DatagramBatch;
+
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
