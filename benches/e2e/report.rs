@@ -92,6 +92,8 @@ pub const METRICS: &[Metric] = &[
     metric("dns.qps",        "DNS queries at ≤ 0.1 % loss",        "q/s",      Higher, 0, Some(NginxAtLeast(1.3))),
     metric("dns.p99",        "DNS latency p99 at that rate",       "µs",       Lower,  0, None),
     metric("dns.cpu",        "balancer CPU per 100k DNS queries",  "s",        Lower,  3, Some(NginxAtMost(0.7))),
+    metric("dns.cpu_common", "same, all at 12k q/s",               "s",        Lower,  3, None),
+    metric("dns.syscalls",   "balancer system calls per query, 12k q/s", "calls", Lower, 1, None),
 ];
 
 /// All samples of a run, and notes for the reader (skips, failures, sizes).

@@ -66,6 +66,48 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     ticks as f64 / clock_ticks()
 }
 
+/// Counts the system calls `pids` make (every thread) with `perf stat`, from `start` to
+/// `finish`.
+pub struct SyscallCounter {
+    perf: std::process::Child,
+}
+
+impl SyscallCounter {
+    /// # Errors
+    /// perf is missing or cannot attach (it needs root or a permissive
+    /// `kernel.perf_event_paranoid`).
+    pub fn start(pids: &[u32]) -> anyhow::Result<Self> {
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let perf = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p"])
+            .arg(list.join(","))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot run perf (apt-get install linux-perf)")?;
+        // perf attaches asynchronously; calls before that are not counted.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Self { perf })
+    }
+
+    /// Stops counting and returns the number of calls.
+    ///
+    /// # Errors
+    /// perf failed or printed no count.
+    pub fn finish(mut self) -> anyhow::Result<u64> {
+        // SIGINT makes perf print its counts and exit.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.perf.id().to_string()])
+            .status();
+        let output = self.perf.wait_with_output()?;
+        let text = String::from_utf8_lossy(&output.stderr);
+        text.lines()
+            .find(|line| line.contains("raw_syscalls:sys_enter"))
+            .and_then(|line| line.split(',').next()?.trim().parse().ok())
+            .with_context(|| format!("no count in perf's output: {text}"))
+    }
+}
+
 /// The sum of `VmRSS` over `pids`, in KiB.
 pub fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()
