@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,9 @@ use crate::stats::Slot;
 pub struct Pool {
     backends: Vec<Arc<Backend>>,
     balancer: Balancer,
+    /// `slow_start`, for the balancers where a backend's share has a meaning (not the hashes,
+    /// which must keep a client on its backend).
+    slow_start: Option<Duration>,
 }
 
 impl Pool {
@@ -33,7 +37,19 @@ impl Pool {
     ) -> Self {
         backends.sort_by(|a, b| a.target.cmp(&b.target));
         let balancer = Balancer::new(kind, form);
-        Self { backends, balancer }
+        Self {
+            backends,
+            balancer,
+            slow_start: None,
+        }
+    }
+
+    /// Backends coming back into service take a growing share of new sessions over `period`.
+    #[must_use]
+    pub fn with_slow_start(mut self, period: Option<Duration>) -> Self {
+        let hashed = matches!(self.balancer, Balancer::IpHash(_) | Balancer::IpHash1(_));
+        self.slow_start = period.filter(|_| !hashed);
+        self
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {
@@ -60,6 +76,7 @@ impl Pool {
             client,
             tried: Tried::new(self.backends.len()),
             ignore_health: !self.any_healthy(),
+            warming: Vec::new(),
         }
     }
 }
@@ -74,6 +91,9 @@ pub struct Attempts<'a> {
     client: IpAddr,
     tried: Tried,
     ignore_health: bool,
+    /// Backends picked but passed over because they are warming up (`slow_start`): tried
+    /// only once nothing else is left, so no client is refused for it.
+    warming: Vec<usize>,
 }
 
 impl<'a> Attempts<'a> {
@@ -83,10 +103,32 @@ impl<'a> Attempts<'a> {
     }
 
     pub fn next_backend(&mut self) -> Option<&'a Arc<Backend>> {
-        let candidates = Candidates::new(&self.pool.backends, &self.tried, self.ignore_health);
-        let index = self.pool.balancer.select(&candidates, self.client)?;
-        self.tried.insert(index);
+        loop {
+            let candidates = Candidates::new(&self.pool.backends, &self.tried, self.ignore_health);
+            let Some(index) = self.pool.balancer.select(&candidates, self.client) else {
+                break;
+            };
+            self.tried.insert(index);
+            let backend = self.pool.backends.get(index)?;
+            if self.takes_now(backend) {
+                return Some(backend);
+            }
+            self.warming.push(index);
+        }
+        let index = (!self.warming.is_empty()).then(|| self.warming.remove(0))?;
         self.pool.backends.get(index)
+    }
+
+    /// A warming backend takes a pick with the probability of its warm-up share, so its share
+    /// of new sessions grows from none to full over the period, whatever the balancer.
+    fn takes_now(&self, backend: &Backend) -> bool {
+        let Some(period) = self.pool.slow_start else {
+            return true;
+        };
+        match backend.state.warm_up(period) {
+            None => true,
+            Some(share) => fastrand::f64() < share,
+        }
     }
 
     /// The next backend a session can have: a place held on it (`max_connections`) and the
@@ -130,6 +172,67 @@ mod tests {
             seen.dedup();
             assert_eq!(seen.len(), 3, "{name} tried a backend twice");
         }
+    }
+
+    /// Picks out of `picks` that land on the first backend, which came back into service
+    /// about `ago` of a 100 s `slow_start` before.
+    fn warming_share(kind: BalanceKind, ago: Duration, picks: usize) -> f64 {
+        let pool = Pool::new(kind, pool(&[spec(1, 1, 1), spec(2, 1, 1), spec(3, 1, 1)]))
+            .with_slow_start(Some(Duration::from_secs(100)));
+        let warming = &pool.backends()[0].state;
+        warming.set_health(Health::Down);
+        warming.set_health(Health::Up);
+        warming.shift_return_for_test(ago);
+        // The others carry sessions, as they would after the newcomer's outage.
+        let _held: Vec<_> = pool.backends()[1..]
+            .iter()
+            .flat_map(|backend| [backend.try_acquire(), backend.try_acquire()])
+            .collect();
+        let mut landed = 0;
+        for _ in 0..picks {
+            let mut attempts = pool.attempts("192.0.2.1".parse().unwrap());
+            if Arc::ptr_eq(attempts.next_backend().unwrap(), &pool.backends()[0]) {
+                landed += 1;
+            }
+        }
+        landed as f64 / picks as f64
+    }
+
+    #[test]
+    fn a_warming_backend_takes_a_growing_share_of_new_sessions() {
+        for kind in [BalanceKind::RoundRobin, BalanceKind::Weight] {
+            // A third of the picks at full share; a quarter of that a quarter of the way in.
+            let early = warming_share(kind, Duration::from_secs(25), 6000);
+            assert!((0.05..0.13).contains(&early), "{kind:?}: {early}");
+            let done = warming_share(kind, Duration::from_secs(100), 6000);
+            assert!((0.28..0.39).contains(&done), "{kind:?}: {done}");
+        }
+        // leastconn would send every new session to the idle newcomer; slow start makes that
+        // a quarter of them a quarter of the way in.
+        let early = warming_share(BalanceKind::LeastConn, Duration::from_secs(25), 6000);
+        assert!((0.19..0.31).contains(&early), "leastconn: {early}");
+        // The hashes keep their clients where they are.
+        let hashed = warming_share(BalanceKind::IpHash, Duration::ZERO, 100);
+        assert!(hashed == 0.0 || hashed == 1.0);
+    }
+
+    #[test]
+    fn a_warming_backend_is_still_tried_when_nothing_else_is_left() {
+        let pool = Pool::new(
+            BalanceKind::RoundRobin,
+            pool(&[spec(1, 1, 1), spec(2, 1, 1)]),
+        )
+        .with_slow_start(Some(Duration::from_secs(3600)));
+        for backend in pool.backends() {
+            backend.state.set_health(Health::Down);
+            backend.state.set_health(Health::Up);
+        }
+        let mut attempts = pool.attempts("192.0.2.1".parse().unwrap());
+        let mut tried: Vec<_> = std::iter::from_fn(|| attempts.next_backend())
+            .map(|backend| backend.target.to_string())
+            .collect();
+        tried.sort();
+        assert_eq!(tried, ["10.0.0.1:6443", "10.0.0.2:6443"]);
     }
 
     #[test]

@@ -161,7 +161,8 @@ impl Server {
                 config.balance,
                 ClientIpForm::for_bind(&config.bind),
                 backends,
-            ),
+            )
+            .with_slow_start(config.slow_start),
             stats: previous.map_or_else(Arc::default, |server| Arc::clone(&server.stats)),
             forward,
             log_limits: ServerLogLimits::default(),

@@ -183,3 +183,47 @@ async fn leastconn_sends_new_clients_to_the_least_busy() {
         .await;
     }
 }
+
+/// `slow_start`: a backend coming back into service (here: enabled after a drain) is not given
+/// every new client at once by leastconn, which would otherwise send it sessions until it
+/// caught up with the others.
+#[tokio::test]
+async fn slow_start_spreads_a_returning_backends_first_clients() {
+    async fn newcomer_share(slow_start: &str) -> usize {
+        let (a, b) = (name_backend("a").await, name_backend("b").await);
+        let config = server_config(
+            "ss",
+            &format!("balance = \"leastconn\"\nslow_start = \"{slow_start}\""),
+            &[a.addr, b.addr],
+            "",
+        );
+        let balancer = start_balancer(&config).await;
+        let addr = balancer.local_addr("ss").unwrap();
+        let b_target = b.addr.to_string();
+        balancer
+            .set_backend_admin("ss", &b_target, betwixt::Admin::Draining)
+            .unwrap();
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            assert_eq!(read_line(&mut stream).await.unwrap(), "a");
+            held.push(stream);
+        }
+        balancer
+            .set_backend_admin("ss", &b_target, betwixt::Admin::Enabled)
+            .unwrap();
+        let mut to_b = 0;
+        for _ in 0..30 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            if read_line(&mut stream).await.unwrap() == "b" {
+                to_b += 1;
+            }
+            held.push(stream);
+        }
+        to_b
+    }
+    let without = newcomer_share("0").await;
+    assert!(without >= 18, "leastconn alone fills the newcomer: {without} of 30");
+    let with = newcomer_share("60s").await;
+    assert!(with <= 6, "a minute's slow start, seconds in: {with} of 30");
+}

@@ -263,6 +263,7 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
             &mut server.close_sessions_on_backend_removal,
             &defaults.close_sessions_on_backend_removal,
         );
+        inherit(&mut server.slow_start, &defaults.slow_start);
     }
     server.protocol.get_or_insert_with(|| "tcp".to_owned());
     secrets::mask_server(&mut server);

@@ -8,8 +8,9 @@ pub(crate) mod health;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -136,7 +137,23 @@ pub struct BackendState {
     /// The process-wide "close every session" token; each `closer` is its child, so one
     /// future per session waits for both.
     all_sessions: CancellationToken,
+    /// When the backend last came back into service (up after down, or enabled after drain or
+    /// disable), in [`clock_ms`] time; 0 when it has been in service since it was made.
+    returned_at_ms: AtomicU64,
 }
+
+/// Milliseconds on a process-wide monotonic clock. It starts at [`CLOCK_START_MS`], so 0 can
+/// mean "never" and a time before the first reading still has a value (tests use that).
+fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let elapsed = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
+    u64::try_from(elapsed)
+        .unwrap_or(u64::MAX / 2)
+        .saturating_add(CLOCK_START_MS)
+}
+
+/// About 11.6 days.
+const CLOCK_START_MS: u64 = 1_000_000_000;
 
 impl BackendState {
     /// A backend starting with `health`, whose sessions also close when `all_sessions` is
@@ -150,6 +167,7 @@ impl BackendState {
             closer: ArcSwap::from_pointee(all_sessions.child_token()),
             close_reason: AtomicU8::new(SessionEnd::BackendDown as u8),
             all_sessions: all_sessions.clone(),
+            returned_at_ms: AtomicU64::new(0),
         }
     }
 
@@ -189,10 +207,37 @@ impl BackendState {
 
     /// Stores a new health value and returns the previous one, so the caller can tell a flip.
     pub fn set_health(&self, health: Health) -> Health {
-        match self.health.swap(health as u8, Ordering::AcqRel) {
+        let previous = match self.health.swap(health as u8, Ordering::AcqRel) {
             0 => Health::Up,
             _ => Health::Down,
+        };
+        if previous == Health::Down && health == Health::Up {
+            self.returned_at_ms.store(clock_ms(), Ordering::Release);
         }
+        previous
+    }
+
+    /// Moves the last return into service `ago` into the past.
+    #[cfg(test)]
+    pub fn shift_return_for_test(&self, ago: Duration) {
+        let ago = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX);
+        self.returned_at_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |at| {
+                Some(at.saturating_sub(ago).max(1))
+            })
+            .ok();
+    }
+
+    /// While the backend warms up after coming back into service (`slow_start`), the share of
+    /// its full load it should take now, in `(0, 1)`; `None` once warm.
+    pub fn warm_up(&self, period: Duration) -> Option<f64> {
+        let returned = self.returned_at_ms.load(Ordering::Acquire);
+        if returned == 0 {
+            return None;
+        }
+        let elapsed = clock_ms().saturating_sub(returned) as f64;
+        let period = period.as_millis() as f64;
+        (elapsed < period).then(|| (elapsed / period).max(f64::MIN_POSITIVE))
     }
 
     pub fn admin(&self) -> Admin {
@@ -204,7 +249,10 @@ impl BackendState {
     }
 
     pub fn set_admin(&self, admin: Admin) {
-        self.admin.store(admin as u8, Ordering::Release);
+        let previous = self.admin.swap(admin as u8, Ordering::AcqRel);
+        if previous != Admin::Enabled as u8 && admin == Admin::Enabled {
+            self.returned_at_ms.store(clock_ms(), Ordering::Release);
+        }
     }
 }
 
@@ -276,6 +324,26 @@ mod tests {
         let later = state.session_closer();
         assert!(established.is_cancelled());
         assert!(!later.is_cancelled());
+    }
+
+    #[test]
+    fn coming_back_into_service_starts_a_warm_up() {
+        let period = Duration::from_secs(60);
+        let state = BackendState::default();
+        assert_eq!(state.warm_up(period), None, "up since it was made");
+        state.set_health(Health::Down);
+        assert_eq!(state.warm_up(period), None);
+        state.set_health(Health::Up);
+        let share = state.warm_up(period).expect("warming");
+        assert!(share > 0.0 && share < 0.01, "{share}");
+        assert_eq!(state.warm_up(Duration::ZERO), None);
+
+        let enabled = BackendState::default();
+        enabled.set_admin(Admin::Draining);
+        enabled.set_admin(Admin::Draining);
+        assert_eq!(enabled.warm_up(period), None);
+        enabled.set_admin(Admin::Enabled);
+        assert!(enabled.warm_up(period).is_some());
     }
 
     #[test]

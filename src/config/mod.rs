@@ -216,6 +216,10 @@ pub struct ServerConfig {
     /// betwixt's `close_sessions_on_backend_removal`, default false: when a reload removes a
     /// backend its sessions drain; true closes them instead.
     pub close_sessions_on_backend_removal: bool,
+    /// betwixt's `slow_start` (HAProxy's `slowstart`): a backend that comes back up, is added
+    /// or enabled takes a share of new sessions growing from none to its full share over this
+    /// period. `None` (the default, or "0") gives it its full share at once.
+    pub slow_start: Option<Duration>,
     /// `[proxy_protocol] version = "1"`.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// `Some` when `protocol = "udp"`: the `[udp]` table's keys (all optional).

@@ -221,6 +221,8 @@ raw_table! {
         close_sessions_on_backend_down: bool,
         /// betwixt: default false.
         close_sessions_on_backend_removal: bool,
+        /// betwixt: a duration; "0" (default) = none.
+        slow_start: String,
     }
 }
 
@@ -234,6 +236,7 @@ raw_table! {
         connect_attempts: i64,
         close_sessions_on_backend_down: bool,
         close_sessions_on_backend_removal: bool,
+        slow_start: String,
         bind: String,
         protocol: String,
         balance: String,

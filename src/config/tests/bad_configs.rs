@@ -296,7 +296,7 @@ fn rows() -> Vec<(String, &'static str)> {
         ),
         (
             "[logging]\nformat = \"logfmt\"\n".to_owned(),
-            "gobetween.toml: logging.format: unknown value \"logfmt\"; expected text or json",
+            "gobetween.toml: logging.format: unknown value \"logfmt\"; expected text, json, gobetween-text or gobetween-json",
         ),
         (
             "[betwixt]\npipe_size = 100\n".to_owned(),

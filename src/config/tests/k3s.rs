@@ -141,6 +141,7 @@ fn expected_k3s() -> ServerConfig {
         connect_attempts: None,
         close_sessions_on_backend_down: true,
         close_sessions_on_backend_removal: false,
+        slow_start: None,
         proxy_protocol: None,
         udp: None,
         access: Some(AccessConfig {
@@ -179,6 +180,7 @@ fn expected_supervisor() -> ServerConfig {
         connect_attempts: Some(2),
         close_sessions_on_backend_down: true,
         close_sessions_on_backend_removal: false,
+        slow_start: None,
         proxy_protocol: None,
         udp: None,
         access: None,

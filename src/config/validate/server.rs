@@ -29,6 +29,7 @@ struct ConnectionOptions {
     connect_attempts: Option<u32>,
     close_sessions_on_backend_down: bool,
     close_sessions_on_backend_removal: bool,
+    slow_start: Option<Duration>,
 }
 
 /// The server's `bind`, required. Validated apart from the rest so that listener conflicts
@@ -90,6 +91,7 @@ pub(super) fn server(
         connect_attempts: options.connect_attempts,
         close_sessions_on_backend_down: options.close_sessions_on_backend_down,
         close_sessions_on_backend_removal: options.close_sessions_on_backend_removal,
+        slow_start: options.slow_start,
         proxy_protocol,
         udp,
         access,
@@ -316,6 +318,14 @@ fn connection_options(
         &defaults.close_sessions_on_backend_removal,
         "",
     );
+    let (slow, slow_key) = pick(key, &raw.slow_start, &defaults.slow_start, "slow_start");
+    let slow_start = value::timeout(report, &slow_key, slow.map(String::as_str), None);
+    if slow_start.is_some() && matches!(raw.balance.as_deref(), Some("iphash" | "iphash1")) {
+        report.warn(
+            &slow_key,
+            "ignored with balance iphash/iphash1: a hashed client keeps its backend",
+        );
+    }
     ConnectionOptions {
         max_connections,
         client_idle_timeout,
@@ -324,6 +334,7 @@ fn connection_options(
         connect_attempts,
         close_sessions_on_backend_down: down.copied().unwrap_or(true),
         close_sessions_on_backend_removal: removal.copied().unwrap_or(false),
+        slow_start,
     }
 }
 
