@@ -223,7 +223,10 @@ async fn slow_start_spreads_a_returning_backends_first_clients() {
         to_b
     }
     let without = newcomer_share("0").await;
-    assert!(without >= 18, "leastconn alone fills the newcomer: {without} of 30");
+    assert!(
+        without >= 18,
+        "leastconn alone fills the newcomer: {without} of 30"
+    );
     let with = newcomer_share("60s").await;
     assert!(with <= 6, "a minute's slow start, seconds in: {with} of 30");
 }

@@ -393,3 +393,110 @@ async fn a_slow_reader_gets_every_byte_on_every_path() {
         );
     }
 }
+
+/// `version = "2"`: the binary header, as the PROXY protocol specification lays it out,
+/// precedes the client's bytes.
+#[tokio::test]
+async fn proxy_protocol_v2_header_precedes_client_bytes() {
+    let (header_tx, header_rx) = tokio::sync::oneshot::channel();
+    let header_tx = std::sync::Mutex::new(Some(header_tx));
+    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), move |mut stream| {
+        let sender = header_tx.lock().unwrap().take();
+        async move {
+            let mut received = Vec::new();
+            let _ = stream.read_to_end(&mut received).await;
+            if let Some(sender) = sender {
+                let _ = sender.send(received);
+            }
+        }
+    })
+    .await;
+    let config = server_config(
+        "pp",
+        "",
+        &[backend.addr],
+        "[servers.pp.proxy_protocol]\nversion = \"2\"",
+    );
+    let balancer = start_balancer(&config).await;
+    let listen = balancer.local_addr("pp").unwrap();
+    let mut client = TcpStream::connect(listen).await.unwrap();
+    let local = client.local_addr().unwrap();
+    client.write_all(b"payload").await.unwrap();
+    client.shutdown().await.unwrap();
+    let received = tokio::time::timeout(PATIENCE, header_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut expected =
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01".to_vec();
+    expected.extend_from_slice(&local.port().to_be_bytes());
+    expected.extend_from_slice(&listen.port().to_be_bytes());
+    expected.extend_from_slice(b"payload");
+    assert_eq!(received, expected);
+}
+
+/// nginx (`stream`, `listen ... proxy_protocol`), a real PROXY protocol parser, reads both
+/// header versions and answers with the client address it found. One process
+/// (`master_process off`), so killing it leaves no worker behind.
+#[tokio::test]
+async fn nginx_reads_the_client_address_from_both_proxy_header_versions() {
+    let scratch = Scratch::new("nginx-proxy");
+    let port = free_port();
+    let module = ["/usr/lib/nginx/modules/ngx_stream_module.so"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .map(|path| format!("load_module {path};"))
+        .unwrap_or_default();
+    let dir = scratch.0.display().to_string();
+    let conf = scratch.file(
+        "nginx.conf",
+        &format!(
+            "{module}\ndaemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{}}\nstream {{ server {{ listen 127.0.0.1:{port} proxy_protocol; \
+             return \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }} }}\n"
+        ),
+    );
+    let mut nginx = std::process::Command::new("nginx")
+        .args(["-p", &dir, "-e", &format!("{dir}/error.log"), "-c"])
+        .arg(&conf)
+        .spawn()
+        .expect("nginx (apt-get install nginx libnginx-mod-stream)");
+    let backend: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut listening = false;
+    for _ in 0..100 {
+        if TcpStream::connect(backend).await.is_ok() {
+            listening = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        listening,
+        "nginx did not start: {}",
+        std::fs::read_to_string(scratch.0.join("error.log")).unwrap_or_default()
+    );
+    for version in ["1", "2"] {
+        let config = server_config(
+            "pp",
+            "",
+            &[backend],
+            &format!("[servers.pp.proxy_protocol]\nversion = \"{version}\""),
+        );
+        let balancer = start_balancer(&config).await;
+        let mut client = TcpStream::connect(balancer.local_addr("pp").unwrap())
+            .await
+            .unwrap();
+        let local = client.local_addr().unwrap();
+        let line = tokio::time::timeout(PATIENCE, read_line(&mut client))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            line.trim_end(),
+            format!("127.0.0.1 {}", local.port()),
+            "version {version}"
+        );
+    }
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+}

@@ -278,6 +278,49 @@ async fn a_late_extra_reply_never_reaches_the_next_client() {
     backend.abort();
 }
 
+/// `[proxy_protocol] version = "2"` on a UDP server: the binary header (UDP over IPv4) goes
+/// before each datagram, in sessions and in fire-and-forget mode; replies come back as they are.
+#[tokio::test]
+async fn proxy_protocol_v2_precedes_each_datagram() {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = socket.local_addr().unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let backend = tokio::spawn(async move {
+        let mut buffer = vec![0; 1500];
+        while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+            let _ = seen_tx.send(buffer[..len].to_vec());
+            let _ = socket.send_to(b"reply", from).await;
+        }
+    });
+    for (tail, label) in [("", "session"), ("max_requests = 1", "fire-and-forget")] {
+        let config = format!(
+            "[servers.dns]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\n\
+             [servers.dns.proxy_protocol]\nversion = \"2\"\n\
+             [servers.dns.udp]\n{tail}\n\
+             [servers.dns.discovery]\nkind = \"static\"\nstatic_list = [\"{backend_addr}\"]\n"
+        );
+        let balancer = start_balancer(&config).await;
+        let addr = address(&balancer);
+        let client = client().await;
+        let reply = ask(&client, addr, "query").await;
+        if label == "session" {
+            assert_eq!(reply.as_deref(), Some("reply"), "{label}");
+        }
+        let seen = tokio::time::timeout(REPLY_WAIT, seen_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut expected =
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x12\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01".to_vec();
+        expected.extend_from_slice(&client.local_addr().unwrap().port().to_be_bytes());
+        expected.extend_from_slice(&addr.port().to_be_bytes());
+        expected.extend_from_slice(b"query");
+        assert_eq!(seen, expected, "{label}");
+        while seen_rx.try_recv().is_ok() {}
+    }
+    backend.abort();
+}
+
 /// Several requests in flight on one session: the session waits for a reply to each (gobetween
 /// ended it at the first reply and lost the others).
 #[tokio::test]

@@ -220,7 +220,7 @@ pub struct ServerConfig {
     /// or enabled takes a share of new sessions growing from none to its full share over this
     /// period. `None` (the default, or "0") gives it its full share at once.
     pub slow_start: Option<Duration>,
-    /// `[proxy_protocol] version = "1"`.
+    /// `[proxy_protocol] version = "1"` or `"2"`.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// `Some` when `protocol = "udp"`: the `[udp]` table's keys (all optional).
     pub udp: Option<UdpConfig>,
@@ -261,7 +261,10 @@ pub struct UdpConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocolVersion {
+    /// gobetween's text line, TCP only.
     V1,
+    /// The binary header (betwixt): TCP and UDP (before each datagram), with TLVs.
+    V2,
 }
 
 /// `[access]`: first matching rule wins, then `default`.

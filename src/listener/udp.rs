@@ -56,8 +56,16 @@ pub async fn receive_loop(
         return;
     };
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let local = match socket.local_addr() {
+        Ok(local) => local,
+        Err(error) => {
+            error!(server = %name, %error, "UDP listener has no local address");
+            return;
+        }
+    };
     let endpoint = Arc::new(Endpoint {
         socket: Arc::new(socket),
+        local,
         epoch: tokio::time::Instant::now(),
         stopped: CancellationToken::new(),
         tasks: shared.sessions.clone(),
@@ -156,7 +164,8 @@ impl Receiver {
         let server = Arc::clone(&self.server);
         let udp = server.config.udp.unwrap_or_default();
         if udp.max_requests == Some(1) && !udp.transparent {
-            if !self.forget.send(&server, client, payload) {
+            let local = self.table.endpoint.local;
+            if !self.forget.send(&server, client, local, payload) {
                 self.drop_datagram(client, "no backend took it");
             }
             return;

@@ -13,7 +13,7 @@ use tracing::{debug, error};
 use super::connect::{Connected, connect_with_retry};
 use crate::config::ProxyProtocolVersion;
 use crate::forward::{self, ForwardError};
-use crate::proxy_protocol;
+use crate::proxy_protocol::{self, Transport};
 use crate::snapshot::Server;
 use crate::stats::{ServerStats, SessionEnd, SessionMeter, Slot};
 
@@ -70,6 +70,11 @@ impl TcpSession {
                 let local = self.client.local_addr()?;
                 let header = proxy_protocol::v1_header(self.peer, local);
                 forward::write_all(&connected.stream, header.as_bytes()).await
+            }
+            Some(ProxyProtocolVersion::V2) => {
+                let local = self.client.local_addr()?;
+                let header = proxy_protocol::v2_header(Transport::Stream, self.peer, local, None);
+                forward::write_all(&connected.stream, &header).await
             }
             None => Ok(()),
         }

@@ -56,7 +56,7 @@ fn rows() -> Vec<(String, &'static str)> {
                 DISCOVERY,
                 "[servers.k3s.proxy_protocol]\nversion = \"1\"",
             ),
-            "gobetween.toml: servers.k3s.proxy_protocol: the PROXY protocol header is for TCP streams",
+            "gobetween.toml: servers.k3s.proxy_protocol.version: version 1 is a line for TCP streams; a udp server can send version \"2\"",
         ),
         (
             k3s(&format!("{BIND}\nprotocol = \"quic\""), DISCOVERY, ""),
@@ -264,9 +264,9 @@ fn rows() -> Vec<(String, &'static str)> {
             k3s(
                 BIND,
                 DISCOVERY,
-                "[servers.k3s.proxy_protocol]\nversion = \"2\"",
+                "[servers.k3s.proxy_protocol]\nversion = \"3\"",
             ),
-            "gobetween.toml: servers.k3s.proxy_protocol.version: unsupported version \"2\"; only \"1\" is supported",
+            "gobetween.toml: servers.k3s.proxy_protocol.version: unsupported version \"3\"; expected \"1\" or \"2\"",
         ),
         (
             format!(

@@ -176,10 +176,15 @@ fn protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) -> Option<UdpCo
         }
         return None;
     }
-    if raw.proxy_protocol.is_some() {
+    let version = raw
+        .proxy_protocol
+        .as_ref()
+        .and_then(|proxy| proxy.version.as_deref());
+    if version == Some("1") {
         report.error(
-            &key.child("proxy_protocol"),
-            "the PROXY protocol header is for TCP streams; a udp server cannot send it",
+            &key.child("proxy_protocol").child("version"),
+            "version 1 is a line for TCP streams; a udp server can send version \"2\", \
+             whose header goes before each datagram",
         );
     }
     Some(raw.udp.as_ref().map_or_else(UdpConfig::default, |table| {
@@ -419,7 +424,7 @@ fn parse_rule(rule: &str) -> Result<AccessRule, String> {
     Ok(AccessRule { action, network })
 }
 
-/// `[proxy_protocol]`: `version = "1"`, the only version gobetween supports.
+/// `[proxy_protocol]`: `version = "1"` (gobetween's) or `"2"`.
 fn proxy_protocol(
     report: &mut Report<'_>,
     key: &Key,
@@ -428,10 +433,11 @@ fn proxy_protocol(
     let version_key = key.child("version");
     match text(&raw.version) {
         Some("1") => return Some(ProxyProtocolVersion::V1),
-        None => report.error(&version_key, "missing; the supported version is \"1\""),
+        Some("2") => return Some(ProxyProtocolVersion::V2),
+        None => report.error(&version_key, "missing; expected \"1\" or \"2\""),
         Some(version) => report.error(
             &version_key,
-            format!("unsupported version {version:?}; only \"1\" is supported, as in gobetween"),
+            format!("unsupported version {version:?}; expected \"1\" or \"2\""),
         ),
     }
     None

@@ -14,8 +14,10 @@ use std::sync::{Arc, Weak};
 
 use tracing::{debug, warn};
 
+use crate::config::ProxyProtocolVersion;
 use crate::health::monitor;
 use crate::net;
+use crate::proxy_protocol::{self, Transport};
 use crate::snapshot::Server;
 use crate::stats::SessionEnd;
 
@@ -25,6 +27,8 @@ pub(crate) struct FireAndForget {
     sockets: HashMap<Arc<str>, std::net::UdpSocket>,
     /// The server generation the sockets were last pruned for.
     pruned_for: Weak<Server>,
+    /// The PROXY v2 header of the datagram being sent, kept for its allocation.
+    header: Vec<u8>,
 }
 
 impl FireAndForget {
@@ -34,9 +38,20 @@ impl FireAndForget {
         &mut self,
         server: &Arc<Server>,
         client: SocketAddr,
+        local: SocketAddr,
         payload: &[u8],
     ) -> bool {
         self.prune(server);
+        let proxied = server.config.proxy_protocol == Some(ProxyProtocolVersion::V2);
+        if proxied {
+            proxy_protocol::write_v2_header(
+                &mut self.header,
+                Transport::Datagram,
+                client,
+                local,
+                None,
+            );
+        }
         let mut attempts = server.pool.attempts(client.ip());
         while let Some(backend) = attempts.next_backend() {
             let routable = backend.accepts_new_sessions()
@@ -44,14 +59,15 @@ impl FireAndForget {
             let Some(address) = backend.resolved.filter(|_| routable) else {
                 continue;
             };
-            let socket = match self.socket(&backend.target, address) {
+            let socket = match Self::socket(&mut self.sockets, &backend.target, address) {
                 Ok(socket) => socket,
                 Err(error) => {
                     debug!(server = server.name(), backend = %backend.target, %error, "cannot open a UDP socket to the backend");
                     continue;
                 }
             };
-            match socket.send(payload) {
+            let header = proxied.then_some(self.header.as_slice());
+            match super::send_datagram(socket2::SockRef::from(socket), header, payload) {
                 Ok(sent) => {
                     let bytes = sent as u64;
                     let stats = &backend.state.stats;
@@ -78,20 +94,20 @@ impl FireAndForget {
         false
     }
 
-    fn socket(
-        &mut self,
+    fn socket<'a>(
+        sockets: &'a mut HashMap<Arc<str>, std::net::UdpSocket>,
         target: &Arc<str>,
         address: SocketAddr,
-    ) -> io::Result<&std::net::UdpSocket> {
-        if !self.sockets.contains_key(target) {
+    ) -> io::Result<&'a std::net::UdpSocket> {
+        if !sockets.contains_key(target) {
             let socket = net::connect_udp(address, None)?;
             // Replies are never read: keep what the kernel buffers for them small.
             if let Err(error) = socket2::SockRef::from(&socket).set_recv_buffer_size(4096) {
                 debug!(%error, "cannot shrink a fire-and-forget socket's receive buffer");
             }
-            self.sockets.insert(Arc::clone(target), socket);
+            sockets.insert(Arc::clone(target), socket);
         }
-        self.sockets
+        sockets
             .get(target)
             .ok_or_else(|| io::Error::other("socket vanished"))
     }

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, BackendState};
+use crate::config::ProxyProtocolVersion;
+use crate::proxy_protocol::{self, Transport};
 use crate::snapshot::Server;
 use crate::stats::{ServerStats, SessionEnd, Slot};
 pub(crate) use open::{Unopened, open};
@@ -53,6 +55,8 @@ const CLOSED: u64 = u64::MAX;
 pub(crate) struct Endpoint {
     /// The listening socket; replies go out of it.
     pub(crate) socket: Arc<UdpSocket>,
+    /// Its address: the destination a PROXY header names.
+    pub(crate) local: SocketAddr,
     /// The origin of the millisecond timestamps sessions keep.
     pub(crate) epoch: Instant,
     /// Cancelled when the listener stops.
@@ -68,6 +72,35 @@ impl Endpoint {
     pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+
+    /// The PROXY v2 header that goes before each of `client`'s datagrams, when `server`
+    /// sends one.
+    pub(crate) fn proxy_header(&self, server: &Server, client: SocketAddr) -> Option<Box<[u8]>> {
+        (server.config.proxy_protocol == Some(ProxyProtocolVersion::V2)).then(|| {
+            proxy_protocol::v2_header(Transport::Datagram, client, self.local, None)
+                .into_boxed_slice()
+        })
+    }
+}
+
+/// Sends `payload` on a connected socket, after `header` if there is one, as one datagram
+/// with one system call; returns the payload bytes sent.
+pub(crate) fn send_datagram(
+    socket: socket2::SockRef<'_>,
+    header: Option<&[u8]>,
+    payload: &[u8],
+) -> std::io::Result<usize> {
+    match header {
+        None => socket.send(payload),
+        Some(header) => {
+            let parts = [
+                std::io::IoSlice::new(header),
+                std::io::IoSlice::new(payload),
+            ];
+            let sent = socket.send_vectored(&parts)?;
+            Ok(sent.saturating_sub(header.len()))
+        }
+    }
 }
 
 /// One client address and its backend socket.
@@ -78,6 +111,8 @@ pub(crate) struct UdpSession {
     backend: Arc<Backend>,
     server: Arc<Server>,
     endpoint: Arc<Endpoint>,
+    /// The PROXY v2 header before each datagram to the backend, if the server sends one.
+    proxy_header: Option<Box<[u8]>>,
     /// Datagrams forwarded to the backend, or [`CLOSED`].
     requests: AtomicU64,
     /// Replies forwarded to the client.
@@ -130,7 +165,8 @@ impl UdpSession {
         self.last_request_ms.store(now_ms, Ordering::Relaxed);
         // A direct send: tokio's `try_send` waits for the reactor to have seen the new socket
         // writable, and the receive loop never waits.
-        match socket2::SockRef::from(&self.socket).send(payload) {
+        let socket = socket2::SockRef::from(&self.socket);
+        match send_datagram(socket, self.proxy_header.as_deref(), payload) {
             Ok(sent) => {
                 let bytes = sent as u64;
                 self.backend

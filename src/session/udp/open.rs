@@ -78,6 +78,7 @@ pub(crate) fn open(
         let session = Arc::new(UdpSession {
             client,
             socket,
+            proxy_header: endpoint.proxy_header(server, client),
             backend: Arc::clone(backend),
             server: Arc::clone(server),
             endpoint: Arc::clone(endpoint),
