@@ -152,6 +152,7 @@ fn expected_k3s() -> ServerConfig {
             ],
         }),
         backends,
+        discovery: DiscoveryConfig::fixed(),
         healthcheck: HealthcheckConfig {
             kind: CheckKind::Ping,
             interval: Duration::from_secs(2),
@@ -183,6 +184,7 @@ fn expected_supervisor() -> ServerConfig {
         udp: None,
         access: None,
         backends,
+        discovery: DiscoveryConfig::fixed(),
         healthcheck: HealthcheckConfig {
             kind: CheckKind::None,
             interval: Duration::ZERO,
