@@ -162,7 +162,7 @@ impl Drop for Runner {
     }
 }
 
-/// Fetches once from a polled source, without a time limit.
+/// Fetches once from a polled source, without a time limit. A polled kind is one arm here.
 async fn fetch(kind: &DiscoveryKind) -> Result<Vec<BackendSpec>, FetchError> {
     match kind {
         DiscoveryKind::Static => Ok(Vec::new()),
@@ -193,9 +193,20 @@ struct FailureLog {
 
 impl Task {
     async fn run(self, stop: CancellationToken) {
+        let source = async {
+            // A watching kind has its arm here, such as
+            // `DiscoveryKind::Kubernetes(source) => self.follow(|updates| kubernetes::watch(source, updates)).await`.
+            match &self.config.kind {
+                DiscoveryKind::Static
+                | DiscoveryKind::Exec(_)
+                | DiscoveryKind::Plaintext(_)
+                | DiscoveryKind::Json(_)
+                | DiscoveryKind::Srv(_) => self.poll().await,
+            }
+        };
         tokio::select! {
             () = stop.cancelled() => {}
-            () = self.poll() => {}
+            () = source => {}
         }
     }
 
@@ -222,8 +233,10 @@ impl Task {
     }
 
     /// Runs a watching source, which sends each list (or why it has none) as it learns of it,
-    /// until it returns or the task is stopped.
-    // The kubernetes kind's arm in `run` calls it.
+    /// until it returns and drops its sender, or the task is stopped. Each list is checked
+    /// like a fetched one; each error counts as a failed fetch and `failpolicy` applies.
+    /// `interval` and `timeout` do not: the source decides when it reports.
+    // A watching kind's arm in `run` calls it.
     #[cfg_attr(not(test), allow(dead_code))]
     async fn follow<F, Fut>(&self, watch: F)
     where
