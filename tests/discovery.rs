@@ -525,11 +525,12 @@ async fn srv_records_from_dnsmasq_over_udp_and_tcp_become_backends() {
              interval = \"1s\"\n"
         )
     };
-    let config = server("udp", "udp") + &server("tcp", "tcp");
-    let balancer = start_balancer(&config).await;
+    let config = server("udp", "udp") + &server("tcp", "tcp") + ENDPOINTS;
+    let lb = Balancer::start(&config).await;
+    let balancer = &lb.balancer;
     for name in ["udp", "tcp"] {
         eventually("both SRV targets are backends", || {
-            targets(&balancer, name) == sorted(&[a.addr, b.addr])
+            targets(balancer, name) == sorted(&[a.addr, b.addr])
         })
         .await;
         let addr = balancer.local_addr(name).unwrap();
@@ -541,8 +542,30 @@ async fn srv_records_from_dnsmasq_over_udp_and_tcp_become_backends() {
         names.dedup();
         assert_eq!(names, ["a", "b"], "both serve through {name}");
     }
-    let report = server_report(&balancer, "tcp");
+    let report = server_report(balancer, "tcp");
     assert_eq!(report.discovery.unwrap().failures, 0);
+    // Each record's weight, priority and target name (as sni) make the backend.
+    let stats = lb.get_json("/servers/udp/stats").await;
+    let mut shown: Vec<(String, u64, u64, String)> = stats["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|backend| {
+            (
+                backend["port"].as_str().unwrap().to_owned(),
+                backend["weight"].as_u64().unwrap(),
+                backend["priority"].as_u64().unwrap(),
+                backend["sni"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    shown.sort();
+    let mut expected = vec![
+        (a.addr.port().to_string(), 1, 0, "m1.test".to_owned()),
+        (b.addr.port().to_string(), 5, 0, "m2.test".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(shown, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,6 +636,15 @@ async fn a_server_posted_with_discovery_serves_and_shows_in_stats_and_metrics() 
             "betwixt_discovery_last_success_timestamp_seconds",
             &[("server", "dyn"), ("kind", "plaintext")]
         ) > 0.0
+    );
+    let status = lb.get_json("/status.json").await;
+    assert!(
+        status["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|name| name == "dyn"),
+        "{status}"
     );
     let port = a.addr.port().to_string();
     let host = a.addr.ip().to_string();

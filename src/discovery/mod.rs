@@ -324,8 +324,10 @@ impl Task {
     }
 }
 
-/// The list as the pool takes it: one backend per `host:port` (the first one listed), and
-/// for a udp server only IP addresses (its datagrams are not sent to a resolved name).
+/// The list as the pool takes it: one backend per `host:port` (the first one listed), ordered
+/// by `host:port` so that a source listing the same backends in another order (DNS answers
+/// rotate) changes nothing, and for a udp server only IP addresses (its datagrams are not sent
+/// to a resolved name).
 fn check_list(backends: Vec<BackendSpec>, udp: bool) -> Result<Vec<BackendSpec>, String> {
     let named = backends.iter().find(|backend| backend.ip_addr().is_none());
     if let Some(named) = named.filter(|_| udp) {
@@ -335,10 +337,12 @@ fn check_list(backends: Vec<BackendSpec>, udp: bool) -> Result<Vec<BackendSpec>,
         ));
     }
     let mut seen = HashSet::with_capacity(backends.len());
-    Ok(backends
+    let mut backends: Vec<BackendSpec> = backends
         .into_iter()
         .filter(|backend| seen.insert(backend.target()))
-        .collect())
+        .collect();
+    backends.sort_by_cached_key(BackendSpec::target);
+    Ok(backends)
 }
 
 #[cfg(test)]
@@ -373,10 +377,10 @@ mod tests {
     }
 
     #[test]
-    fn a_list_keeps_the_first_of_repeated_targets_and_a_udp_list_only_addresses() {
+    fn a_list_is_ordered_keeps_the_first_of_repeated_targets_and_for_udp_only_addresses() {
         let mut heavier = backend("10.0.0.1", 6443);
         heavier.weight = 5;
-        let list = vec![backend("10.0.0.1", 6443), heavier, backend("m1", 6443)];
+        let list = vec![backend("m1", 6443), backend("10.0.0.1", 6443), heavier];
         let checked = check_list(list.clone(), false).unwrap();
         assert_eq!(checked, [backend("10.0.0.1", 6443), backend("m1", 6443)]);
         let error = check_list(list, true).unwrap_err();
