@@ -185,3 +185,64 @@ fn with_causes(error: &hyper::Error) -> String {
     }
     message
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTPS server with a self-signed certificate, which the system roots do not trust:
+    /// the fetch fails in the handshake, naming the URL and the certificate problem, before
+    /// any request is sent.
+    #[tokio::test]
+    async fn https_verifies_the_server_against_the_system_roots() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = CertificateDer::from(certified.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                return 0;
+            };
+            let mut request = [0u8; 1024];
+            let read = tls.read(&mut request).await.unwrap_or(0);
+            let _ = tls
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            read
+        });
+        let url = format!("https://localhost:{port}/list");
+        let error = get(&url).await.unwrap_err();
+        assert!(matches!(error, Error::Tls { .. }), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!("{url}: TLS: ")) && message.contains("certificate"),
+            "{message}"
+        );
+        assert_eq!(requests.await.unwrap(), 0, "no request reached the server");
+    }
+
+    #[tokio::test]
+    async fn a_url_that_is_not_http_is_refused_before_connecting() {
+        let error = get("ftp://127.0.0.1/list").await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "ftp://127.0.0.1/list: the scheme must be http or https"
+        );
+    }
+}

@@ -5,7 +5,9 @@
 //! without the final dot. The host is the target's address from the additional section (A,
 //! else AAAA); when that has none, the same server is asked for the target's A, then AAAA,
 //! record; a target with no address is left out (gobetween's behaviour). An answer with no SRV
-//! record is an empty list, not a failure.
+//! record is an empty list, not a failure. Each query waits at most [`QUERY_TIMEOUT`] for its
+//! answer, the default of gobetween's DNS library, so a lost datagram cannot stall discovery
+//! even with `timeout = "0"`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +22,9 @@ use crate::config::{BackendSpec, DnsProtocol, SrvDiscovery};
 
 /// The answer size announced with EDNS over UDP (gobetween's).
 const UDP_ANSWER_SIZE: u16 = 4096;
+
+/// How long one query waits for its answer.
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -173,11 +178,21 @@ impl Asker<'_> {
         let bytes = query
             .to_vec()
             .map_err(|error| malformed(error.to_string()))?;
-        let reply = match self.protocol {
-            DnsProtocol::Udp => self.exchange_udp(&bytes, id).await,
-            DnsProtocol::Tcp => self.exchange_tcp(&bytes).await,
-        }
-        .map_err(exchange_error)?;
+        let exchange = async {
+            match self.protocol {
+                DnsProtocol::Udp => self.exchange_udp(&bytes, id).await,
+                DnsProtocol::Tcp => self.exchange_tcp(&bytes).await,
+            }
+        };
+        let reply = tokio::time::timeout(QUERY_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {QUERY_TIMEOUT:?}"),
+                ))
+            })
+            .map_err(exchange_error)?;
         let answer = Message::from_vec(&reply).map_err(|error| malformed(error.to_string()))?;
         if answer.id() != id {
             return Err(malformed(format!(
@@ -228,5 +243,28 @@ impl Asker<'_> {
         let mut reply = vec![0u8; usize::from(len)];
         stream.read_exact(&mut reply).await?;
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name server that never answers: the query gives up after [`QUERY_TIMEOUT`] (in
+    /// paused time) and the error names the server and the question.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_name_server_fails_the_query_in_time() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = silent.local_addr().unwrap().to_string();
+        let source = SrvDiscovery {
+            server: server.clone(),
+            name: "_api._tcp.test.".into(),
+            protocol: DnsProtocol::Udp,
+        };
+        let error = fetch(&source).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("{server}: _api._tcp.test. SRV: no answer within 2s")
+        );
     }
 }
