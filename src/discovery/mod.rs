@@ -37,6 +37,9 @@ use crate::stats::{DiscoveryStats, ServerStats};
 /// How long after a failed fetch the next one starts (gobetween's retry wait, every kind).
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
+/// What a watching source does after a failure, for the log line.
+const WATCHING: &str = "waiting for the source to report again";
+
 /// How often a fetch failing again for the same reason is logged.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -224,7 +227,8 @@ impl Task {
                     }
                 }
                 Err(reason) => {
-                    self.failed(reason, &mut failures).await;
+                    let next = format!("retrying in {RETRY_AFTER:?}");
+                    self.failed(reason, &mut failures, &next).await;
                     RETRY_AFTER
                 }
             };
@@ -255,10 +259,10 @@ impl Task {
                     Some(Ok(backends)) => {
                         match check_list(backends, self.udp) {
                             Ok(backends) => self.succeeded(backends, &mut failures).await,
-                            Err(reason) => self.failed(reason, &mut failures).await,
+                            Err(reason) => self.failed(reason, &mut failures, WATCHING).await,
                         }
                     }
-                    Some(Err(reason)) => self.failed(reason, &mut failures).await,
+                    Some(Err(reason)) => self.failed(reason, &mut failures, WATCHING).await,
                     None => return,
                 },
             }
@@ -287,7 +291,9 @@ impl Task {
         self.send(backends).await;
     }
 
-    async fn failed(&self, reason: String, failures: &mut FailureLog) {
+    /// Counts and (unless it repeats) logs a failure, then applies `failpolicy`. `next` says
+    /// what the source does now.
+    async fn failed(&self, reason: String, failures: &mut FailureLog, next: &str) {
         let stats: &DiscoveryStats = &self.stats.discovery;
         stats.record_failure(reason.clone());
         let policy = match self.config.failpolicy {
@@ -303,7 +309,7 @@ impl Task {
         } else {
             let kind = self.config.kind.name();
             let held_back = std::mem::take(&mut failures.held_back);
-            warn!(server = %self.server, kind, failures_not_logged = held_back, "discovery fetch failed, retrying in {RETRY_AFTER:?}; {policy}: {reason}");
+            warn!(server = %self.server, kind, failures_not_logged = held_back, "discovery fetch failed, {next}; {policy}: {reason}");
             failures.last = Some((reason, now));
         }
         if self.config.failpolicy == FailPolicy::SetEmpty {
