@@ -216,9 +216,17 @@ async fn a_failing_source_keeps_the_last_list_or_empties_it_per_failpolicy() {
     }
 
     source.fail(true);
-    eventually("setempty empties its server", || {
-        targets(&balancer, "empty").is_empty()
-    })
+    eventually(
+        "both servers saw a failed fetch; setempty emptied its own",
+        || {
+            let failed = |server| {
+                server_report(&balancer, server)
+                    .discovery
+                    .is_some_and(|discovery| discovery.failures >= 1)
+            };
+            failed("keep") && failed("empty") && targets(&balancer, "empty").is_empty()
+        },
+    )
     .await;
     let keep = server_report(&balancer, "keep");
     assert_eq!(targets(&balancer, "keep"), sorted(&[a.addr]));
@@ -374,7 +382,7 @@ async fn plaintext_and_json_lists_come_from_an_http_server() {
     bodies.set("/list.json", &json(&[a.addr]));
     let http = bodies.serve().await;
     let config = format!(
-        "[servers.plain]\nbind = \"127.0.0.1:0\"\n\
+        "[servers.plain]\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\n\
          [servers.plain.discovery]\nkind = \"plaintext\"\ninterval = \"100ms\"\n\
          plaintext_endpoint = \"http://{http}/list.txt\"\n\
          [servers.custom]\nbind = \"127.0.0.1:0\"\n\
