@@ -38,7 +38,8 @@
 //!   status page shows, and the byte movers (copy, splice).
 //! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
 //!   snapshot behind one `ArcSwap`, backend state carried over by target.
-//! - `health`: check kinds and the task that schedules them.
+//! - `health`, `discovery`: check kinds and the task that schedules them; the tasks that fetch
+//!   a server's backends from a command, a URL or DNS.
 //! - `listener`, `session`: accept (TCP) or receive (UDP), access rules and limits; connect
 //!   with retry and forward, or keep one backend socket per UDP client address.
 //! - `supervisor`: owns listeners and the published snapshot; reload and graceful shutdown.
@@ -56,6 +57,7 @@ pub(crate) mod backend;
 pub(crate) mod balance;
 pub mod config;
 pub mod daemon;
+pub(crate) mod discovery;
 mod embed;
 pub(crate) mod endpoints;
 pub(crate) mod events;
@@ -80,7 +82,9 @@ pub mod tls;
 pub use config::Config;
 pub use embed::LoadBalancer;
 pub use endpoints::{EndpointError, Endpoints};
-pub use report::{Admin, BackendReport, Health, Report, ServerReport, SessionEnd, Transition};
+pub use report::{
+    Admin, BackendReport, DiscoveryReport, Health, Report, ServerReport, SessionEnd, Transition,
+};
 pub use supervisor::{ReloadSummary, ShutdownSummary, StartError, UnknownBackend};
 
 /// gobetween's REST API as its clients see it (`betwixt status` among them): the JSON of its

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backend::Backend;
 pub use crate::backend::{Admin, Health};
@@ -70,6 +71,42 @@ pub struct ServerReport {
     pub ended: BTreeMap<SessionEnd, u64>,
     /// Ordered by `host:port`.
     pub backends: Vec<BackendReport>,
+    /// The fetches of a dynamic discovery kind; `None` for a static list.
+    pub discovery: Option<DiscoveryReport>,
+}
+
+/// How a server's discovery has fared since the server was added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryReport {
+    /// `exec`, `srv`, ...
+    pub kind: String,
+    /// Fetches that produced a list.
+    pub fetches: u64,
+    /// Fetches that failed or timed out.
+    pub failures: u64,
+    /// When the last fetch succeeded.
+    pub last_success: Option<SystemTime>,
+    /// Why the last fetch failed, until one succeeds.
+    pub last_error: Option<String>,
+}
+
+impl DiscoveryReport {
+    fn of(server: &Server) -> Option<Self> {
+        let discovery = &server.config.discovery;
+        if !discovery.is_dynamic() {
+            return None;
+        }
+        let stats = &server.stats.discovery;
+        let last_success_ms = stats.last_success_ms.load(Ordering::Relaxed);
+        Some(Self {
+            kind: discovery.kind.name().to_owned(),
+            fetches: stats.fetches.load(Ordering::Relaxed),
+            failures: stats.failures.load(Ordering::Relaxed),
+            last_success: (last_success_ms > 0)
+                .then(|| UNIX_EPOCH + Duration::from_millis(last_success_ms)),
+            last_error: stats.last_error.load_full().map(|error| (*error).clone()),
+        })
+    }
 }
 
 impl ServerReport {
@@ -110,6 +147,7 @@ impl ServerReport {
                 .iter()
                 .map(|backend| BackendReport::of(backend))
                 .collect(),
+            discovery: DiscoveryReport::of(server),
         }
     }
 }

@@ -88,6 +88,38 @@ pub struct ServerStats {
     /// UDP: client datagrams not forwarded (no backend, a full socket buffer, no session
     /// possible) and backend replies that could not be sent to the client.
     pub datagrams_dropped: AtomicU64,
+    /// Fetches of a dynamic discovery kind.
+    pub discovery: DiscoveryStats,
+}
+
+/// The fetches of one server's discovery task (kept across reloads, like the server's other
+/// counters). The task writes, the report and metrics read.
+#[derive(Debug, Default)]
+pub struct DiscoveryStats {
+    /// Fetches that produced a list.
+    pub fetches: AtomicU64,
+    /// Fetches that failed or timed out.
+    pub failures: AtomicU64,
+    /// When the last fetch succeeded, in milliseconds since the Unix epoch; 0 for never.
+    pub last_success_ms: AtomicU64,
+    /// Why the last fetch failed; cleared by a success.
+    pub last_error: arc_swap::ArcSwapOption<String>,
+}
+
+impl DiscoveryStats {
+    pub fn record_success(&self) {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        self.last_success_ms.store(now, Ordering::Relaxed);
+        self.last_error.store(None);
+    }
+
+    pub fn record_failure(&self, reason: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.last_error.store(Some(Arc::new(reason)));
+    }
 }
 
 /// Why an established session ended.

@@ -2,9 +2,9 @@
 //!
 //! The supervisor is driven from one task (the daemon's main loop, or a test): it binds every
 //! listener before starting any, publishes the snapshot the accept loops read, keeps the
-//! health-check tasks in step with it, runs the once-a-second statistics task, and on
-//! shutdown stops accepting, waits for sessions to end within a grace period, then closes the
-//! rest.
+//! health-check and discovery tasks in step with it, applies the backend lists discovery
+//! sends (`discovered`), runs the once-a-second statistics task, and on shutdown stops
+//! accepting, waits for sessions to end within a grace period, then closes the rest.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Admin, Backend};
 use crate::config::{BindAddr, Config, ServerConfig};
+use crate::discovery;
 use crate::events::Events;
 use crate::health::monitor::Monitor;
 use crate::listener::{self, Shared};
@@ -30,6 +31,7 @@ use crate::snapshot::Snapshot;
 use crate::stats::{ProcessStats, SessionEnd};
 use crate::systemd::InheritedSockets;
 
+mod discovered;
 mod drain;
 pub use drain::{Fitness, NodeDrain};
 
@@ -115,11 +117,14 @@ pub struct ShutdownSummary {
 pub struct Supervisor {
     shared: Shared,
     listeners: Mutex<BTreeMap<String, RunningListener>>,
-    /// Serialises reloads (signals and API changes), so two never interleave.
-    reloading: tokio::sync::Mutex<()>,
+    /// Serialises reloads (signals and API changes) and discovered lists, so two never
+    /// interleave.
+    reloading: Arc<tokio::sync::Mutex<()>>,
     /// Sockets from systemd not used yet; a reload adding their server takes them.
     inherited: Mutex<InheritedSockets>,
-    health: Monitor,
+    health: Arc<Monitor>,
+    /// The tasks of servers whose backends are discovered.
+    discovery: Arc<discovery::Runner>,
     /// Recent health transitions, recorded by the checks, shown by the status page.
     events: Arc<Events>,
     stats: ProcessStats,
@@ -183,6 +188,7 @@ impl Supervisor {
         inherited.report_unused();
         let events = Arc::clone(&snapshot.events);
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let (discovery, discovered_rx) = discovery::Runner::new();
         let supervisor = Self {
             shared: Shared {
                 snapshot: Arc::clone(&snapshot),
@@ -190,15 +196,24 @@ impl Supervisor {
                 close_sessions,
             },
             listeners: Mutex::new(BTreeMap::new()),
-            reloading: tokio::sync::Mutex::new(()),
+            reloading: Arc::new(tokio::sync::Mutex::new(())),
             inherited: Mutex::new(inherited),
-            health: Monitor::new(snapshot, Arc::clone(&events)),
+            health: Arc::new(Monitor::new(snapshot, Arc::clone(&events))),
+            discovery: Arc::new(discovery),
             events,
             stats: ProcessStats::default(),
             background: CancellationToken::new(),
             drain: drain::DrainState::default(),
         };
         supervisor.health.reconcile();
+        supervisor.discovery.reconcile(&supervisor.snapshot());
+        let applier = discovered::Applier {
+            shared: supervisor.shared.clone(),
+            health: Arc::clone(&supervisor.health),
+            discovery: Arc::clone(&supervisor.discovery),
+            reloading: Arc::clone(&supervisor.reloading),
+        };
+        tokio::spawn(applier.run(discovered_rx, supervisor.background.clone()));
         for listener in prepared {
             supervisor.spawn_listener(listener);
         }
@@ -310,8 +325,9 @@ impl Supervisor {
         &self.events
     }
 
-    fn apply(&self, config: Config) -> Result<ReloadSummary, StartError> {
+    fn apply(&self, mut config: Config) -> Result<ReloadSummary, StartError> {
         let current = self.shared.snapshot.load_full();
+        discovered::keep_discovered_lists(&mut config, &current);
         let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions);
         let running: BTreeMap<String, (BindAddr, bool)> = self
             .lock_listeners()
@@ -361,6 +377,7 @@ impl Supervisor {
         // Nothing from here on can fail: the new config is published whole or not at all.
         self.shared.snapshot.store(Arc::new(next));
         self.health.reconcile();
+        self.discovery.reconcile(&self.snapshot());
         for listener in prepared {
             self.spawn_listener(listener);
         }
@@ -457,6 +474,7 @@ impl Supervisor {
         }
         self.background.cancel();
         self.health.stop_all();
+        self.discovery.stop_all();
         self.shared.sessions.close();
         let open = self.shared.sessions.len();
         if open > 0 {
@@ -482,6 +500,7 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         self.background.cancel();
+        self.discovery.stop_all();
         self.shared.close_sessions.cancel();
         for listener in self.lock_listeners().values() {
             listener.stop.cancel();

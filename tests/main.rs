@@ -10,6 +10,7 @@ mod balancing;
 mod cli;
 mod compat;
 mod daemon;
+mod discovery;
 mod failover;
 mod fake_apiserver;
 mod forwarding;

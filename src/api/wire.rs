@@ -2,7 +2,8 @@
 //!
 //! Field names and types are gobetween's (`core.Backend`, `stats.Stats`, `info`): `port` is a
 //! string, `rx` counts bytes from the backend to the client and `tx` the other way,
-//! `discovered` is true for every backend in the config (betwixt only has static discovery).
+//! `discovered` is true for every backend in the server's current list (static, or the last
+//! one discovery applied), as gobetween marks the backends its discovery returned.
 //! betwixt adds `health` and `admin`, optional, so the types also read gobetween's own answers.
 
 use std::sync::atomic::Ordering;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::path::Path;
 use std::process::ExitCode;
 
-use betwixt::config::{self, CheckKind, Config, LoadOptions, ServerConfig};
+use betwixt::config::{self, CheckKind, Config, FailPolicy, LoadOptions, ServerConfig};
 
 /// Displays each server with its listener, algorithm, limits, check and backends.
 pub struct Summary<'a>(pub &'a Config);
@@ -82,6 +82,23 @@ fn write_server(f: &mut fmt::Formatter<'_>, server: &ServerConfig) -> fmt::Resul
             access.default,
             access.rules.len()
         )?;
+    }
+    let discovery = &server.discovery;
+    if discovery.is_dynamic() {
+        let every = discovery
+            .interval
+            .map_or("once".to_owned(), |interval| format!("every {interval:?}"));
+        let policy = match discovery.failpolicy {
+            FailPolicy::KeepLast => "keeplast",
+            FailPolicy::SetEmpty => "setempty",
+        };
+        writeln!(
+            f,
+            "  discovery {} {every}, timeout {}, failpolicy {policy}: backends are fetched at run time",
+            discovery.kind.name(),
+            duration(discovery.timeout),
+        )?;
+        return Ok(());
     }
     writeln!(f, "  backends ({}):", server.backends.len())?;
     for backend in &server.backends {

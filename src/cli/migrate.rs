@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use betwixt::config::raw::RawConfig;
-use betwixt::config::{self, BalanceKind, CheckKind, Config, LoadOptions, LogFormat, ServerConfig};
+use betwixt::config::{
+    self, BalanceKind, CheckKind, Config, DiscoveryKind, LoadOptions, LogFormat, ServerConfig,
+};
 
 /// The differences found in one config: process-wide ones, one list per server, then the
 /// loader's warnings (which gobetween would not have printed).
@@ -117,6 +119,7 @@ fn process_differences(config: &Config) -> Vec<String> {
 fn server_differences(server: &ServerConfig, raw: &RawConfig) -> Vec<String> {
     let mut lines = Vec::new();
     connect_differences(server, raw, &mut lines);
+    discovery_differences(server, raw, &mut lines);
     if !matches!(server.healthcheck.kind, CheckKind::None) {
         check_differences(server, &mut lines);
     }
@@ -136,6 +139,55 @@ fn server_differences(server: &ServerConfig, raw: &RawConfig) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// How a dynamic discovery kind behaves unlike gobetween's.
+fn discovery_differences(server: &ServerConfig, raw: &RawConfig, lines: &mut Vec<String>) {
+    let discovery = &server.discovery;
+    let kind = discovery.kind.name();
+    let strict_lines = match &discovery.kind {
+        DiscoveryKind::Static => return,
+        DiscoveryKind::Exec(_) => true,
+        DiscoveryKind::Plaintext(plaintext) => plaintext.pattern.is_none(),
+        DiscoveryKind::Json(_) | DiscoveryKind::Srv(_) => false,
+    };
+    if strict_lines {
+        lines.push(format!(
+            "discovery {kind}: a line that is not a backend fails the whole fetch (failpolicy \
+             applies); gobetween skips the line"
+        ));
+    }
+    if !matches!(
+        discovery.kind,
+        DiscoveryKind::Plaintext(_) | DiscoveryKind::Json(_)
+    ) {
+        return health_wait(server, kind, lines);
+    }
+    lines.push(format!(
+        "discovery {kind}: an answer that is not 2xx fails the fetch; gobetween parses any body"
+    ));
+    let timeout_given = raw
+        .servers
+        .get(&server.name)
+        .and_then(|raw_server| raw_server.discovery.as_ref())
+        .is_some_and(|raw_discovery| raw_discovery.timeout.is_some());
+    if let (false, Some(limit)) = (timeout_given, discovery.timeout) {
+        lines.push(format!(
+            "discovery {kind}: timeout unset, so each fetch may take {limit:?}; gobetween's HTTP \
+             client waits without limit"
+        ));
+    }
+    health_wait(server, kind, lines);
+}
+
+/// New backends wait for a first passed check, which gobetween never waited for.
+fn health_wait(server: &ServerConfig, kind: &str, lines: &mut Vec<String>) {
+    if !matches!(server.healthcheck.kind, CheckKind::None) {
+        lines.push(format!(
+            "discovery {kind}: a newly discovered backend gets clients once its first health \
+             check (run at once) passes; gobetween sends clients to it at once"
+        ));
+    }
 }
 
 /// Whether the file (server or `[defaults]`) sets `backend_connection_timeout`.
@@ -366,5 +418,30 @@ static_list = ["127.0.0.1:6443"]
         );
         let process = review.process.join("\n");
         assert!(!process.contains("logging"), "{process}");
+    }
+
+    #[test]
+    fn dynamic_discovery_names_its_stricter_parsing_and_the_first_check() {
+        let review = review(
+            r#"
+[servers.k3s]
+bind = "10.0.0.1:6443"
+[servers.k3s.discovery]
+kind = "plaintext"
+plaintext_endpoint = "http://10.0.0.9/masters.txt"
+[servers.k3s.healthcheck]
+kind = "ping"
+interval = "2s"
+"#,
+        );
+        let lines = server_lines(&review);
+        for expected in [
+            "discovery plaintext: a line that is not a backend fails the whole fetch",
+            "discovery plaintext: an answer that is not 2xx fails the fetch",
+            "discovery plaintext: timeout unset, so each fetch may take 5s",
+            "discovery plaintext: a newly discovered backend gets clients once its first health",
+        ] {
+            assert!(lines.contains(expected), "{expected:?} in {lines}");
+        }
     }
 }

@@ -15,6 +15,7 @@
 
 mod balance;
 mod builder;
+mod discovery;
 pub mod duration;
 pub mod raw;
 mod services;
@@ -35,6 +36,10 @@ use ipnet::IpNet;
 
 pub use balance::{BalanceKind, UnknownBalance};
 pub use builder::{Builder, ServerBuilder};
+pub use discovery::{
+    DiscoveryConfig, DiscoveryKind, DnsProtocol, ExecDiscovery, FailPolicy, JsonDiscovery,
+    JsonPaths, PlaintextDiscovery, SrvDiscovery,
+};
 pub use source::{Format, LoadOptions, Loaded, load_file, load_str};
 
 /// The whole validated configuration of one betwixt process.
@@ -226,8 +231,11 @@ pub struct ServerConfig {
     pub udp: Option<UdpConfig>,
     /// `[access]`; `None` allows everyone.
     pub access: Option<AccessConfig>,
-    /// From `discovery.static_list`, in file order.
+    /// The current backends: `discovery.static_list` in file order, or for a dynamic kind
+    /// empty in the file's config and the last list applied in the running one.
     pub backends: Vec<BackendSpec>,
+    /// Where `backends` come from.
+    pub discovery: DiscoveryConfig,
     pub healthcheck: HealthcheckConfig,
 }
 

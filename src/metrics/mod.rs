@@ -61,6 +61,7 @@ pub fn render(supervisor: &Supervisor) -> String {
     process(&mut out, supervisor);
     process::render(&mut out);
     server_counters(&mut out, &servers);
+    discovery(&mut out, &servers);
     backend_states(&mut out, &servers);
     backend_histograms(&mut out, &servers);
     out.finish()
@@ -222,6 +223,45 @@ fn backend_gauges(out: &mut Exposition, servers: &[&Arc<Server>]) {
         for_backends(servers, |labels, backend| {
             family.sample(&labels.with(None), value(backend));
         });
+    }
+}
+
+/// The fetches of each server with a dynamic discovery kind.
+fn discovery(out: &mut Exposition, servers: &[&Arc<Server>]) {
+    let dynamic: Vec<&Arc<Server>> = servers
+        .iter()
+        .copied()
+        .filter(|server| server.config.discovery.is_dynamic())
+        .collect();
+    let mut fetches = out.family(
+        "betwixt_discovery_fetches_total",
+        Kind::Counter,
+        "Backend list fetches of a server's discovery, by result (ok or failed; a timeout fails).",
+    );
+    for server in &dynamic {
+        let (name, kind) = (server.name(), server.config.discovery.kind.name());
+        let stats = &server.stats.discovery;
+        for (result, count) in [("ok", &stats.fetches), ("failed", &stats.failures)] {
+            fetches.sample(
+                &[("server", name), ("kind", kind), ("result", result)],
+                load(count),
+            );
+        }
+    }
+    let mut last = out.family(
+        "betwixt_discovery_last_success_timestamp_seconds",
+        Kind::Gauge,
+        "When a fetch of the server's discovery last succeeded, in seconds since the Unix epoch; 0 for never.",
+    );
+    for server in &dynamic {
+        let millis = load(&server.stats.discovery.last_success_ms);
+        last.sample(
+            &[
+                ("server", server.name()),
+                ("kind", server.config.discovery.kind.name()),
+            ],
+            millis as f64 / 1000.0,
+        );
     }
 }
 

@@ -128,10 +128,10 @@ fn rows() -> Vec<(String, &'static str)> {
         (
             k3s(
                 BIND,
-                "kind = \"docker\"\ndocker_endpoint = \"http://localhost:2375\"",
+                "kind = \"lxd\"\nlxd_server_address = \"unix:///var/lib/lxd/unix.socket\"",
                 "",
             ),
-            "gobetween.toml: servers.k3s.discovery.kind: discovery kind \"docker\" is not supported by betwixt yet (supported: static)",
+            "gobetween.toml: servers.k3s.discovery.kind: discovery kind \"lxd\" is not supported by betwixt yet (supported: static, srv, json, exec, plaintext)",
         ),
         (
             k3s(BIND, "kind = \"dns\"", ""),

@@ -61,7 +61,6 @@ fn unsupported_features_are_refused_by_name() {
         "gobetween.toml: servers.everything.tls: [servers.everything.tls] (TLS termination) is not supported by betwixt yet; remove it",
         "gobetween.toml: servers.everything.backends_tls: [servers.everything.backends_tls] (TLS to the backends) is not supported by betwixt yet; remove it",
         "gobetween.toml: servers.everything.sni: [servers.everything.sni] (SNI-based backend selection) is not supported by betwixt yet; remove it",
-        "gobetween.toml: servers.everything.discovery.kind: discovery kind \"srv\" is not supported by betwixt yet (supported: static)",
     ];
     assert_eq!(errors, expected);
 }

@@ -153,6 +153,7 @@ fn expected_k3s() -> ServerConfig {
             ],
         }),
         backends,
+        discovery: DiscoveryConfig::fixed(),
         healthcheck: HealthcheckConfig {
             kind: CheckKind::Ping,
             interval: Duration::from_secs(2),
@@ -185,6 +186,7 @@ fn expected_supervisor() -> ServerConfig {
         udp: None,
         access: None,
         backends,
+        discovery: DiscoveryConfig::fixed(),
         healthcheck: HealthcheckConfig {
             kind: CheckKind::None,
             interval: Duration::ZERO,

@@ -73,7 +73,7 @@ pub(super) fn server(
         .proxy_protocol
         .as_ref()
         .and_then(|proxy| proxy_protocol(report, &key.child("proxy_protocol"), proxy));
-    let backends = discovery::backends(report, &key, raw.discovery.as_ref());
+    let (discovery, backends) = discovery::discovery(report, &key, raw.discovery.as_ref());
     let healthcheck =
         healthcheck::healthcheck(report, &key.child("healthcheck"), raw.healthcheck.as_ref());
     if udp.is_some() {
@@ -96,6 +96,7 @@ pub(super) fn server(
         udp,
         access,
         backends,
+        discovery,
         healthcheck,
     })
 }

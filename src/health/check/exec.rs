@@ -104,23 +104,24 @@ fn quoted(said: &str) -> String {
     }
 }
 
+/// Also used by discovery's `exec` kind.
 #[allow(unsafe_code)]
-mod process_group {
+pub(crate) mod process_group {
     /// Kills a process group on drop unless disarmed.
-    pub(super) struct Killer {
+    pub(crate) struct Killer {
         group: Option<libc::pid_t>,
     }
 
     impl Killer {
         /// `leader` is the pid of a child started with `process_group(0)`: its group id.
-        pub(super) fn new(leader: u32) -> Self {
+        pub(crate) fn new(leader: u32) -> Self {
             Self {
                 group: libc::pid_t::try_from(leader).ok(),
             }
         }
 
         /// The command finished by itself; its group may already be gone or reused.
-        pub(super) fn disarm(mut self) {
+        pub(crate) fn disarm(mut self) {
             self.group = None;
         }
     }

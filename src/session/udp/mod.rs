@@ -11,6 +11,7 @@
 //! Fire-and-forget servers (`max_requests = 1`) have no sessions: [`forget`] sends each
 //! datagram through one socket per backend.
 
+mod budget;
 pub(crate) mod forget;
 mod open;
 mod relay;
@@ -133,7 +134,7 @@ pub(crate) struct UdpSession {
     backend_closer: CancellationToken,
     _backend_slot: Slot<BackendState>,
     _server_slot: Slot<ServerStats>,
-    _socket_budget: table::BudgetGuard,
+    _socket_budget: budget::BudgetGuard,
 }
 
 /// What became of a client datagram given to a session.

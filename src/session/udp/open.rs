@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use tokio::net::UdpSocket;
 use tracing::{error, warn};
 
+use super::budget::BudgetGuard;
 use super::spare::{Spare, SpareSockets};
-use super::table::BudgetGuard;
 use super::{Endpoint, UdpSession};
 use crate::backend::Backend;
 use crate::net::{self, LocalShortage};

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 
 use tokio::net::UdpSocket;
 
-use super::table::BudgetGuard;
+use super::budget::BudgetGuard;
 
 /// Idle sockets kept per backend: enough for the sessions a busy listener opens between two
 /// completions, few enough that the descriptors they hold stay small.

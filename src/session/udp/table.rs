@@ -9,12 +9,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::budget::socket_budget;
 use super::spare::{Spare, SpareSockets};
 use super::{Endpoint, UdpSession};
 use crate::logging::RateLimit;
@@ -23,39 +24,6 @@ use crate::stats::SessionEnd;
 
 /// Sessions per UDP server when `max_connections` is not set.
 pub(crate) const DEFAULT_MAX_SESSIONS: usize = 65_536;
-
-/// UDP session sockets open in the process, across servers.
-static OPEN_SOCKETS: AtomicUsize = AtomicUsize::new(0);
-
-/// The share of the process's descriptor limit UDP sessions may hold, in total: the rest stays
-/// for TCP sessions, listeners and health checks.
-fn socket_budget() -> usize {
-    static BUDGET: OnceLock<usize> = OnceLock::new();
-    *BUDGET.get_or_init(|| crate::net::descriptor_limit() / 2)
-}
-
-/// One UDP session socket counted against [`socket_budget`]; given back on drop.
-#[derive(Debug)]
-pub(crate) struct BudgetGuard(());
-
-impl BudgetGuard {
-    /// `None` when the process holds its whole budget of session sockets.
-    pub(crate) fn try_acquire() -> Option<Self> {
-        let budget = socket_budget();
-        OPEN_SOCKETS
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < budget).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(()))
-    }
-}
-
-impl Drop for BudgetGuard {
-    fn drop(&mut self) {
-        OPEN_SOCKETS.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The sessions of one listener.
 #[derive(Debug)]
