@@ -56,6 +56,7 @@ pub(crate) mod backend;
 pub(crate) mod balance;
 pub mod config;
 pub mod daemon;
+pub(crate) mod discovery;
 mod embed;
 pub(crate) mod endpoints;
 pub(crate) mod events;

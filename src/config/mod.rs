@@ -15,6 +15,7 @@
 
 mod balance;
 mod builder;
+mod discovery_sources;
 pub mod duration;
 pub mod raw;
 mod services;
@@ -35,6 +36,9 @@ use ipnet::IpNet;
 
 pub use balance::{BalanceKind, UnknownBalance};
 pub use builder::{Builder, ServerBuilder};
+pub use discovery_sources::{
+    ConsulDiscovery, DiscoveryTls, DockerDiscovery, KubernetesDiscovery, KubernetesPort,
+};
 pub use source::{Format, LoadOptions, Loaded, load_file, load_str};
 
 /// The whole validated configuration of one betwixt process.
