@@ -192,3 +192,263 @@ async fn client(source: &DockerDiscovery) -> Result<Client, Error> {
     };
     Ok(Client::new(endpoint, tls)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A real dockerd (Debian's `docker.io`) in a network namespace of its own, so its bridge,
+    /// iptables rules and published ports stay there; data and socket under a temp dir. The
+    /// image is a static busybox (`busybox-static`) imported from a tarball: no registry.
+    struct Dockerd {
+        dir: PathBuf,
+        netns: String,
+        daemon: std::process::Child,
+    }
+
+    impl Dockerd {
+        fn start(test: &str) -> Self {
+            let dir = PathBuf::from(format!(
+                "/tmp/betwixt-dockerd-{test}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let netns = format!("betwixt-{test}-{}", std::process::id());
+            run("ip", &["netns", "add", &netns]);
+            run("ip", &["-n", &netns, "link", "set", "lo", "up"]);
+            let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+            // nsenter, not `ip netns exec`, which remounts /sys without the cgroups dockerd needs.
+            let daemon = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{netns}"))
+                .arg("dockerd")
+                .args(["--storage-driver", "vfs", "--data-root"])
+                .arg(dir.join("root"))
+                .arg("--exec-root")
+                .arg(dir.join("exec"))
+                .arg("--pidfile")
+                .arg(dir.join("dockerd.pid"))
+                .arg("-H")
+                .arg(format!("unix://{}", dir.join("docker.sock").display()))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_err("dockerd (apt-get install docker.io)");
+            let dockerd = Self { dir, netns, daemon };
+            for _ in 0..120 {
+                if dockerd.docker_ok(&["version"]) {
+                    return dockerd;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let log = std::fs::read_to_string(dockerd.dir.join("dockerd.log")).unwrap_or_default();
+            panic!("dockerd did not answer within 30 s:\n{log}");
+        }
+
+        fn endpoint(&self) -> String {
+            format!("unix://{}", self.dir.join("docker.sock").display())
+        }
+
+        fn docker_ok(&self, args: &[&str]) -> bool {
+            Command::new("/usr/bin/docker")
+                .arg("-H")
+                .arg(self.endpoint())
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        }
+
+        fn docker(&self, args: &[&str]) {
+            let output = Command::new("/usr/bin/docker")
+                .arg("-H")
+                .arg(self.endpoint())
+                .args(args)
+                .output()
+                .unwrap_or_err("/usr/bin/docker (apt-get install docker.io)");
+            assert!(
+                output.status.success(),
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+
+        /// Imports an image holding only a static busybox as `betwixt-busybox:test`.
+        fn import_busybox(&self) {
+            let root = self.dir.join("image");
+            std::fs::create_dir_all(root.join("bin")).unwrap();
+            std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+                .unwrap_or_err("/bin/busybox (apt-get install busybox-static)");
+            let tarball = self.dir.join("image.tar");
+            run_path(
+                "tar",
+                &[
+                    Path::new("-C"),
+                    &root,
+                    Path::new("-cf"),
+                    &tarball,
+                    Path::new("."),
+                ],
+            );
+            self.docker(&[
+                "import",
+                &tarball.display().to_string(),
+                "betwixt-busybox:test",
+            ]);
+        }
+
+        fn run_container(&self, name: &str, options: &[&str]) {
+            let mut args = vec!["run", "-d", "--name", name];
+            args.extend_from_slice(options);
+            args.extend_from_slice(&["betwixt-busybox:test", "/bin/busybox", "sleep", "600"]);
+            self.docker(&args);
+        }
+    }
+
+    impl Drop for Dockerd {
+        fn drop(&mut self) {
+            let names = ["api-1", "api-2", "other", "no-port"];
+            let mut args = vec!["rm", "-f"];
+            args.extend_from_slice(&names);
+            let _ = self.docker_ok(&args);
+            let _ = Command::new("kill")
+                .arg(self.daemon.id().to_string())
+                .status();
+            for _ in 0..80 {
+                if matches!(self.daemon.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns])
+                .status();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    trait OrErr<T> {
+        fn unwrap_or_err(self, what: &str) -> T;
+    }
+
+    impl<T> OrErr<T> for std::io::Result<T> {
+        fn unwrap_or_err(self, what: &str) -> T {
+            self.unwrap_or_else(|error| panic!("{what}: {error}"))
+        }
+    }
+
+    fn run(program: &str, args: &[&str]) {
+        let status = Command::new(program)
+            .args(args)
+            .status()
+            .unwrap_or_err(program);
+        assert!(status.success(), "{program} {args:?} failed");
+    }
+
+    fn run_path(program: &str, args: &[&Path]) {
+        let status = Command::new(program)
+            .args(args)
+            .status()
+            .unwrap_or_err(program);
+        assert!(status.success(), "{program} {args:?} failed");
+    }
+
+    fn source(endpoint: String) -> DockerDiscovery {
+        DockerDiscovery {
+            endpoint,
+            container_label: Some("role=api".into()),
+            private_port: 6443,
+            host_env_var: None,
+            tls: None,
+        }
+    }
+
+    fn targets(backends: &[BackendSpec]) -> Vec<String> {
+        let mut targets: Vec<String> = backends.iter().map(BackendSpec::target).collect();
+        targets.sort();
+        targets
+    }
+
+    /// Ports are the namespace's own, so fixed numbers cannot collide with other tests.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_dockerd_over_its_unix_socket() {
+        let dockerd = tokio::task::spawn_blocking(|| {
+            let dockerd = Dockerd::start("docker-unix");
+            dockerd.import_busybox();
+            dockerd.run_container(
+                "api-1",
+                &[
+                    "-l",
+                    "role=api",
+                    "-l",
+                    "sni=m1.k3s",
+                    "-p",
+                    "16443:6443",
+                    "-p",
+                    "18080:8080",
+                ],
+            );
+            dockerd.run_container(
+                "api-2",
+                &[
+                    "-l",
+                    "role=api",
+                    "-e",
+                    "BACKEND_HOST=10.9.9.9",
+                    "-p",
+                    "127.0.0.2:16444:6443",
+                ],
+            );
+            dockerd.run_container("other", &["-l", "role=db", "-p", "16445:6443"]);
+            dockerd.run_container("no-port", &["-l", "role=api", "-p", "18081:8080"]);
+            dockerd
+        })
+        .await
+        .unwrap();
+
+        let mut source = source(dockerd.endpoint());
+        let backends = fetch(&source).await.unwrap();
+        // api-1 on every interface (IPv4 and IPv6, listed once): the local daemon's host.
+        assert_eq!(targets(&backends), ["127.0.0.1:16443", "127.0.0.2:16444"]);
+        let api_1 = backends.iter().find(|b| b.port == 16443).unwrap();
+        assert_eq!(api_1.sni.as_deref(), Some("m1.k3s"));
+        assert_eq!((api_1.weight, api_1.priority), (1, 1));
+
+        // The env var names api-2's host; api-1 has none and keeps its published address.
+        source.host_env_var = Some("BACKEND_HOST".into());
+        let backends = fetch(&source).await.unwrap();
+        assert_eq!(targets(&backends), ["10.9.9.9:16444", "127.0.0.1:16443"]);
+
+        // Without a label filter every container publishing the private port counts.
+        source.container_label = None;
+        source.host_env_var = None;
+        let backends = fetch(&source).await.unwrap();
+        assert_eq!(
+            targets(&backends),
+            ["127.0.0.1:16443", "127.0.0.1:16445", "127.0.0.2:16444"]
+        );
+        source.private_port = 8080;
+        let backends = fetch(&source).await.unwrap();
+        assert_eq!(targets(&backends), ["127.0.0.1:18080", "127.0.0.1:18081"]);
+
+        let missing = format!("unix://{}/missing.sock", dockerd.dir.display());
+        let error = fetch(&source(missing.clone()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!("docker: {missing}/containers/json")),
+            "{error}"
+        );
+        tokio::task::spawn_blocking(move || drop(dockerd))
+            .await
+            .unwrap();
+    }
+}
