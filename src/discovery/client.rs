@@ -276,6 +276,9 @@ pub(crate) struct Client {
     /// Another `HOST:PORT` to connect to instead of the endpoint's, keeping its name for SNI,
     /// certificate checks and `Host` (a Kubernetes API server reached through a known master).
     dial: Option<(String, u16)>,
+    /// The TLS server name to send and verify instead of the endpoint's host (a kubeconfig's
+    /// `tls-server-name`).
+    tls_name: Option<String>,
     tls: Option<Tls>,
     headers: Vec<(HeaderName, HeaderValue)>,
     body_limit: usize,
@@ -299,6 +302,7 @@ impl Client {
         Ok(Self {
             endpoint,
             dial: None,
+            tls_name: None,
             tls,
             headers: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
@@ -342,6 +346,12 @@ impl Client {
     /// Connects to `host:port` instead of the endpoint's address.
     pub(crate) fn dial(mut self, host: &str, port: u16) -> Self {
         self.dial = Some((host.to_owned(), port));
+        self
+    }
+
+    /// Sends and verifies `name` in TLS instead of the endpoint's host.
+    pub(crate) fn tls_name(mut self, name: &str) -> Self {
+        self.tls_name = Some(name.to_owned());
         self
     }
 
@@ -469,7 +479,11 @@ impl Client {
         let Some(tls) = &self.tls else {
             return Ok(TokioIo::new(Box::new(tcp)));
         };
-        let name = self.endpoint.host_port().map_or(host, |(name, _)| name);
+        let name = match (&self.tls_name, self.endpoint.host_port()) {
+            (Some(name), _) => name.as_str(),
+            (None, Some((name, _))) => name,
+            (None, None) => host,
+        };
         let server_name = server_name(name).map_err(|problem| ClientError::Url {
             url: url.to_owned(),
             problem,

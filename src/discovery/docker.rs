@@ -439,10 +439,13 @@ mod tests {
         assert_eq!(targets(&backends), ["127.0.0.1:18080", "127.0.0.1:18081"]);
 
         let missing = format!("unix://{}/missing.sock", dockerd.dir.display());
-        let error = fetch(&source(missing.clone()))
-            .await
-            .unwrap_err()
-            .to_string();
+        let error = fetch(&DockerDiscovery {
+            endpoint: missing.clone(),
+            ..source
+        })
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(
             error.starts_with(&format!("docker: {missing}/containers/json")),
             "{error}"
