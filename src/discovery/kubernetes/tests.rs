@@ -339,6 +339,7 @@ async fn service_account_token_is_read_again_as_it_rotates() {
     let (mut updates, task) = spawn_watch(source(None, Vec::new()), account);
     assert_eq!(next(&mut updates).await.unwrap(), ["10.0.0.11:6443"]);
 
+    assert!(requests_reach(&responder, 2).await, "the first watch");
     // The kubelet rotates the token (atomically, by renaming); the old one stops working.
     std::fs::write(account_dir.join("token.new"), "token-2\n").unwrap();
     std::fs::rename(account_dir.join("token.new"), account_dir.join("token")).unwrap();
