@@ -6,10 +6,6 @@
 //! whole up to a cap, or streamed line by line for a Kubernetes watch. Nothing here blocks a
 //! runtime worker: building a [`Tls`] reads files, so [`Tls::load`] runs on the blocking pool.
 
-use std::fmt;
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -17,13 +13,18 @@ use hyper::client::conn::http1;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONNECTION, HOST, HeaderName, HeaderValue, USER_AGENT};
 use hyper::{StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use crate::tls::{self as pem, PemError};
+use crate::tls::PemError;
+
+mod endpoint;
+mod tls;
+
+pub(crate) use endpoint::Endpoint;
+pub(crate) use tls::{ClientCertificate, Tls, TlsMaterial};
 
 /// Why a request got no usable answer; each names the URL asked.
 #[derive(Debug, thiserror::Error)]
@@ -53,220 +54,6 @@ pub(crate) enum ClientError {
     Pem(#[from] PemError),
     #[error("TLS settings: {0}")]
     Tls(String),
-}
-
-/// Where requests go: the scheme's transport and the authority named in `Host` and SNI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Endpoint {
-    /// `http://HOST:PORT` (or `tcp://` without TLS).
-    Http { host: String, port: u16 },
-    /// `https://HOST:PORT` (or `tcp://` with TLS).
-    Https { host: String, port: u16 },
-    /// `unix:///PATH`: plain HTTP over a unix socket, `Host: localhost` as Docker's CLI sends.
-    Unix(PathBuf),
-}
-
-impl Endpoint {
-    /// Parses `SCHEME://HOST[:PORT][/...]` (any path is dropped: requests give their own);
-    /// `tcp` becomes `https` when `tls` is set. Without a port, http is 80 and https 443.
-    ///
-    /// # Errors
-    /// An unknown scheme, an empty host or a bad port, naming `text`.
-    pub(crate) fn parse(text: &str, tls: bool) -> Result<Self, String> {
-        let (scheme, rest) = text.split_once("://").ok_or_else(|| {
-            format!("{text:?} has no scheme; expected http://, https://, tcp:// or unix://")
-        })?;
-        let secure = match scheme.to_ascii_lowercase().as_str() {
-            "unix" if !rest.is_empty() => return Ok(Self::Unix(PathBuf::from(rest))),
-            "unix" => return Err(format!("{text:?} names no socket path")),
-            "http" => false,
-            "https" => true,
-            "tcp" => tls,
-            other => {
-                return Err(format!(
-                    "{text:?}: unknown scheme {other:?}; expected http, https, tcp or unix"
-                ));
-            }
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        let (host, port) = split_authority(authority, if secure { 443 } else { 80 })
-            .map_err(|problem| format!("{text:?}: {problem}"))?;
-        Ok(if secure {
-            Self::Https { host, port }
-        } else {
-            Self::Http { host, port }
-        })
-    }
-
-    /// The host and port of a TCP endpoint.
-    pub(crate) fn host_port(&self) -> Option<(&str, u16)> {
-        match self {
-            Self::Http { host, port } | Self::Https { host, port } => Some((host, *port)),
-            Self::Unix(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bracketed = |host: &str| {
-            if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host.to_owned()
-            }
-        };
-        match self {
-            Self::Http { host, port } => write!(f, "http://{}:{port}", bracketed(host)),
-            Self::Https { host, port } => write!(f, "https://{}:{port}", bracketed(host)),
-            Self::Unix(path) => write!(f, "unix://{}", path.display()),
-        }
-    }
-}
-
-/// `HOST[:PORT]` or `[V6][:PORT]`.
-pub(crate) fn split_authority(authority: &str, default_port: u16) -> Result<(String, u16), String> {
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| "unclosed '[' in the host".to_owned())?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("no host".to_owned());
-    }
-    let port = match port {
-        None => default_port,
-        Some(text) => text
-            .parse::<u16>()
-            .ok()
-            .filter(|port| *port > 0)
-            .ok_or_else(|| format!("bad port {text:?}"))?,
-    };
-    Ok((host.to_owned(), port))
-}
-
-/// What a TLS client trusts and presents, read once from files or inline PEM/DER.
-#[derive(Debug, Default)]
-pub(crate) struct TlsMaterial {
-    /// PEM roots (a file); `None` with no `ca_pem` either: the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM roots given inline (a kubeconfig's `certificate-authority-data`).
-    pub ca_pem: Option<Vec<u8>>,
-    pub client_cert: Option<ClientCertificate>,
-    /// Accept any server certificate (still checking the handshake signatures).
-    pub skip_verify: bool,
-}
-
-/// A client certificate chain and key, as files or inline PEM.
-#[derive(Debug)]
-pub(crate) enum ClientCertificate {
-    Files { cert: PathBuf, key: PathBuf },
-    Pem { cert: Vec<u8>, key: Vec<u8> },
-}
-
-/// A ready TLS client configuration.
-#[derive(Clone)]
-pub(crate) struct Tls(Arc<ClientConfig>);
-
-impl fmt::Debug for Tls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Tls")
-    }
-}
-
-impl Tls {
-    /// Reads the files of `material` on the blocking pool and builds the configuration.
-    ///
-    /// # Errors
-    /// A file cannot be read, or holds no usable certificate or key.
-    pub(crate) async fn load(material: TlsMaterial) -> Result<Self, ClientError> {
-        tokio::task::spawn_blocking(move || Self::build(&material))
-            .await
-            .map_err(|error| ClientError::Tls(format!("loading TLS files: {error}")))?
-    }
-
-    fn build(material: &TlsMaterial) -> Result<Self, ClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let algorithms = provider.signature_verification_algorithms;
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|error| ClientError::Tls(error.to_string()))?;
-        let builder = if material.skip_verify {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(pem::AcceptAnyCertificate::new(
-                    algorithms,
-                )))
-        } else {
-            let roots = match (&material.ca_pem, &material.ca_file) {
-                (Some(text), _) => roots_from_pem(text)?,
-                (None, file) => pem::roots(file.as_deref())?,
-            };
-            builder.with_root_certificates(roots)
-        };
-        let config = match &material.client_cert {
-            None => builder.with_no_client_auth(),
-            Some(certificate) => {
-                let (chain, key, name) = client_certificate(certificate)?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|error| ClientError::Tls(format!("{name}: {error}")))?
-            }
-        };
-        Ok(Self(Arc::new(config)))
-    }
-}
-
-fn roots_from_pem(text: &[u8]) -> Result<rustls::RootCertStore, ClientError> {
-    use rustls::pki_types::pem::PemObject;
-    let inline = |problem: String| ClientError::Tls(format!("inline CA certificate: {problem}"));
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(text) {
-        let certificate = certificate.map_err(|error| inline(error.to_string()))?;
-        roots
-            .add(certificate)
-            .map_err(|error| inline(error.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(inline("no PEM certificate".to_owned()));
-    }
-    Ok(roots)
-}
-
-type Chain = Vec<CertificateDer<'static>>;
-
-/// The chain, the key and a name for messages.
-fn client_certificate(
-    certificate: &ClientCertificate,
-) -> Result<(Chain, PrivateKeyDer<'static>, String), ClientError> {
-    use rustls::pki_types::pem::PemObject;
-    match certificate {
-        ClientCertificate::Files { cert, key } => Ok((
-            pem::certificate_chain(cert)?,
-            pem::private_key(key)?,
-            key.display().to_string(),
-        )),
-        ClientCertificate::Pem { cert, key } => {
-            let inline = |what: &str, problem: String| {
-                ClientError::Tls(format!("inline client {what}: {problem}"))
-            };
-            let chain = CertificateDer::pem_slice_iter(cert)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| inline("certificate", error.to_string()))?;
-            if chain.is_empty() {
-                return Err(inline("certificate", "no PEM certificate".to_owned()));
-            }
-            let key = PrivateKeyDer::from_pem_slice(key)
-                .map_err(|error| inline("key", error.to_string()))?;
-            Ok((chain, key, "inline client key".to_owned()))
-        }
-    }
 }
 
 /// One API's address, TLS and headers; each request opens its own connection.
@@ -488,7 +275,7 @@ impl Client {
             url: url.to_owned(),
             problem,
         })?;
-        let stream = TlsConnector::from(Arc::clone(&tls.0))
+        let stream = TlsConnector::from(tls.config())
             .connect(server_name, tcp)
             .await
             .map_err(|source| ClientError::Handshake {
@@ -609,4 +396,93 @@ pub(crate) fn encode(text: &str) -> String {
         }
     }
     encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::discovery::responder::{Answer, Responder};
+
+    #[test]
+    fn endpoints_parse_as_the_kinds_write_them() {
+        let parsed = |text: &str, tls: bool| Endpoint::parse(text, tls).map(|e| e.to_string());
+        assert_eq!(
+            parsed("unix:///var/run/docker.sock", false).unwrap(),
+            "unix:///var/run/docker.sock"
+        );
+        assert_eq!(
+            parsed("tcp://10.0.0.5:2375", false).unwrap(),
+            "http://10.0.0.5:2375"
+        );
+        assert_eq!(
+            parsed("tcp://10.0.0.5:2376", true).unwrap(),
+            "https://10.0.0.5:2376"
+        );
+        assert_eq!(
+            parsed("https://[fd00::1]/api", false).unwrap(),
+            "https://[fd00::1]:443"
+        );
+        assert_eq!(parsed("http://consul", false).unwrap(), "http://consul:80");
+        for bad in [
+            "10.0.0.5:2375",
+            "ftp://h:1",
+            "http://:80",
+            "http://h:0",
+            "unix://",
+        ] {
+            assert!(parsed(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn encoding_keeps_only_unreserved_characters() {
+        assert_eq!(encode("kube api/x=1&y"), "kube%20api%2Fx%3D1%26y");
+        assert_eq!(encode("a-b.c_d~e"), "a-b.c_d~e");
+    }
+
+    fn client(responder: &Responder) -> Client {
+        let endpoint = Endpoint::parse(&format!("http://{}", responder.authority()), false);
+        Client::new(endpoint.unwrap(), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bodies_past_the_limit_are_refused() {
+        let responder = Responder::http(|_| Answer::json(&"x".repeat(100))).await;
+        let client = client(&responder).body_limit(99);
+        let error = client.get("/big").await.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "http://{}/big: the answer is larger than 99 bytes",
+                responder.authority()
+            )
+        );
+        let client = client.body_limit(100);
+        assert_eq!(client.get("/big").await.unwrap().len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_read_line_by_line() {
+        let (chunks, receiver) = mpsc::channel(4);
+        let receiver = std::sync::Mutex::new(Some(receiver));
+        let responder =
+            Responder::http(move |_| Answer::stream(receiver.lock().unwrap().take().unwrap()))
+                .await;
+        let client = client(&responder).bearer("t0ken\n").unwrap();
+        let mut lines = client.stream("/watch").await.unwrap();
+        for chunk in ["a\nb", "c\n", "\n", "d"] {
+            chunks.send(Bytes::from(chunk)).await.unwrap();
+        }
+        drop(chunks);
+        let mut read = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            read.push(String::from_utf8(line.to_vec()).unwrap());
+        }
+        assert_eq!(read, ["a", "bc", "", "d"]);
+        let request = responder.requests().remove(0);
+        assert_eq!(request.header("authorization"), Some("Bearer t0ken"));
+        assert_eq!(request.header("host"), Some(responder.authority().as_str()));
+    }
 }
