@@ -106,11 +106,10 @@ impl Client {
     /// `value` holds characters a header cannot carry; the message names the header only,
     /// since the value may be a secret.
     pub(crate) fn header(mut self, name: HeaderName, value: &str) -> Result<Self, ClientError> {
-        let value = HeaderValue::from_str(value).map_err(|_| ClientError::Url {
+        let mut value = HeaderValue::from_str(value).map_err(|_| ClientError::Url {
             url: self.endpoint.to_string(),
             problem: format!("the {name} header value holds characters HTTP cannot carry"),
         })?;
-        let mut value = value;
         value.set_sensitive(true);
         self.headers.retain(|(existing, _)| *existing != name);
         self.headers.push((name, value));

@@ -107,16 +107,24 @@ async fn run(
         known: source.seed.clone(),
     };
     let mut backoff = timing.first_backoff;
+    // Whether the last round ended in 410 Gone too: a server that expires every fresh list's
+    // version must not be listed in a tight loop.
+    let mut expired_before = false;
     loop {
         let error = tokio::select! {
             error = watcher.round(&mut backoff) => error,
             () = updates.closed() => return,
         };
+        let expired = matches!(error, WatchError::Expired { .. });
         match error {
             WatchError::Closed => return,
-            WatchError::Expired { .. } => {
+            WatchError::Expired { .. } if !expired_before => {
                 tracing::debug!("{error}; listing again");
+                expired_before = true;
                 continue;
+            }
+            WatchError::Expired { .. } => {
+                tracing::debug!("{error} again; listing after {backoff:?}")
             }
             error => {
                 tracing::debug!("{error}");
@@ -125,6 +133,7 @@ async fn run(
                 }
             }
         }
+        expired_before = expired;
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = updates.closed() => return,
