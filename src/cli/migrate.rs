@@ -149,7 +149,11 @@ fn discovery_differences(server: &ServerConfig, raw: &RawConfig, lines: &mut Vec
         DiscoveryKind::Static => return,
         DiscoveryKind::Exec(_) => true,
         DiscoveryKind::Plaintext(plaintext) => plaintext.pattern.is_none(),
-        DiscoveryKind::Json(_) | DiscoveryKind::Srv(_) => false,
+        DiscoveryKind::Json(_)
+        | DiscoveryKind::Srv(_)
+        | DiscoveryKind::Docker(_)
+        | DiscoveryKind::Consul(_)
+        | DiscoveryKind::Kubernetes(_) => false,
     };
     if strict_lines {
         lines.push(format!(

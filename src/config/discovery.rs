@@ -52,6 +52,10 @@ pub enum DiscoveryKind {
     Plaintext(PlaintextDiscovery),
     Json(JsonDiscovery),
     Srv(SrvDiscovery),
+    Docker(super::DockerDiscovery),
+    Consul(super::ConsulDiscovery),
+    /// Watched, not polled: `interval` does not apply.
+    Kubernetes(super::KubernetesDiscovery),
 }
 
 impl DiscoveryKind {
@@ -63,6 +67,9 @@ impl DiscoveryKind {
             Self::Plaintext(_) => "plaintext",
             Self::Json(_) => "json",
             Self::Srv(_) => "srv",
+            Self::Docker(_) => "docker",
+            Self::Consul(_) => "consul",
+            Self::Kubernetes(_) => "kubernetes",
         }
     }
 
@@ -72,7 +79,12 @@ impl DiscoveryKind {
         match self {
             Self::Static => None,
             Self::Exec(_) => Some(Duration::from_secs(3)),
-            Self::Plaintext(_) | Self::Json(_) | Self::Srv(_) => Some(Duration::from_secs(5)),
+            Self::Plaintext(_) | Self::Json(_) | Self::Srv(_) | Self::Docker(_) => {
+                Some(Duration::from_secs(5))
+            }
+            Self::Consul(_) => Some(Duration::from_secs(2)),
+            // Each request of the watch has its own limits; the watch itself runs for good.
+            Self::Kubernetes(_) => None,
         }
     }
 }

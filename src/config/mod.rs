@@ -16,6 +16,7 @@
 mod balance;
 mod builder;
 mod discovery;
+mod discovery_sources;
 pub mod duration;
 pub mod raw;
 mod services;
@@ -39,6 +40,9 @@ pub use builder::{Builder, ServerBuilder};
 pub use discovery::{
     DiscoveryConfig, DiscoveryKind, DnsProtocol, ExecDiscovery, FailPolicy, JsonDiscovery,
     JsonPaths, PlaintextDiscovery, SrvDiscovery,
+};
+pub use discovery_sources::{
+    ConsulDiscovery, DiscoveryTls, DockerDiscovery, KubernetesDiscovery, KubernetesPort,
 };
 pub use source::{Format, LoadOptions, Loaded, load_file, load_str};
 

@@ -368,6 +368,14 @@ raw_table! {
         lxd_container_interface_key: String,
         lxd_container_sni_key: String,
         lxd_container_address_type: String,
+        /// betwixt, kind kubernetes: a kubeconfig file; default the service account.
+        kubernetes_kubeconfig: String,
+        /// betwixt, kind kubernetes: default "default".
+        kubernetes_namespace: String,
+        /// betwixt, kind kubernetes: default "kubernetes".
+        kubernetes_service: String,
+        /// betwixt, kind kubernetes: a port name or number; default "https".
+        kubernetes_port: String,
     }
 }
 

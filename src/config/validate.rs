@@ -11,6 +11,7 @@
 
 mod bind;
 mod discovery;
+mod discovery_sources;
 mod escape;
 mod global;
 mod healthcheck;

@@ -13,11 +13,17 @@
 //! failure and `failpolicy` around it, as gobetween's discovery loop does. A watching kind
 //! (one that is told of changes) sends its results through [`Task::follow`] instead.
 
+mod client;
+mod consul;
+mod docker;
 mod exec;
 mod http;
 mod json;
+mod kubernetes;
 mod lines;
 mod plaintext;
+#[cfg(test)]
+mod responder;
 mod srv;
 
 use std::collections::{HashMap, HashSet};
@@ -173,6 +179,10 @@ async fn fetch(kind: &DiscoveryKind) -> Result<Vec<BackendSpec>, FetchError> {
         DiscoveryKind::Plaintext(source) => Ok(plaintext::fetch(source).await?),
         DiscoveryKind::Json(source) => Ok(json::fetch(source).await?),
         DiscoveryKind::Srv(source) => Ok(srv::fetch(source).await?),
+        DiscoveryKind::Docker(source) => Ok(docker::fetch(source).await?),
+        DiscoveryKind::Consul(source) => Ok(consul::fetch(source).await?),
+        // Watched: never polled (see `Task::run`).
+        DiscoveryKind::Kubernetes(_) => Ok(Vec::new()),
     }
 }
 
@@ -197,14 +207,18 @@ struct FailureLog {
 impl Task {
     async fn run(self, stop: CancellationToken) {
         let source = async {
-            // A watching kind has its arm here, such as
-            // `DiscoveryKind::Kubernetes(source) => self.follow(|updates| kubernetes::watch(source, updates)).await`.
             match &self.config.kind {
+                DiscoveryKind::Kubernetes(source) => {
+                    self.follow(|updates| kubernetes::watch(source, updates))
+                        .await;
+                }
                 DiscoveryKind::Static
                 | DiscoveryKind::Exec(_)
                 | DiscoveryKind::Plaintext(_)
                 | DiscoveryKind::Json(_)
-                | DiscoveryKind::Srv(_) => self.poll().await,
+                | DiscoveryKind::Srv(_)
+                | DiscoveryKind::Docker(_)
+                | DiscoveryKind::Consul(_) => self.poll().await,
             }
         };
         tokio::select! {

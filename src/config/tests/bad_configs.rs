@@ -131,7 +131,7 @@ fn rows() -> Vec<(String, &'static str)> {
                 "kind = \"lxd\"\nlxd_server_address = \"unix:///var/lib/lxd/unix.socket\"",
                 "",
             ),
-            "gobetween.toml: servers.k3s.discovery.kind: discovery kind \"lxd\" is not supported by betwixt yet (supported: static, srv, json, exec, plaintext)",
+            "gobetween.toml: servers.k3s.discovery.kind: discovery kind \"lxd\" is not supported by betwixt yet (supported: static, srv, docker, json, exec, plaintext, consul, kubernetes)",
         ),
         (
             k3s(BIND, "kind = \"dns\"", ""),
@@ -363,7 +363,7 @@ fn every_error_of_a_file_is_reported() {
             "servers.a.discovery.static_list[0]",
             "servers.a.discovery.static_list[1]",
             "servers.a.healthcheck.interval",
-            "servers.b.discovery.kind",
+            "servers.b.discovery.consul_service_name",
             "servers.b.bind",
         ],
         "{errors:#?}"

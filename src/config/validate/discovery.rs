@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::time::Duration;
 
+use super::discovery_sources;
 use super::value::{self, choice, given_keys, text};
 use super::{Key, Report};
 use crate::config::raw::RawDiscovery;
@@ -28,7 +29,7 @@ const KINDS: [&str; 8] = [
 ];
 
 /// The kinds betwixt implements.
-const SUPPORTED: &str = "static, srv, json, exec, plaintext";
+const SUPPORTED: &str = "static, srv, docker, json, exec, plaintext, consul, kubernetes";
 
 /// Keys every kind uses; every other key starts with its kind's name (`srv_lookup_server`).
 const COMMON_KEYS: [&str; 4] = ["kind", "failpolicy", "interval", "timeout"];
@@ -59,6 +60,12 @@ pub(super) fn discovery(
         Some(name @ "plaintext") => plaintext(report, &key, raw).map(|kind| (name, kind)),
         Some(name @ "json") => json(report, &key, raw).map(|kind| (name, kind)),
         Some(name @ "srv") => srv(report, &key, raw).map(|kind| (name, kind)),
+        Some(name @ "docker") => discovery_sources::docker(report, &key, raw)
+            .map(|source| (name, DiscoveryKind::Docker(source))),
+        Some(name @ "consul") => discovery_sources::consul(report, &key, raw)
+            .map(|source| (name, DiscoveryKind::Consul(source))),
+        Some(name @ "kubernetes") => discovery_sources::kubernetes(report, &key, raw)
+            .map(|source| (name, DiscoveryKind::Kubernetes(source))),
         None => {
             report.error(&kind_key, "missing; expected kind = \"static\"");
             None
@@ -89,6 +96,11 @@ pub(super) fn discovery(
         return (DiscoveryConfig::fixed(), Vec::new());
     };
     warn_foreign_keys(report, &key, raw, name);
+    // Kubernetes starts from its seed list (also its way to the API); the others from none.
+    let backends = match &kind {
+        DiscoveryKind::Kubernetes(source) => source.seed.clone(),
+        _ => Vec::new(),
+    };
     let timeout = match timeout {
         Some(timeout) => timeout,
         None => kind.default_timeout(),
@@ -99,7 +111,7 @@ pub(super) fn discovery(
         timeout,
         failpolicy,
     };
-    (config, Vec::new())
+    (config, backends)
 }
 
 /// `interval` (`None`: fetch once), `timeout` (outer `None`: absent, so the kind's default;
@@ -133,7 +145,8 @@ fn check_common(
 fn warn_foreign_keys(report: &mut Report<'_>, key: &Key, raw: &RawDiscovery, kind: &str) {
     let own = format!("{kind}_");
     for name in given_keys(raw) {
-        if !name.starts_with(&own) && !COMMON_KEYS.contains(&name.as_str()) {
+        let seed = kind == "kubernetes" && name == "static_list";
+        if !name.starts_with(&own) && !COMMON_KEYS.contains(&name.as_str()) && !seed {
             report.warn(&key.child(&name), format!("ignored for kind {kind}"));
         }
     }
