@@ -20,6 +20,7 @@ pub mod raw;
 mod services;
 pub mod source;
 pub mod static_list;
+mod tls;
 pub mod validate;
 
 #[cfg(test)]
@@ -36,6 +37,10 @@ use ipnet::IpNet;
 pub use balance::{BalanceKind, UnknownBalance};
 pub use builder::{Builder, ServerBuilder};
 pub use source::{Format, LoadOptions, Loaded, load_file, load_str};
+pub use tls::{
+    BackendsTls, HostnameMatching, SniConfig, TlsProtocol, TlsTermination, TlsVersion,
+    UnexpectedHostname,
+};
 
 /// The whole validated configuration of one betwixt process.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,6 +221,12 @@ pub struct ServerConfig {
     pub udp: Option<UdpConfig>,
     /// `[access]`; `None` allows everyone.
     pub access: Option<AccessConfig>,
+    /// `[tls]`: terminate TLS (`protocol = "tls"`, or tcp with the table, as gobetween).
+    pub tls: Option<TlsTermination>,
+    /// `[sni]`: pick backends by the server name the client asks for.
+    pub sni: Option<SniConfig>,
+    /// `[backends_tls]`: TLS to the backends.
+    pub backends_tls: Option<BackendsTls>,
     /// From `discovery.static_list`, in file order.
     pub backends: Vec<BackendSpec>,
     pub healthcheck: HealthcheckConfig,

@@ -17,6 +17,7 @@ mod healthcheck;
 mod memory;
 mod probe;
 mod server;
+mod tls;
 mod tls_check;
 mod value;
 

@@ -57,11 +57,8 @@ fn raw_form_round_trips_for_dump() {
 fn unsupported_features_are_refused_by_name() {
     let errors = load_errors(EVERY_KEY);
     let expected = [
-        "gobetween.toml: servers.everything.protocol: protocol \"tls\" is not supported by betwixt yet (supported: tcp, udp)",
-        "gobetween.toml: servers.everything.tls: [servers.everything.tls] (TLS termination) is not supported by betwixt yet; remove it",
-        "gobetween.toml: servers.everything.backends_tls: [servers.everything.backends_tls] (TLS to the backends) is not supported by betwixt yet; remove it",
-        "gobetween.toml: servers.everything.sni: [servers.everything.sni] (SNI-based backend selection) is not supported by betwixt yet; remove it",
         "gobetween.toml: servers.everything.discovery.kind: discovery kind \"srv\" is not supported by betwixt yet (supported: static)",
+        "gobetween.toml: servers.everything.tls.acme_hosts: ACME certificates are not supported by betwixt yet; give cert_path and key_path",
     ];
     assert_eq!(errors, expected);
 }
@@ -93,7 +90,7 @@ fn supported_keys_validate_and_ignored_ones_warn() {
         .collect();
     for expected in [
         "profiler: ignored: betwixt has no pprof profiler",
-        "acme: ignored: used only by protocol tls, which betwixt does not support",
+        "acme: ignored: betwixt does not support ACME certificates yet",
         "servers.everything.discovery.consul_host: ignored for kind static",
         "servers.everything.discovery.srv_lookup_server: ignored for kind static",
         "servers.everything.healthcheck.exec_command: ignored for kind probe (used by exec)",

@@ -143,6 +143,9 @@ fn expected_k3s() -> ServerConfig {
         close_sessions_on_backend_removal: false,
         proxy_protocol: None,
         udp: None,
+        tls: None,
+        sni: None,
+        backends_tls: None,
         access: Some(AccessConfig {
             default: AccessAction::Deny,
             rules: vec![
@@ -181,6 +184,9 @@ fn expected_supervisor() -> ServerConfig {
         close_sessions_on_backend_removal: false,
         proxy_protocol: None,
         udp: None,
+        tls: None,
+        sni: None,
+        backends_tls: None,
         access: None,
         backends,
         healthcheck: HealthcheckConfig {

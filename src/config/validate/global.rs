@@ -173,7 +173,7 @@ pub(super) fn ignored_sections(report: &mut Report<'_>, raw: &RawConfig) {
     if raw.acme.is_some() {
         report.warn(
             &Key::root("acme"),
-            "ignored: used only by protocol tls, which betwixt does not support",
+            "ignored: betwixt does not support ACME certificates yet",
         );
     }
 }
