@@ -80,7 +80,10 @@ pub mod tls;
 pub use config::Config;
 pub use embed::LoadBalancer;
 pub use endpoints::{EndpointError, Endpoints};
-pub use report::{Admin, BackendReport, Health, Report, ServerReport, SessionEnd, Transition};
+pub use report::{
+    Admin, BackendReport, HandshakeFailure, Health, Report, ServerReport, SessionEnd, TlsReport,
+    Transition,
+};
 pub use supervisor::{ReloadSummary, ShutdownSummary, StartError, UnknownBackend};
 
 /// gobetween's REST API as its clients see it (`betwixt status` among them): the JSON of its

@@ -44,6 +44,9 @@ pub enum StartError {
         bind: String,
         error: io::Error,
     },
+    /// A server's certificate, key or CA file cannot be used.
+    #[error("{0}")]
+    Tls(crate::snapshot::ServerTlsError),
     #[error(
         "server {server:?}: servers.{server}.udp.transparent = true needs the CAP_NET_ADMIN \
          capability (or CAP_NET_RAW): {error}"
@@ -175,7 +178,7 @@ impl Supervisor {
         mut inherited: InheritedSockets,
     ) -> Result<Self, StartError> {
         let close_sessions = CancellationToken::new();
-        let snapshot = Snapshot::new(config, None, &close_sessions);
+        let snapshot = Snapshot::new(config, None, &close_sessions).map_err(StartError::Tls)?;
         let wanted = snapshot
             .servers()
             .map(|server| (&server.config, Sharing::Exclusive));
@@ -312,7 +315,8 @@ impl Supervisor {
 
     fn apply(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let current = self.shared.snapshot.load_full();
-        let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions);
+        let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions)
+            .map_err(StartError::Tls)?;
         let running: BTreeMap<String, (BindAddr, bool)> = self
             .lock_listeners()
             .iter()

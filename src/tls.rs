@@ -1,16 +1,39 @@
-//! PEM files for TLS, read in one place: certificate chains, private keys and root stores, each
-//! failure naming the file.
+//! TLS material, read in one place: PEM certificate chains, private keys and root stores, each
+//! failure naming the file; the rustls configs of terminating servers ([`server_config`]) and
+//! of connections to backends ([`backend_config`]); the ClientHello reader of SNI routing.
 //!
-//! Used by the health checks' TLS client, the API's HTTPS listener and `betwixt status`; public
-//! so that the binary and embedding programs read files the same way. Every function reads files (and [`system_roots`] the system's certificate
+//! Used by sessions, the health checks' TLS client, the API's HTTPS listener and `betwixt
+//! status`; public so that the binary and embedding programs read files the same way. Every function reads files (and [`system_roots`] the system's certificate
 //! store), so it blocks: call it at start-up, on a reload path or inside `spawn_blocking`,
 //! never on a runtime worker.
+
+mod client;
+pub mod client_hello;
+mod protocol;
+mod server;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use client::{backend_config, backend_server_name};
+pub use server::server_config;
+pub use verify::AcceptAnyCertificate;
+
+/// A server's TLS settings that cannot be put to use.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    /// The message ends with rustls's error, so it is not also a `source()`.
+    #[error("{}: cannot use this private key with the certificate: {error}", path.display())]
+    Key { path: PathBuf, error: rustls::Error },
+    #[error("{0}")]
+    Rustls(rustls::Error),
+}
 
 /// A PEM file that cannot be used: which file and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -21,5 +21,6 @@ mod node;
 mod page;
 mod reload;
 mod resources;
+mod tls;
 mod udp;
 mod util;
