@@ -91,7 +91,7 @@ pub use supervisor::{ReloadSummary, ShutdownSummary, StartError, UnknownBackend}
 pub mod rest {
     pub use crate::api::basic_authorization;
     pub use crate::api::wire::{
-        Backend, BackendCounters, ConfigurationSource, ProcessInfo, Server,
+        Backend, BackendCounters, ConfigurationSource, ProcessInfo, Server, TlsCounters,
     };
 }
 

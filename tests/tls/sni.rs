@@ -194,3 +194,52 @@ async fn a_slow_or_garbage_hello_is_closed_and_counted_while_others_are_served()
     })
     .await;
 }
+
+/// The counters as the REST API and Prometheus show them.
+#[tokio::test]
+async fn sni_counters_reach_the_api_and_metrics() {
+    let a = name_backend("a").await;
+    let config = format!(
+        "{}{}",
+        crate::api::ENDPOINTS,
+        sni_config(
+            "read_timeout = \"300ms\"\nunexpected_hostname_strategy = \"reject\"",
+            &[(a.addr, Some("a.example"))],
+            "",
+        )
+    );
+    let lb = crate::api::Balancer::start(&config).await;
+    let addr = lb.server("front");
+    assert_eq!(routed_to(addr, "a.example").await.as_deref(), Some("a"));
+    assert_eq!(routed_to(addr, "b.example").await, None);
+    let mut garbage = TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(closed_by_peer(&mut garbage).await);
+    eventually("the failure is counted", || {
+        server_report(&lb.balancer, "front")
+            .tls
+            .failures(HandshakeFailure::Malformed)
+            == 1
+    })
+    .await;
+
+    let stats = lb.get_json("/servers/front/stats").await;
+    assert_eq!(stats["tls"]["handshakes"], 2, "{stats}");
+    assert_eq!(stats["tls"]["sni_unmatched"], 1, "{stats}");
+    assert_eq!(
+        stats["tls"]["handshake_failures"]["malformed"], 1,
+        "{stats}"
+    );
+    let metrics = lb.scrape().await;
+    let server = [("server", "front")];
+    assert_eq!(metrics.value("betwixt_tls_handshakes_total", &server), 2.0);
+    assert_eq!(metrics.value("betwixt_sni_unmatched_total", &server), 1.0);
+    let malformed = [("server", "front"), ("reason", "malformed")];
+    assert_eq!(
+        metrics.value("betwixt_tls_handshake_failures_total", &malformed),
+        1.0
+    );
+}
