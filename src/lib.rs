@@ -32,8 +32,8 @@
 //! - [`config`]: gobetween's schema, read, parsed and validated into an immutable [`Config`];
 //!   a leaf that names no runtime type.
 //! - `net`, `tls`, `logging`, `access`, `proxy_protocol`, `signal`, `systemd`: sockets, PEM
-//!   certificates and keys, log set-up, `[access]` rules, the PROXY header, Unix signals, the
-//!   service manager.
+//!   certificates and keys, rustls configs, log set-up, `[access]` rules, the PROXY header,
+//!   Unix signals, the service manager; `acme`: certificates from an ACME CA.
 //! - `stats`, `events`, `forward`: lock-free counters, the recent health transitions the
 //!   status page shows, and the byte movers (copy, splice).
 //! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
@@ -51,6 +51,7 @@
 #![deny(unsafe_code)]
 
 pub(crate) mod access;
+pub(crate) mod acme;
 pub(crate) mod api;
 pub(crate) mod backend;
 pub(crate) mod balance;

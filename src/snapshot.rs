@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub forwarding_budget: Arc<forward::Budget>,
     /// Recent health transitions of every server, carried over by every reload.
     pub events: Arc<Events>,
+    /// Certificates for `acme_hosts`, carried over by every reload; the ACME task fills it.
+    pub acme: Arc<tls::AcmeCertificates>,
 }
 
 impl Snapshot {
@@ -55,6 +57,7 @@ impl Snapshot {
         );
         forwarding_budget.set_limit(budget_limit);
         let events = previous.map_or_else(Arc::default, |snapshot| Arc::clone(&snapshot.events));
+        let acme = previous.map_or_else(Arc::default, |snapshot| Arc::clone(&snapshot.acme));
         let servers = config
             .servers
             .iter()
@@ -68,6 +71,7 @@ impl Snapshot {
                     &config.runtime,
                     &forwarding_budget,
                     &events,
+                    &acme,
                     origin,
                     all_sessions,
                 )?;
@@ -79,6 +83,7 @@ impl Snapshot {
             servers,
             forwarding_budget,
             events,
+            acme,
         })
     }
 
@@ -152,6 +157,7 @@ impl Server {
         runtime: &RuntimeConfig,
         forwarding_budget: &Arc<forward::Budget>,
         events: &Arc<Events>,
+        acme: &Arc<tls::AcmeCertificates>,
         origin: Origin<'_>,
         all_sessions: &CancellationToken,
     ) -> Result<Self, ServerTlsError> {
@@ -160,7 +166,7 @@ impl Server {
             error,
         };
         let tls_acceptor = match &config.tls {
-            Some(termination) => Some(tls::server_config(termination).map_err(tls_error)?),
+            Some(termination) => Some(tls::server_config(termination, acme).map_err(tls_error)?),
             None => None,
         };
         let backend_tls = match &config.backends_tls {

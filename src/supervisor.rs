@@ -128,6 +128,8 @@ pub struct Supervisor {
     stats: ProcessStats,
     background: CancellationToken,
     drain: drain::DrainState,
+    /// Certificates for `acme_hosts`, kept in step with the config.
+    acme: crate::acme::Acme,
 }
 
 /// A listener bound and registered with the runtime but not accepting yet: everything about
@@ -200,8 +202,10 @@ impl Supervisor {
             stats: ProcessStats::default(),
             background: CancellationToken::new(),
             drain: drain::DrainState::default(),
+            acme: crate::acme::Acme::default(),
         };
         supervisor.health.reconcile();
+        supervisor.reconcile_acme();
         for listener in prepared {
             supervisor.spawn_listener(listener);
         }
@@ -365,6 +369,7 @@ impl Supervisor {
         // Nothing from here on can fail: the new config is published whole or not at all.
         self.shared.snapshot.store(Arc::new(next));
         self.health.reconcile();
+        self.reconcile_acme();
         for listener in prepared {
             self.spawn_listener(listener);
         }
@@ -381,6 +386,11 @@ impl Supervisor {
         }
         close_removed_backends(&current, &self.snapshot());
         Ok(summary)
+    }
+
+    fn reconcile_acme(&self) {
+        let snapshot = self.snapshot();
+        self.acme.reconcile(&snapshot.config, &snapshot.acme);
     }
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningListener>> {
@@ -461,6 +471,7 @@ impl Supervisor {
         }
         self.background.cancel();
         self.health.stop_all();
+        self.acme.stop();
         self.shared.sessions.close();
         let open = self.shared.sessions.len();
         if open > 0 {
@@ -486,6 +497,7 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         self.background.cancel();
+        self.acme.stop();
         self.shared.close_sessions.cancel();
         for listener in self.lock_listeners().values() {
             listener.stop.cancel();

@@ -7,6 +7,7 @@
 //! store), so it blocks: call it at start-up, on a reload path or inside `spawn_blocking`,
 //! never on a runtime worker.
 
+mod acme_store;
 mod client;
 pub mod client_hello;
 mod protocol;
@@ -19,8 +20,9 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use acme_store::AcmeCertificates;
 pub use client::{backend_config, backend_server_name};
-pub use server::server_config;
+pub use server::{certified_key, server_config};
 pub use verify::AcceptAnyCertificate;
 
 /// A server's TLS settings that cannot be put to use.

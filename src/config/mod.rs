@@ -38,8 +38,8 @@ pub use balance::{BalanceKind, UnknownBalance};
 pub use builder::{Builder, ServerBuilder};
 pub use source::{Format, LoadOptions, Loaded, load_file, load_str};
 pub use tls::{
-    BackendsTls, HostnameMatching, SniConfig, TlsProtocol, TlsTermination, TlsVersion,
-    UnexpectedHostname,
+    AcmeSettings, BackendsTls, HostnameMatching, SniConfig, TlsProtocol, TlsTermination,
+    TlsVersion, UnexpectedHostname,
 };
 
 /// The whole validated configuration of one betwixt process.

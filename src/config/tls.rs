@@ -6,6 +6,8 @@
 //! validation.
 
 use std::path::PathBuf;
+
+use super::BindAddr;
 use std::time::Duration;
 
 use super::TlsFiles;
@@ -51,8 +53,11 @@ impl Default for TlsProtocol {
 /// and for `protocol = "tcp"` with a `[tls]` table alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsTermination {
-    /// `cert_path` and `key_path`: the certificate served. Re-read by every reload.
-    pub certificate: TlsFiles,
+    /// `cert_path` and `key_path`: the certificate served (to names not in `acme_hosts`).
+    /// Re-read by every reload. Required without `acme_hosts`.
+    pub certificate: Option<TlsFiles>,
+    /// `acme_hosts` with the `[acme]` table: certificates obtained and renewed by betwixt.
+    pub acme: Option<AcmeSettings>,
     pub protocol: TlsProtocol,
 }
 
@@ -95,4 +100,23 @@ pub enum UnexpectedHostname {
     Reject,
     /// Every backend.
     Any,
+}
+
+/// `[tls] acme_hosts` and the process-wide `[acme]` table: which names get a certificate from
+/// an ACME CA, over HTTP-01 challenges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// `acme_hosts`, as written.
+    pub hosts: Vec<String>,
+    /// `[acme] http_bind`, default `:80`: where the CA's HTTP-01 requests are answered.
+    pub http_bind: BindAddr,
+    /// `[acme] cache_dir` (required): the account and each host's certificate and key.
+    pub cache_dir: PathBuf,
+    /// `[acme] directory_url` (betwixt), default Let's Encrypt's production directory.
+    pub directory_url: String,
+    /// `[acme] directory_ca_cert_path` (betwixt): roots for the directory's HTTPS.
+    pub directory_ca_cert_path: Option<PathBuf>,
+    /// `[acme] renew_after` (betwixt), default 60 days: a certificate this old is renewed
+    /// (Let's Encrypt's last 90).
+    pub renew_after: Duration,
 }

@@ -2,6 +2,7 @@
 //! test, `openssl s_client` and `curl` as processes. Certificates come from a private CA made
 //! per test with rcgen.
 
+mod acme;
 mod backends;
 mod sni;
 mod termination;

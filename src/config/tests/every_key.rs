@@ -58,7 +58,6 @@ fn unsupported_features_are_refused_by_name() {
     let errors = load_errors(EVERY_KEY);
     let expected = [
         "gobetween.toml: servers.everything.discovery.kind: discovery kind \"srv\" is not supported by betwixt yet (supported: static)",
-        "gobetween.toml: servers.everything.tls.acme_hosts: ACME certificates are not supported by betwixt yet; give cert_path and key_path",
     ];
     assert_eq!(errors, expected);
 }
@@ -90,7 +89,7 @@ fn supported_keys_validate_and_ignored_ones_warn() {
         .collect();
     for expected in [
         "profiler: ignored: betwixt has no pprof profiler",
-        "acme: ignored: betwixt does not support ACME certificates yet",
+        "acme: ignored: no server's [tls] has acme_hosts",
         "servers.everything.discovery.consul_host: ignored for kind static",
         "servers.everything.discovery.srv_lookup_server: ignored for kind static",
         "servers.everything.healthcheck.exec_command: ignored for kind probe (used by exec)",

@@ -6,6 +6,8 @@ use std::time::Duration;
 use super::{load_errors, load_ok};
 use crate::config::{HostnameMatching, TlsVersion, UnexpectedHostname};
 
+const ACME_HOSTS: &str = "[servers.web.tls]\nacme_hosts = [\"a.example\"]\n";
+
 const SERVER: &str = "[servers.web]\nbind = \":443\"\n\
     [servers.web.discovery]\nkind = \"static\"\nstatic_list = [\"10.0.0.1:443 sni=a.example\"]\n";
 
@@ -121,4 +123,38 @@ fn sni_defaults_are_gobetweens() {
     assert_eq!(sni.read_timeout, Duration::from_secs(2));
     assert_eq!(sni.matching, HostnameMatching::Exact);
     assert_eq!(sni.unexpected, UnexpectedHostname::Default);
+}
+
+#[test]
+fn acme_hosts_need_the_acme_table_and_its_cache_dir() {
+    let errors = load_errors(&format!("{SERVER}{ACME_HOSTS}"));
+    assert_eq!(
+        errors,
+        ["gobetween.toml: servers.web.tls.acme_hosts: needs an [acme] table with cache_dir"]
+    );
+    let errors = load_errors(&format!(
+        "[acme]\nchallenge = \"dns\"\n{SERVER}{ACME_HOSTS}"
+    ));
+    assert_eq!(
+        errors,
+        [
+            "gobetween.toml: acme.challenge: unknown challenge \"dns\"; expected http (HTTP-01, as gobetween)",
+            "gobetween.toml: acme.cache_dir: missing; the account and certificates are kept there",
+        ]
+    );
+    let text = format!("[acme]\ncache_dir = \"/var/cache/betwixt\"\n{SERVER}{ACME_HOSTS}");
+    let config = load_ok(&text).config;
+    let tls = config.servers["web"].tls.as_ref().unwrap();
+    assert_eq!(
+        tls.certificate, None,
+        "the ACME hosts need no certificate file"
+    );
+    let acme = tls.acme.as_ref().unwrap();
+    assert_eq!(acme.hosts, ["a.example"]);
+    assert_eq!(acme.http_bind.addr.port(), 80);
+    assert_eq!(
+        acme.directory_url,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(acme.renew_after, Duration::from_secs(60 * 86_400));
 }

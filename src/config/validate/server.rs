@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::value::{self, Given, choice, text};
 use super::{Key, Report, bind, discovery, healthcheck, tls};
 use crate::config::duration::parse_duration;
-use crate::config::raw::{RawAccess, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
+use crate::config::raw::{RawAccess, RawAcme, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
 use crate::config::{
     AccessAction, AccessConfig, AccessRule, BackendSpec, BalanceKind, BindAddr, CheckKind,
     HealthcheckConfig, ProxyProtocolVersion, ServerConfig, UdpConfig,
@@ -55,6 +55,7 @@ pub(super) fn server(
     name: &str,
     raw: &RawServer,
     defaults: &RawDefaults,
+    acme: Option<&RawAcme>,
     bind: Option<BindAddr>,
 ) -> Option<ServerConfig> {
     if !check_name(report, name) {
@@ -83,7 +84,7 @@ pub(super) fn server(
         .tls
         .as_ref()
         .filter(|_| terminate)
-        .and_then(|table| tls::termination(report, &key.child("tls"), table));
+        .and_then(|table| tls::termination(report, &key.child("tls"), table, acme));
     let backends_tls = raw
         .backends_tls
         .as_ref()

@@ -8,15 +8,20 @@
 use std::path::PathBuf;
 
 use super::value::{self, choice, text};
-use super::{Key, Report};
-use crate::config::raw::{RawBackendsTls, RawSni, RawTls};
+use super::{Key, Report, bind};
+use crate::config::raw::{RawAcme, RawBackendsTls, RawSni, RawTls};
 use crate::config::{
-    BackendSpec, BackendsTls, HostnameMatching, SniConfig, TlsFiles, TlsProtocol, TlsTermination,
-    TlsVersion, UnexpectedHostname,
+    AcmeSettings, BackendSpec, BackendsTls, HostnameMatching, SniConfig, TlsFiles, TlsProtocol,
+    TlsTermination, TlsVersion, UnexpectedHostname,
 };
 
 /// `[sni] read_timeout` when absent, as in gobetween.
 const DEFAULT_SNI_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `[acme] directory_url` when absent: Let's Encrypt's production directory, gobetween's CA.
+const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// `[acme] renew_after` when absent: 60 days, a month before a Let's Encrypt certificate ends.
+const DEFAULT_ACME_RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(60 * 86_400);
 
 /// Go's TLS 1.2 suite names that rustls implements, with the IANA name rustls uses.
 const TLS12_SUITES: [(&str, &str); 8] = [
@@ -118,22 +123,13 @@ struct ProtocolKeys<'a> {
     session_tickets: Option<bool>,
 }
 
-/// `[tls]`: termination needs a certificate and its key.
+/// `[tls]`: termination needs a certificate and its key, or `acme_hosts` with `[acme]`.
 pub(super) fn termination(
     report: &mut Report<'_>,
     key: &Key,
     raw: &RawTls,
+    acme: Option<&RawAcme>,
 ) -> Option<TlsTermination> {
-    if raw
-        .acme_hosts
-        .as_ref()
-        .is_some_and(|hosts| !hosts.is_empty())
-    {
-        report.error(
-            &key.child("acme_hosts"),
-            "ACME certificates are not supported by betwixt yet; give cert_path and key_path",
-        );
-    }
     let protocol = protocol(
         report,
         key,
@@ -145,10 +141,82 @@ pub(super) fn termination(
             session_tickets: raw.session_tickets,
         },
     );
-    let certificate = files(report, key, &raw.cert_path, &raw.key_path, true)?;
+    let hosts: Vec<String> = raw.acme_hosts.iter().flatten().cloned().collect();
+    let acme = if hosts.is_empty() {
+        None
+    } else {
+        Some(acme_settings(
+            report,
+            &key.child("acme_hosts"),
+            hosts,
+            acme,
+        )?)
+    };
+    let given = text(&raw.cert_path).is_some() || text(&raw.key_path).is_some();
+    let certificate = if given || acme.is_none() {
+        Some(files(report, key, &raw.cert_path, &raw.key_path, true)?)
+    } else {
+        None
+    };
     Some(TlsTermination {
         certificate,
+        acme,
         protocol: protocol?,
+    })
+}
+
+/// `acme_hosts` (at `key`) with the `[acme]` table.
+fn acme_settings(
+    report: &mut Report<'_>,
+    key: &Key,
+    hosts: Vec<String>,
+    raw: Option<&RawAcme>,
+) -> Option<AcmeSettings> {
+    let acme = Key::root("acme");
+    let Some(raw) = raw else {
+        report.error(key, "needs an [acme] table with cache_dir");
+        return None;
+    };
+    for (index, host) in hosts.iter().enumerate() {
+        let valid = !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            report.error(&key.index(index), format!("{host:?} is not a DNS name"));
+        }
+    }
+    if let Some(challenge) = text(&raw.challenge)
+        && challenge != "http"
+    {
+        report.error(
+            &acme.child("challenge"),
+            format!("unknown challenge {challenge:?}; expected http (HTTP-01, as gobetween)"),
+        );
+    }
+    let http_bind = bind::parse_bind(
+        report,
+        &acme.child("http_bind"),
+        text(&raw.http_bind).unwrap_or(":80"),
+    );
+    let Some(cache_dir) = text(&raw.cache_dir) else {
+        report.error(
+            &acme.child("cache_dir"),
+            "missing; the account and certificates are kept there",
+        );
+        return None;
+    };
+    let renew_after = match text(&raw.renew_after) {
+        None => DEFAULT_ACME_RENEW_AFTER,
+        Some(text) => value::duration(report, &acme.child("renew_after"), text)?,
+    };
+    Some(AcmeSettings {
+        hosts,
+        http_bind: http_bind?,
+        cache_dir: PathBuf::from(cache_dir),
+        directory_url: text(&raw.directory_url).unwrap_or(LETS_ENCRYPT).to_owned(),
+        directory_ca_cert_path: text(&raw.directory_ca_cert_path).map(PathBuf::from),
+        renew_after,
     })
 }
 
