@@ -32,8 +32,8 @@
 //! - [`config`]: gobetween's schema, read, parsed and validated into an immutable [`Config`];
 //!   a leaf that names no runtime type.
 //! - `net`, `tls`, `logging`, `access`, `proxy_protocol`, `signal`, `systemd`: sockets, PEM
-//!   certificates and keys, log set-up, `[access]` rules, the PROXY header, Unix signals, the
-//!   service manager.
+//!   certificates and keys, rustls configs, log set-up, `[access]` rules, the PROXY header,
+//!   Unix signals, the service manager; `acme`: certificates from an ACME CA.
 //! - `stats`, `events`, `forward`: lock-free counters, the recent health transitions the
 //!   status page shows, and the byte movers (copy, splice).
 //! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
@@ -52,6 +52,7 @@
 #![deny(unsafe_code)]
 
 pub(crate) mod access;
+pub(crate) mod acme;
 pub(crate) mod api;
 pub(crate) mod backend;
 pub(crate) mod balance;
@@ -83,7 +84,8 @@ pub use config::Config;
 pub use embed::LoadBalancer;
 pub use endpoints::{EndpointError, Endpoints};
 pub use report::{
-    Admin, BackendReport, DiscoveryReport, Health, Report, ServerReport, SessionEnd, Transition,
+    Admin, BackendReport, DiscoveryReport, HandshakeFailure, Health, Report, ServerReport,
+    SessionEnd, TlsReport, Transition,
 };
 pub use supervisor::{ReloadSummary, ShutdownSummary, StartError, UnknownBackend};
 
@@ -92,7 +94,7 @@ pub use supervisor::{ReloadSummary, ShutdownSummary, StartError, UnknownBackend}
 pub mod rest {
     pub use crate::api::basic_authorization;
     pub use crate::api::wire::{
-        Backend, BackendCounters, ConfigurationSource, ProcessInfo, Server,
+        Backend, BackendCounters, ConfigurationSource, ProcessInfo, Server, TlsCounters,
     };
 }
 

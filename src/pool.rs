@@ -79,6 +79,28 @@ impl Pool {
             warming: Vec::new(),
         }
     }
+
+    /// Like [`attempts`](Self::attempts), among the backends whose place in `eligible` (pool
+    /// order) is true: the others count as tried from the start, and "every backend down"
+    /// means every eligible one.
+    pub fn attempts_among(&self, client: IpAddr, eligible: &[bool]) -> Attempts<'_> {
+        let mut tried = Tried::new(self.backends.len());
+        let mut any_healthy = false;
+        for (index, backend) in self.backends.iter().enumerate() {
+            if eligible.get(index).copied().unwrap_or(false) {
+                any_healthy |= backend.is_healthy() && backend.accepts_new_sessions();
+            } else {
+                tried.insert(index);
+            }
+        }
+        Attempts {
+            pool: self,
+            client,
+            tried,
+            ignore_health: !any_healthy,
+            warming: Vec::new(),
+        }
+    }
 }
 
 /// One connection's walk through the pool: each call picks among the backends not tried yet.

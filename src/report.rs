@@ -15,7 +15,7 @@ pub use crate::backend::{Admin, Health};
 use crate::config::BalanceKind;
 pub use crate::events::Transition;
 use crate::snapshot::{Server, Snapshot};
-pub use crate::stats::SessionEnd;
+pub use crate::stats::{HandshakeFailure, SessionEnd};
 
 /// Every server of a running balancer, ordered by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,8 @@ pub struct ServerReport {
     pub datagrams_dropped: u64,
     /// How established sessions ended, one count per [`SessionEnd`].
     pub ended: BTreeMap<SessionEnd, u64>,
+    /// `[tls]` and `[sni]` counters; all 0 for a server without them.
+    pub tls: TlsReport,
     /// Ordered by `host:port`.
     pub backends: Vec<BackendReport>,
     /// The fetches of a dynamic discovery kind; `None` for a static list.
@@ -109,6 +111,24 @@ impl DiscoveryReport {
     }
 }
 
+/// What a server's TLS termination or SNI routing did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsReport {
+    /// Handshakes completed (termination), or ClientHellos read and routed (passthrough).
+    pub handshakes: u64,
+    /// Clients closed before their handshake or ClientHello completed, by reason.
+    pub handshake_failures: BTreeMap<HandshakeFailure, u64>,
+    /// Clients whose server name matched no backend's `sni=` tag.
+    pub sni_unmatched: u64,
+}
+
+impl TlsReport {
+    /// Handshake failures for `reason`.
+    pub fn failures(&self, reason: HandshakeFailure) -> u64 {
+        self.handshake_failures.get(&reason).copied().unwrap_or(0)
+    }
+}
+
 impl ServerReport {
     /// The backend whose `host:port` is `target`.
     pub fn backend(&self, target: &str) -> Option<&BackendReport> {
@@ -141,6 +161,14 @@ impl ServerReport {
                 .iter()
                 .map(|&end| (end, stats.ended.get(end)))
                 .collect(),
+            tls: TlsReport {
+                handshakes: stats.tls.handshakes.load(Ordering::Relaxed),
+                handshake_failures: HandshakeFailure::ALL
+                    .iter()
+                    .map(|&reason| (reason, stats.tls.failures.get(reason)))
+                    .collect(),
+                sni_unmatched: stats.tls.sni_unmatched.load(Ordering::Relaxed),
+            },
             backends: server
                 .pool
                 .backends()

@@ -6,6 +6,8 @@
 //! snapshot: servers and backends that stay keep their counters and health (their state `Arc`s
 //! are carried over, keyed by server name and backend target).
 
+mod sni;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -19,6 +21,9 @@ use crate::forward;
 use crate::logging::RateLimit;
 use crate::pool::Pool;
 use crate::stats::ServerStats;
+use crate::tls::{self, TlsSetupError};
+
+pub use sni::SniRouter;
 
 /// Everything a connection needs to know, as of one config generation.
 #[derive(Debug)]
@@ -29,16 +34,22 @@ pub struct Snapshot {
     pub forwarding_budget: Arc<forward::Budget>,
     /// Recent health transitions of every server, carried over by every reload.
     pub events: Arc<Events>,
+    /// Certificates for `acme_hosts`, carried over by every reload; the ACME task fills it.
+    pub acme: Arc<tls::AcmeCertificates>,
 }
 
 impl Snapshot {
     /// Builds the runtime view of `config`, carrying state over from `previous`. New backends'
-    /// sessions also close when `all_sessions` is cancelled.
+    /// sessions also close when `all_sessions` is cancelled. TLS certificates, keys and CA
+    /// files are read now (blocking): call it at start-up or on the reload path.
+    ///
+    /// # Errors
+    /// A server's TLS files cannot be used.
     pub fn new(
         config: Config,
         previous: Option<&Snapshot>,
         all_sessions: &CancellationToken,
-    ) -> Self {
+    ) -> Result<Self, ServerTlsError> {
         let budget_limit = config.runtime.forwarding_memory;
         let forwarding_budget = previous.map_or_else(
             || Arc::new(forward::Budget::new(budget_limit)),
@@ -46,6 +57,7 @@ impl Snapshot {
         );
         forwarding_budget.set_limit(budget_limit);
         let events = previous.map_or_else(Arc::default, |snapshot| Arc::clone(&snapshot.events));
+        let acme = previous.map_or_else(Arc::default, |snapshot| Arc::clone(&snapshot.acme));
         let servers = config
             .servers
             .iter()
@@ -59,18 +71,20 @@ impl Snapshot {
                     &config.runtime,
                     &forwarding_budget,
                     &events,
+                    &acme,
                     origin,
                     all_sessions,
-                );
-                (name.clone(), Arc::new(server))
+                )?;
+                Ok((name.clone(), Arc::new(server)))
             })
-            .collect();
-        Self {
+            .collect::<Result<_, ServerTlsError>>()?;
+        Ok(Self {
             config: Arc::new(config),
             servers,
             forwarding_budget,
             events,
-        }
+            acme,
+        })
     }
 
     pub fn server(&self, name: &str) -> Option<&Arc<Server>> {
@@ -94,6 +108,21 @@ pub struct Server {
     /// The snapshot's health transitions, where this server's flips are recorded (passive
     /// ones by sessions, which see only their server).
     pub events: Arc<Events>,
+    /// `[tls]`: the certificate as read when this snapshot was built.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// `[backends_tls]`.
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `[sni]`.
+    pub sni: Option<SniRouter>,
+}
+
+/// A server whose TLS files cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("server {server:?}: {error}")]
+pub struct ServerTlsError {
+    pub server: String,
+    /// In the message, so not a `source()`.
+    pub error: TlsSetupError,
 }
 
 /// Rate limits for the per-client events of one server.
@@ -105,6 +134,10 @@ pub struct ServerLogLimits {
     pub unserved: RateLimit,
     /// Backend connects failing for lack of local descriptors, memory or ports.
     pub exhausted: RateLimit,
+    /// Client TLS handshakes (or ClientHellos) that failed.
+    pub handshake: RateLimit,
+    /// Clients no backend's `sni=` could serve.
+    pub sni_rejected: RateLimit,
 }
 
 /// Where a server's runtime state comes from.
@@ -124,9 +157,22 @@ impl Server {
         runtime: &RuntimeConfig,
         forwarding_budget: &Arc<forward::Budget>,
         events: &Arc<Events>,
+        acme: &Arc<tls::AcmeCertificates>,
         origin: Origin<'_>,
         all_sessions: &CancellationToken,
-    ) -> Self {
+    ) -> Result<Self, ServerTlsError> {
+        let tls_error = |error| ServerTlsError {
+            server: config.name.clone(),
+            error,
+        };
+        let tls_acceptor = match &config.tls {
+            Some(termination) => Some(tls::server_config(termination, acme).map_err(tls_error)?),
+            None => None,
+        };
+        let backend_tls = match &config.backends_tls {
+            Some(settings) => Some(tls::backend_config(settings).map_err(tls_error)?),
+            None => None,
+        };
         let checked = !matches!(config.healthcheck.kind, CheckKind::None);
         let initial_health = match (origin, config.healthcheck.initial_status) {
             _ if !checked => Health::Up,
@@ -156,19 +202,23 @@ impl Server {
             copy_buffer_size: runtime.copy_buffer_size,
             budget: Arc::clone(forwarding_budget),
         };
-        Self {
-            pool: Pool::with_client_form(
-                config.balance,
-                ClientIpForm::for_bind(&config.bind),
-                backends,
-            )
-            .with_slow_start(config.slow_start),
+        let pool = Pool::with_client_form(
+            config.balance,
+            ClientIpForm::for_bind(&config.bind),
+            backends,
+        )
+        .with_slow_start(config.slow_start);
+        Ok(Self {
+            sni: config.sni.as_ref().map(|sni| SniRouter::new(sni, &pool)),
+            pool,
             stats: previous.map_or_else(Arc::default, |server| Arc::clone(&server.stats)),
             forward,
             log_limits: ServerLogLimits::default(),
             events: Arc::clone(events),
+            tls_server: tls_acceptor,
+            backend_tls,
             config,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -198,13 +248,13 @@ mod tests {
     #[test]
     fn servers_share_one_forwarding_budget_across_reloads() {
         let all_sessions = CancellationToken::new();
-        let first = Snapshot::new(config(1 << 20), None, &all_sessions);
+        let first = Snapshot::new(config(1 << 20), None, &all_sessions).unwrap();
         let budget = |snapshot: &Snapshot, name: &str| {
             Arc::clone(&snapshot.server(name).unwrap().forward.budget)
         };
         assert!(Arc::ptr_eq(&budget(&first, "a"), &budget(&first, "b")));
         assert_eq!(first.forwarding_budget.limit(), 1 << 20);
-        let second = Snapshot::new(config(2 << 20), Some(&first), &all_sessions);
+        let second = Snapshot::new(config(2 << 20), Some(&first), &all_sessions).unwrap();
         assert!(Arc::ptr_eq(&budget(&first, "a"), &budget(&second, "b")));
         assert_eq!(second.forwarding_budget.limit(), 2 << 20);
     }

@@ -90,6 +90,8 @@ pub struct ServerStats {
     pub datagrams_dropped: AtomicU64,
     /// Fetches of a dynamic discovery kind.
     pub discovery: DiscoveryStats,
+    /// `[tls]` and `[sni]`: handshakes and server names.
+    pub tls: TlsStats,
 }
 
 /// The fetches of one server's discovery task (kept across reloads, like the server's other
@@ -119,6 +121,79 @@ impl DiscoveryStats {
     pub fn record_failure(&self, reason: String) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.last_error.store(Some(Arc::new(reason)));
+    }
+}
+
+/// The TLS side of a server: terminated handshakes, or ClientHellos read for SNI passthrough.
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    /// Handshakes completed (termination), or ClientHellos read and routed (passthrough).
+    pub handshakes: AtomicU64,
+    /// Clients closed before their handshake (or ClientHello) completed, by reason.
+    pub failures: HandshakeFailures,
+    /// Clients whose server name no backend's `sni=` matched (the
+    /// `unexpected_hostname_strategy` then decided).
+    pub sni_unmatched: AtomicU64,
+}
+
+/// Why a client's TLS handshake (or, in passthrough, its ClientHello) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum HandshakeFailure {
+    /// Nothing (complete) within the time allowed (`[sni] read_timeout`).
+    Timeout = 0,
+    /// The client closed or reset its connection.
+    Closed = 1,
+    /// Not TLS, or a message that does not parse.
+    Malformed = 2,
+    /// No version, cipher suite or signature scheme in common.
+    Incompatible = 3,
+    /// The client aborted with an alert (often: it does not trust the certificate).
+    Alert = 4,
+    /// Anything else rustls refused.
+    Other = 5,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 6] = [
+        Self::Timeout,
+        Self::Closed,
+        Self::Malformed,
+        Self::Incompatible,
+        Self::Alert,
+        Self::Other,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Closed => "closed",
+            Self::Malformed => "malformed",
+            Self::Incompatible => "incompatible",
+            Self::Alert => "alert",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A counter per [`HandshakeFailure`].
+#[derive(Debug, Default)]
+pub struct HandshakeFailures([AtomicU64; HandshakeFailure::ALL.len()]);
+
+impl HandshakeFailures {
+    pub fn record(&self, failure: HandshakeFailure) {
+        self.0[failure as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, failure: HandshakeFailure) -> u64 {
+        self.0[failure as usize].load(Ordering::Relaxed)
     }
 }
 

@@ -46,6 +46,9 @@ pub enum StartError {
         bind: String,
         error: io::Error,
     },
+    /// A server's certificate, key or CA file cannot be used.
+    #[error("{0}")]
+    Tls(crate::snapshot::ServerTlsError),
     #[error(
         "server {server:?}: servers.{server}.udp.transparent = true needs the CAP_NET_ADMIN \
          capability (or CAP_NET_RAW): {error}"
@@ -130,6 +133,8 @@ pub struct Supervisor {
     stats: ProcessStats,
     background: CancellationToken,
     drain: drain::DrainState,
+    /// Certificates for `acme_hosts`, kept in step with the config.
+    acme: crate::acme::Acme,
 }
 
 /// A listener bound and registered with the runtime but not accepting yet: everything about
@@ -180,7 +185,7 @@ impl Supervisor {
         mut inherited: InheritedSockets,
     ) -> Result<Self, StartError> {
         let close_sessions = CancellationToken::new();
-        let snapshot = Snapshot::new(config, None, &close_sessions);
+        let snapshot = Snapshot::new(config, None, &close_sessions).map_err(StartError::Tls)?;
         let wanted = snapshot
             .servers()
             .map(|server| (&server.config, Sharing::Exclusive));
@@ -204,6 +209,7 @@ impl Supervisor {
             stats: ProcessStats::default(),
             background: CancellationToken::new(),
             drain: drain::DrainState::default(),
+            acme: crate::acme::Acme::default(),
         };
         supervisor.health.reconcile();
         supervisor.discovery.reconcile(&supervisor.snapshot());
@@ -214,6 +220,7 @@ impl Supervisor {
             reloading: Arc::clone(&supervisor.reloading),
         };
         tokio::spawn(applier.run(discovered_rx, supervisor.background.clone()));
+        supervisor.reconcile_acme();
         for listener in prepared {
             supervisor.spawn_listener(listener);
         }
@@ -328,7 +335,8 @@ impl Supervisor {
     fn apply(&self, mut config: Config) -> Result<ReloadSummary, StartError> {
         let current = self.shared.snapshot.load_full();
         discovered::keep_discovered_lists(&mut config, &current);
-        let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions);
+        let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions)
+            .map_err(StartError::Tls)?;
         let running: BTreeMap<String, (BindAddr, bool)> = self
             .lock_listeners()
             .iter()
@@ -378,6 +386,7 @@ impl Supervisor {
         self.shared.snapshot.store(Arc::new(next));
         self.health.reconcile();
         self.discovery.reconcile(&self.snapshot());
+        self.reconcile_acme();
         for listener in prepared {
             self.spawn_listener(listener);
         }
@@ -394,6 +403,11 @@ impl Supervisor {
         }
         close_removed_backends(&current, &self.snapshot());
         Ok(summary)
+    }
+
+    fn reconcile_acme(&self) {
+        let snapshot = self.snapshot();
+        self.acme.reconcile(&snapshot.config, &snapshot.acme);
     }
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningListener>> {
@@ -475,6 +489,7 @@ impl Supervisor {
         self.background.cancel();
         self.health.stop_all();
         self.discovery.stop_all();
+        self.acme.stop();
         self.shared.sessions.close();
         let open = self.shared.sessions.len();
         if open > 0 {
@@ -501,6 +516,7 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         self.background.cancel();
         self.discovery.stop_all();
+        self.acme.stop();
         self.shared.close_sessions.cancel();
         for listener in self.lock_listeners().values() {
             listener.stop.cancel();

@@ -1,18 +1,41 @@
-//! PEM files for TLS, read in one place: certificate chains, private keys and root stores, each
-//! failure naming the file.
+//! TLS material, read in one place: PEM certificate chains, private keys and root stores, each
+//! failure naming the file; the rustls configs of terminating servers ([`server_config`]) and
+//! of connections to backends ([`backend_config`]); the ClientHello reader of SNI routing.
 //!
-//! Used by the health checks' TLS client, the API's HTTPS listener and `betwixt status`; public
-//! so that the binary and embedding programs read files the same way. Every function reads files (and [`system_roots`] the system's certificate
+//! Used by sessions, the health checks' TLS client, the API's HTTPS listener and `betwixt
+//! status`; public so that the binary and embedding programs read files the same way. Every function reads files (and [`system_roots`] the system's certificate
 //! store), so it blocks: call it at start-up, on a reload path or inside `spawn_blocking`,
 //! never on a runtime worker.
 
+mod acme_store;
+mod client;
+pub mod client_hello;
+mod protocol;
+mod server;
+mod verify;
+
 use std::path::{Path, PathBuf};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::RootCertStore;
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use acme_store::AcmeCertificates;
+pub use client::{backend_config, backend_server_name};
+pub use server::{certified_key, server_config};
+pub use verify::AcceptAnyCertificate;
+
+/// A server's TLS settings that cannot be put to use.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    /// The message ends with rustls's error, so it is not also a `source()`.
+    #[error("{}: cannot use this private key with the certificate: {error}", path.display())]
+    Key { path: PathBuf, error: rustls::Error },
+    #[error("{0}")]
+    Rustls(rustls::Error),
+}
 
 /// A PEM file that cannot be used: which file and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,56 +116,6 @@ pub fn system_roots() -> RootCertStore {
 /// As [`ca_roots`].
 pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, PemError> {
     ca_file.map_or_else(|| Ok(system_roots()), ca_roots)
-}
-
-/// A verifier for "skip verification" settings (`tls_skip_verify`, a kubeconfig's
-/// `insecure-skip-tls-verify`): any certificate is accepted, but the handshake signatures are
-/// still checked, so the peer proves it holds the key of the certificate it sent.
-#[derive(Debug)]
-pub struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl AcceptAnyCertificate {
-    /// `algorithms`: the crypto provider's `signature_verification_algorithms`.
-    pub fn new(algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { algorithms }
-    }
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        certificate: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        certificate: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

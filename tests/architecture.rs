@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "signal",
         "systemd",
         "tls",
+        "acme",
     ],
     &["forward"],
     &["stats", "events"],

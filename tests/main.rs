@@ -22,5 +22,6 @@ mod node;
 mod page;
 mod reload;
 mod resources;
+mod tls;
 mod udp;
 mod util;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{self, Health};
 use crate::config::BackendSpec;
 use crate::snapshot;
-use crate::stats::Traffic;
+use crate::stats::{HandshakeFailure, Traffic};
 
 /// `GET /`: gobetween's keys, in the order its JSON has them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,18 @@ pub struct Server {
     pub rx_second: u64,
     pub tx_second: u64,
     pub backends: Vec<Backend>,
+    /// betwixt, for a server with `[tls]` or `[sni]`. Absent in gobetween's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCounters>,
+}
+
+/// betwixt: a server's handshakes, handshake failures by reason, SNI misses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsCounters {
+    pub handshakes: u64,
+    /// By reason: `timeout`, `closed`, `malformed`, `incompatible`, `alert`, `other`.
+    pub handshake_failures: std::collections::BTreeMap<String, u64>,
+    pub sni_unmatched: u64,
 }
 
 /// One backend: its spec and its counters.
@@ -114,6 +126,17 @@ impl Server {
                 .iter()
                 .map(|backend| Backend::of(backend))
                 .collect(),
+            tls: (server.config.tls.is_some() || server.config.sni.is_some()).then(|| {
+                let tls = &server.stats.tls;
+                TlsCounters {
+                    handshakes: tls.handshakes.load(Ordering::Relaxed),
+                    handshake_failures: HandshakeFailure::ALL
+                        .iter()
+                        .map(|&reason| (reason.as_str().to_owned(), tls.failures.get(reason)))
+                        .collect(),
+                    sni_unmatched: tls.sni_unmatched.load(Ordering::Relaxed),
+                }
+            }),
         }
     }
 }

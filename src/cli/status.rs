@@ -349,6 +349,7 @@ mod tests {
                     rx_second: 0,
                     tx_second: 0,
                     backends: vec![backend],
+                    tls: None,
                 },
             }],
         };

@@ -22,6 +22,7 @@ pub mod raw;
 mod services;
 pub mod source;
 pub mod static_list;
+mod tls;
 pub mod validate;
 
 #[cfg(test)]
@@ -45,6 +46,10 @@ pub use discovery_sources::{
     ConsulDiscovery, DiscoveryTls, DockerDiscovery, KubernetesDiscovery, KubernetesPort,
 };
 pub use source::{Format, LoadOptions, Loaded, load_file, load_str};
+pub use tls::{
+    AcmeSettings, BackendsTls, HostnameMatching, SniConfig, TlsProtocol, TlsTermination,
+    TlsVersion, UnexpectedHostname,
+};
 
 /// The whole validated configuration of one betwixt process.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +240,12 @@ pub struct ServerConfig {
     pub udp: Option<UdpConfig>,
     /// `[access]`; `None` allows everyone.
     pub access: Option<AccessConfig>,
+    /// `[tls]`: terminate TLS (`protocol = "tls"`, or tcp with the table, as gobetween).
+    pub tls: Option<TlsTermination>,
+    /// `[sni]`: pick backends by the server name the client asks for.
+    pub sni: Option<SniConfig>,
+    /// `[backends_tls]`: TLS to the backends.
+    pub backends_tls: Option<BackendsTls>,
     /// The current backends: `discovery.static_list` in file order, or for a dynamic kind
     /// empty in the file's config and the last list applied in the running one.
     pub backends: Vec<BackendSpec>,

@@ -105,7 +105,7 @@ pub struct RawConfig {
     /// Accepted and ignored: betwixt has no pprof endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profiler: Option<RawProfiler>,
-    /// Accepted and ignored: only protocol tls uses it.
+    /// Certificates for `[servers.NAME.tls] acme_hosts`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme: Option<RawAcme>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,6 +189,12 @@ raw_table! {
         challenge: String,
         http_bind: String,
         cache_dir: String,
+        /// betwixt: the CA's directory; default Let's Encrypt's.
+        directory_url: String,
+        /// betwixt: PEM roots for the directory's HTTPS; default the system's.
+        directory_ca_cert_path: String,
+        /// betwixt: a certificate's age at which it is renewed; default "1440h" (60 days).
+        renew_after: String,
     }
 }
 

@@ -4,6 +4,7 @@ mod bad_configs;
 mod every_key;
 mod gobetween_08;
 mod k3s;
+mod tls;
 
 use super::{ConfigErrors, LoadOptions, Loaded, load_str};
 

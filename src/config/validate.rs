@@ -18,6 +18,7 @@ mod healthcheck;
 mod memory;
 mod probe;
 mod server;
+mod tls;
 mod tls_check;
 mod value;
 
@@ -51,7 +52,8 @@ pub fn validate(
         if let Some(bind) = &bind {
             listeners.push((Key::server(name).child("bind"), bind.clone()));
         }
-        let config = server::server(&mut report, name, raw_server, &default_options, bind);
+        let acme = raw.acme.as_ref();
+        let config = server::server(&mut report, name, raw_server, &default_options, acme, bind);
         if let Some(config) = config {
             servers.insert(name.clone(), config);
         }
@@ -88,7 +90,8 @@ pub fn server(
 ) -> Result<(ServerConfig, Vec<ConfigWarning>), Vec<ConfigError>> {
     let mut report = Report::new(file);
     let bind = server::bind(&mut report, name, raw);
-    let config = server::server(&mut report, name, raw, defaults, bind);
+    // `acme_hosts` needs the process-wide [acme] table, which a lone server does not have.
+    let config = server::server(&mut report, name, raw, defaults, None, bind);
     report.finish(config)
 }
 

@@ -7,6 +7,10 @@
 //! complete. Bytes are reported to a [`Meter`] as they move, so counters stay live and nothing is
 //! lost when a session is cancelled.
 //!
+//! A session with TLS on either side ([`Stream`]) goes through [`relay`], which hands two TCP
+//! sockets to [`bidirectional`] and anything else to a [`StreamRelay`] (`AsyncRead` and
+//! `AsyncWrite`, no splice: TLS records must be decrypted in user space).
+//!
 //! Two strategies move the bytes: [`splice`] (zero copy through a pipe, the default on Linux)
 //! and [`copy`] (user space, a buffer per active direction), which is also the fallback when
 //! splice cannot be used. Either holds its pipe or buffer only while data is in flight, and
@@ -21,11 +25,13 @@ mod leg;
 mod relay;
 #[allow(unsafe_code)]
 mod splice;
+mod stream;
 #[cfg(test)]
 mod tests;
 
 pub use budget::Budget;
 pub use relay::Relay;
+pub use stream::{Stream, StreamRelay};
 
 use std::io;
 use std::sync::Arc;
@@ -125,6 +131,25 @@ pub fn bidirectional<'a, M: Meter + Sync>(
     meter: &'a M,
 ) -> Relay<'a, M> {
     Relay::new(client, backend, options, meter)
+}
+
+/// Forwards between two streams of any kind: two TCP sockets through [`bidirectional`]
+/// (splice or copy), anything with TLS through a [`StreamRelay`], under the same rules.
+///
+/// # Errors
+/// As [`bidirectional`].
+pub async fn relay<M: Meter + Sync>(
+    client: &mut Stream,
+    backend: &mut Stream,
+    options: &Options,
+    meter: &M,
+) -> Result<Transferred, ForwardError> {
+    match (client, backend) {
+        (Stream::Tcp(client), Stream::Tcp(backend)) => {
+            bidirectional(client, backend, options, meter).await
+        }
+        (client, backend) => StreamRelay::new(client, backend, options, meter).await,
+    }
 }
 
 /// Writes all of `data` to a shared stream reference (the forwarding paths never need `&mut`).

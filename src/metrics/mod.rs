@@ -20,7 +20,7 @@ use crate::backend::{Admin, Backend, Health};
 use crate::http::listener::Site;
 use crate::http::response::{self, Body};
 use crate::snapshot::Server;
-use crate::stats::SessionEnd;
+use crate::stats::{HandshakeFailure, SessionEnd};
 use crate::supervisor::Supervisor;
 use exposition::{Exposition, Kind};
 
@@ -381,6 +381,48 @@ fn server_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {
             let labels = [("server", server.name()), ("reason", end.as_str())];
             family.sample(&labels, server.stats.ended.get(end));
         }
+    }
+    tls_counters(out, servers);
+}
+
+/// `[tls]` and `[sni]`, for the servers that have either.
+fn tls_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {
+    let tls_servers: Vec<_> = servers
+        .iter()
+        .filter(|server| server.config.tls.is_some() || server.config.sni.is_some())
+        .collect();
+    let mut family = out.family(
+        "betwixt_tls_handshakes_total",
+        Kind::Counter,
+        "TLS handshakes completed (termination), or ClientHellos read and routed (SNI passthrough).",
+    );
+    for server in &tls_servers {
+        family.sample(
+            &[("server", server.name())],
+            load(&server.stats.tls.handshakes),
+        );
+    }
+    let mut family = out.family(
+        "betwixt_tls_handshake_failures_total",
+        Kind::Counter,
+        "Clients closed before their TLS handshake or ClientHello completed, by reason.",
+    );
+    for server in &tls_servers {
+        for reason in HandshakeFailure::ALL {
+            let labels = [("server", server.name()), ("reason", reason.as_str())];
+            family.sample(&labels, server.stats.tls.failures.get(reason));
+        }
+    }
+    let mut family = out.family(
+        "betwixt_sni_unmatched_total",
+        Kind::Counter,
+        "Clients whose server name matched no backend's sni= tag.",
+    );
+    for server in &tls_servers {
+        family.sample(
+            &[("server", server.name())],
+            load(&server.stats.tls.sni_unmatched),
+        );
     }
 }
 

@@ -7,19 +7,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::backend::{Backend, BackendState};
+use crate::forward::Stream;
 use crate::health::monitor;
 use crate::net::{self, LocalShortage};
 use crate::snapshot::Server;
 use crate::stats::Slot;
+use crate::tls;
 
 /// A session's backend connection and the place it holds on that backend.
 pub(crate) struct Connected {
-    pub(crate) stream: TcpStream,
+    /// TCP, or TLS over it with `[backends_tls]` (the handshake done).
+    pub(crate) stream: Stream,
     pub(crate) backend: Arc<Backend>,
     /// Fires when the backend's sessions are closed (marked down, removed, disabled).
     pub(crate) backend_closer: CancellationToken,
@@ -50,11 +53,20 @@ fn attempt_timeout(
 }
 
 /// Tries backends in the balancer's order, each at most once (and at most `connect_attempts`
-/// in all), until one accepts. `None` when every one failed, or when every backend was down
-/// and the all-down budget ran out (see [`attempt_timeout`]).
-pub(crate) async fn connect_with_retry(server: &Server, client: SocketAddr) -> Option<Connected> {
+/// in all), until one accepts; only those whose place in `eligible` is true when given (SNI
+/// routing). `None` when every one failed, or when every backend was down and the all-down
+/// budget ran out (see [`attempt_timeout`]). With `[backends_tls]`, a backend accepts once
+/// the TLS handshake is done.
+pub(crate) async fn connect_with_retry(
+    server: &Server,
+    client: SocketAddr,
+    eligible: Option<&[bool]>,
+) -> Option<Connected> {
     let max_attempts = server.config.connect_attempts.unwrap_or(u32::MAX);
-    let mut attempts = server.pool.attempts(client.ip());
+    let mut attempts = match eligible {
+        Some(eligible) => server.pool.attempts_among(client.ip(), eligible),
+        None => server.pool.attempts(client.ip()),
+    };
     let walk_started = tokio::time::Instant::now();
     let mut made = 0;
     while made < max_attempts {
@@ -71,7 +83,7 @@ pub(crate) async fn connect_with_retry(server: &Server, client: SocketAddr) -> O
             walk_started.elapsed(),
         )?;
         let started = tokio::time::Instant::now();
-        match connect_backend(backend, timeout).await {
+        match connect_backend(server, backend, timeout).await {
             Ok(stream) => {
                 backend
                     .state
@@ -142,9 +154,30 @@ fn connect_failed(
     AfterFailure::TryNext
 }
 
-/// Connects to one backend within `timeout`.
-async fn connect_backend(backend: &Backend, timeout: Option<Duration>) -> io::Result<TcpStream> {
-    let attempt = net::connect_host(backend.resolved, &backend.spec.host, backend.spec.port);
+/// Connects to one backend, and with `[backends_tls]` completes the handshake, within
+/// `timeout`.
+async fn connect_backend(
+    server: &Server,
+    backend: &Backend,
+    timeout: Option<Duration>,
+) -> io::Result<Stream> {
+    let attempt = async {
+        let tcp =
+            net::connect_host(backend.resolved, &backend.spec.host, backend.spec.port).await?;
+        let Some(config) = &server.backend_tls else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        let name = tls::backend_server_name(&backend.spec.host, backend.spec.sni.as_deref())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{:?} is not a valid TLS server name", backend.spec.host),
+                )
+            })?;
+        let connector = TlsConnector::from(Arc::clone(config));
+        let stream = connector.connect(name, tcp).await?;
+        Ok(Stream::TlsClient(Box::new(stream)))
+    };
     match timeout {
         None => attempt.await,
         Some(timeout) => tokio::time::timeout(timeout, attempt)
@@ -172,7 +205,7 @@ mod tests {
         let config = crate::config::load_str("test.toml", text, &Default::default())
             .unwrap()
             .config;
-        Snapshot::new(config, None, &CancellationToken::new())
+        Snapshot::new(config, None, &CancellationToken::new()).unwrap()
     }
 
     fn fail_with(errno: i32) -> (AfterFailure, u64, Health) {

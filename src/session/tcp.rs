@@ -1,18 +1,23 @@
-//! A plain TCP session: connect with retry, send the PROXY header if asked, then forward both
-//! directions until either side ends or the balancer closes the session.
+//! A TCP session: terminate TLS or read the ClientHello if the server says so ([`opening`]),
+//! pick among the backends its server name may reach ([`sni`](crate::snapshot::SniRouter)),
+//! connect with retry (over TLS with `[backends_tls]`), send the PROXY header if asked and
+//! the ClientHello bytes read, then forward both directions until either side ends or the
+//! balancer closes the session.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use super::connect::{Connected, connect_with_retry};
+use super::opening::{self, Opened};
 use crate::config::ProxyProtocolVersion;
-use crate::forward::{self, ForwardError};
+use crate::forward::{self, Direction, ForwardError, Meter, Stream};
 use crate::proxy_protocol::{self, Transport};
 use crate::snapshot::Server;
 use crate::stats::{ServerStats, SessionEnd, SessionMeter, Slot};
@@ -41,43 +46,126 @@ impl TcpSession {
     }
 
     pub(crate) async fn run(self, close: CancellationToken) {
-        let server = &self.server;
-        // Boxed: connecting is brief, and inline its state would stay in every idle session.
-        let connected = tokio::select! {
-            connected = Box::pin(connect_with_retry(server, self.peer)) => connected,
+        let Self {
+            server,
+            client,
+            peer,
+            _slot: slot,
+        } = self;
+        let local = client.local_addr();
+        // Boxed: the opening is brief, and inline its state would stay in every idle session.
+        let opened = tokio::select! {
+            opened = Box::pin(opening::open(&server, client)) => opened,
             () = close.cancelled() => return,
         };
-        let Some(connected) = connected else {
-            self.report_unserved();
+        let mut opened = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                server.stats.tls.failures.record(error.reason());
+                if let Some(suppressed) = server.log_limits.handshake.check() {
+                    info!(server = server.name(), client = %peer, reason = %error.reason(), %error, suppressed, "client closed before reaching a backend");
+                }
+                return;
+            }
+        };
+        let session = Session {
+            server,
+            peer,
+            _slot: slot,
+        };
+        let Some(eligible) = session.route(&opened) else {
+            return;
+        };
+        let connecting = connect_with_retry(&session.server, peer, eligible.as_deref());
+        let connected = tokio::select! {
+            connected = Box::pin(connecting) => connected,
+            () = close.cancelled() => return,
+        };
+        let Some(mut connected) = connected else {
+            session.report_unserved();
             return;
         };
         drop(close);
-        if server.config.proxy_protocol.is_some() {
-            // Boxed for the same reason as connecting.
-            if let Err(error) = Box::pin(self.send_proxy_header(&connected)).await {
-                debug!(server = server.name(), client = %self.peer, backend = %connected.backend.target, %error, "cannot send the PROXY header");
-                server.stats.ended.record(SessionEnd::Error);
-                return;
-            }
+        // Boxed for the same reason as connecting.
+        let preamble = Box::pin(session.send_preamble(&mut connected, &opened, local)).await;
+        if let Err(error) = preamble {
+            debug!(server = session.server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header or the ClientHello");
+            session.server.stats.ended.record(SessionEnd::Error);
+            return;
         }
-        let end = self.relay(&connected).await;
-        server.stats.ended.record(end);
+        let end = session.relay(&mut opened.client, &mut connected).await;
+        session.server.stats.ended.record(end);
+    }
+}
+
+/// A client that has a backend to go to.
+struct Session {
+    server: Arc<Server>,
+    peer: SocketAddr,
+    _slot: Slot<ServerStats>,
+}
+
+impl Session {
+    /// With `[sni]`, the backends the client's server name may reach; `None` when there are
+    /// none (the client is closed, and counted). `Some(None)`: every backend.
+    fn route(&self, opened: &Opened) -> Option<Option<Vec<bool>>> {
+        let Some(router) = &self.server.sni else {
+            return Some(None);
+        };
+        let route = router.route(&self.server.pool, opened.server_name.as_deref());
+        if route.unmatched {
+            self.server
+                .stats
+                .tls
+                .sni_unmatched
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if route.is_rejected() {
+            if let Some(suppressed) = self.server.log_limits.sni_rejected.check() {
+                info!(server = self.server.name(), client = %self.peer, server_name = opened.server_name.as_deref().unwrap_or(""), suppressed, "no backend for the client's server name; client closed");
+            }
+            return None;
+        }
+        Some(Some(route.eligible))
     }
 
-    async fn send_proxy_header(&self, connected: &Connected) -> io::Result<()> {
+    /// The PROXY header (through the backend's TLS, as gobetween sends it), then the
+    /// ClientHello bytes read for SNI passthrough.
+    async fn send_preamble(
+        &self,
+        connected: &mut Connected,
+        opened: &Opened,
+        local: io::Result<SocketAddr>,
+    ) -> io::Result<()> {
         match self.server.config.proxy_protocol {
             Some(ProxyProtocolVersion::V1) => {
-                let local = self.client.local_addr()?;
-                let header = proxy_protocol::v1_header(self.peer, local);
-                forward::write_all(&connected.stream, header.as_bytes()).await
+                let header = proxy_protocol::v1_header(self.peer, local?);
+                connected.stream.write_all(header.as_bytes()).await?;
             }
             Some(ProxyProtocolVersion::V2) => {
-                let local = self.client.local_addr()?;
-                let header = proxy_protocol::v2_header(Transport::Stream, self.peer, local, None);
-                forward::write_all(&connected.stream, &header).await
+                // The name the client asked for (SNI) travels as the AUTHORITY TLV.
+                let header = proxy_protocol::v2_header(
+                    Transport::Stream,
+                    self.peer,
+                    local?,
+                    opened.server_name.as_deref(),
+                );
+                connected.stream.write_all(&header).await?;
             }
-            None => Ok(()),
+            None => {}
         }
+        if !opened.replay.is_empty() {
+            connected.stream.write_all(&opened.replay).await?;
+            let meter = SessionMeter {
+                backend: &connected.backend.state.stats.traffic,
+                server: &self.server.stats.traffic,
+            };
+            meter.record(Direction::ToBackend, opened.replay.len() as u64);
+        }
+        if !matches!(connected.stream, Stream::Tcp(_)) {
+            connected.stream.flush().await?;
+        }
+        Ok(())
     }
 
     fn report_unserved(&self) {
@@ -96,17 +184,13 @@ impl TcpSession {
 
     /// Forwards until the session ends by itself or is closed (shutdown, backend closed): the
     /// backend's closer is a child of the shutdown token, so one future waits for both.
-    async fn relay(&self, connected: &Connected) -> SessionEnd {
+    async fn relay(&self, client: &mut Stream, connected: &mut Connected) -> SessionEnd {
         let meter = SessionMeter {
             backend: &connected.backend.state.stats.traffic,
             server: &self.server.stats.traffic,
         };
-        let forwarding = forward::bidirectional(
-            &self.client,
-            &connected.stream,
-            &self.server.forward,
-            &meter,
-        );
+        let forwarding =
+            forward::relay(client, &mut connected.stream, &self.server.forward, &meter);
         let outcome = tokio::select! {
             outcome = forwarding => outcome.map_err(Interrupted::Failed),
             () = connected.backend_closer.cancelled() => {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{ReloadSummary, close_removed_backends, compare_backends};
 use crate::config::Config;
@@ -59,7 +59,15 @@ impl Applier {
         if let Some(server) = config.servers.get_mut(&update.server) {
             server.backends = update.backends;
         }
-        let next = Snapshot::new(config, Some(&current), &self.shared.close_sessions);
+        let next = match Snapshot::new(config, Some(&current), &self.shared.close_sessions) {
+            Ok(next) => next,
+            Err(error) => {
+                // The server's certificates, re-read with every snapshot, went bad since the
+                // last reload: keep serving with the current ones and the current list.
+                warn!(server = %update.server, %error, "discovered backends not applied");
+                return;
+            }
+        };
         let mut summary = ReloadSummary::default();
         compare_backends(&current, &next, &mut summary);
         let backends = next

@@ -60,31 +60,31 @@ fn rows() -> Vec<(String, &'static str)> {
         ),
         (
             k3s(&format!("{BIND}\nprotocol = \"quic\""), DISCOVERY, ""),
-            "gobetween.toml: servers.k3s.protocol: unknown protocol \"quic\"; expected tcp or udp",
+            "gobetween.toml: servers.k3s.protocol: unknown protocol \"quic\"; expected tcp, tls or udp",
         ),
         (
             k3s(&format!("{BIND}\nprotocol = \"tls\""), DISCOVERY, ""),
-            "gobetween.toml: servers.k3s.protocol: protocol \"tls\" is not supported by betwixt yet",
+            "gobetween.toml: servers.k3s.protocol: protocol \"tls\" needs a [servers.k3s.tls] table with cert_path and key_path",
         ),
         (
             k3s(
                 BIND,
                 DISCOVERY,
-                "[servers.k3s.tls]\ncert_path = \"/c\"\nkey_path = \"/k\"",
+                "[servers.k3s.tls]\ncert_path = \"/c\"\nkey_path = \"/k\"\nmax_version = \"tls1\"",
             ),
-            "gobetween.toml: servers.k3s.tls: [servers.k3s.tls] (TLS termination) is not supported by betwixt yet",
+            "gobetween.toml: servers.k3s.tls.max_version: \"tls1\" leaves no usable version",
         ),
         (
-            k3s(BIND, DISCOVERY, "[servers.k3s.sni]\nread_timeout = \"2s\""),
-            "gobetween.toml: servers.k3s.sni: [servers.k3s.sni] (SNI-based backend selection) is not supported",
+            k3s(BIND, DISCOVERY, "[servers.k3s.sni]\nread_timeout = \"0\""),
+            "gobetween.toml: servers.k3s.sni.read_timeout: must be above 0",
         ),
         (
             k3s(
                 BIND,
                 DISCOVERY,
-                "[servers.k3s.backends_tls]\nignore_verify = true",
+                "[servers.k3s.backends_tls]\ncert_path = \"/client.pem\"",
             ),
-            "gobetween.toml: servers.k3s.backends_tls: [servers.k3s.backends_tls] (TLS to the backends)",
+            "gobetween.toml: servers.k3s.backends_tls.key_path: missing; cert_path and key_path must be given together",
         ),
         (
             k3s(&format!("{BIND}\nbalance = \"random\""), DISCOVERY, ""),

@@ -144,6 +144,9 @@ fn expected_k3s() -> ServerConfig {
         slow_start: None,
         proxy_protocol: None,
         udp: None,
+        tls: None,
+        sni: None,
+        backends_tls: None,
         access: Some(AccessConfig {
             default: AccessAction::Deny,
             rules: vec![
@@ -184,6 +187,9 @@ fn expected_supervisor() -> ServerConfig {
         slow_start: None,
         proxy_protocol: None,
         udp: None,
+        tls: None,
+        sni: None,
+        backends_tls: None,
         access: None,
         backends,
         discovery: DiscoveryConfig::fixed(),

@@ -1,5 +1,5 @@
 //! Process-wide sections: `[logging]`, `[api]`, `[metrics]`, `[betwixt]`, and the accepted but
-//! ignored `[profiler]` and `[acme]`.
+//! ignored `[profiler]`, and `[acme]` when no server uses it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -175,10 +175,17 @@ pub(super) fn ignored_sections(report: &mut Report<'_>, raw: &RawConfig) {
             "ignored: betwixt has no pprof profiler",
         );
     }
-    if raw.acme.is_some() {
+    let acme_hosts = raw.servers.values().any(|server| {
+        server.tls.as_ref().is_some_and(|tls| {
+            tls.acme_hosts
+                .as_ref()
+                .is_some_and(|hosts| !hosts.is_empty())
+        })
+    });
+    if raw.acme.is_some() && !acme_hosts {
         report.warn(
             &Key::root("acme"),
-            "ignored: used only by protocol tls, which betwixt does not support",
+            "ignored: no server's [tls] has acme_hosts",
         );
     }
 }

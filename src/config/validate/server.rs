@@ -8,9 +8,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::value::{self, Given, choice, text};
-use super::{Key, Report, bind, discovery, healthcheck};
+use super::{Key, Report, bind, discovery, healthcheck, tls};
 use crate::config::duration::parse_duration;
-use crate::config::raw::{RawAccess, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
+use crate::config::raw::{RawAccess, RawAcme, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
 use crate::config::{
     AccessAction, AccessConfig, AccessRule, BackendSpec, BalanceKind, BindAddr, CheckKind,
     HealthcheckConfig, ProxyProtocolVersion, ServerConfig, UdpConfig,
@@ -56,13 +56,14 @@ pub(super) fn server(
     name: &str,
     raw: &RawServer,
     defaults: &RawDefaults,
+    acme: Option<&RawAcme>,
     bind: Option<BindAddr>,
 ) -> Option<ServerConfig> {
     if !check_name(report, name) {
         return None;
     }
     let key = Key::server(name);
-    let udp = protocol(report, &key, raw);
+    let (udp, terminate) = protocol(report, &key, raw);
     let balance = balance(report, &key, raw);
     let options = connection_options(report, &key, raw, defaults);
     let access = raw
@@ -80,6 +81,21 @@ pub(super) fn server(
         check_udp_healthcheck(report, &key, &healthcheck);
         check_udp_backends(report, &key, &backends);
     }
+    let tls_termination = raw
+        .tls
+        .as_ref()
+        .filter(|_| terminate)
+        .and_then(|table| tls::termination(report, &key.child("tls"), table, acme));
+    let backends_tls = raw
+        .backends_tls
+        .as_ref()
+        .filter(|_| udp.is_none())
+        .and_then(|table| tls::backends(report, &key.child("backends_tls"), table));
+    let sni = raw
+        .sni
+        .as_ref()
+        .filter(|_| udp.is_none())
+        .map(|table| tls::sni(report, &key, table, &backends));
     Some(ServerConfig {
         name: name.to_owned(),
         bind: bind?,
@@ -95,6 +111,9 @@ pub(super) fn server(
         proxy_protocol,
         udp,
         access,
+        tls: tls_termination,
+        sni,
+        backends_tls,
         backends,
         discovery,
         healthcheck,
@@ -127,47 +146,46 @@ pub(super) fn check_defaults(report: &mut Report<'_>, defaults: &RawDefaults) {
     );
 }
 
-/// tcp and udp are implemented; tls and the TLS/SNI tables are refused. Returns the `[udp]`
-/// settings when `protocol = "udp"`.
-fn protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) -> Option<UdpConfig> {
+/// tcp, tls and udp. Returns the `[udp]` settings when `protocol = "udp"`, and whether the
+/// server terminates TLS: protocol tls, or (as gobetween) tcp with a `[tls]` table.
+fn protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) -> (Option<UdpConfig>, bool) {
     let protocol_key = key.child("protocol");
     let udp = match text(&raw.protocol) {
         None | Some("tcp") => false,
         Some("udp") => true,
         Some("tls") => {
-            report.error(
-                &protocol_key,
-                "protocol \"tls\" is not supported by betwixt yet (supported: tcp, udp)",
-            );
+            if raw.tls.is_none() {
+                report.error(
+                    &protocol_key,
+                    format!(
+                        "protocol \"tls\" needs a [{key}.tls] table with cert_path and key_path"
+                    ),
+                );
+            }
             false
         }
         Some(protocol) => {
             report.error(
                 &protocol_key,
-                format!(
-                    "unknown protocol {protocol:?}; expected tcp or udp (gobetween also has tls)"
-                ),
+                format!("unknown protocol {protocol:?}; expected tcp, tls or udp"),
             );
             false
         }
     };
-    let tables = [
-        ("tls", raw.tls.is_some(), "TLS termination"),
-        (
-            "backends_tls",
-            raw.backends_tls.is_some(),
-            "TLS to the backends",
-        ),
-        ("sni", raw.sni.is_some(), "SNI-based backend selection"),
-    ];
-    for (table, present, feature) in tables {
-        if present {
-            let table_key = key.child(table);
-            let message =
-                format!("[{table_key}] ({feature}) is not supported by betwixt yet; remove it");
-            report.error(&table_key, message);
+    if udp {
+        let tables = [
+            ("tls", raw.tls.is_some()),
+            ("backends_tls", raw.backends_tls.is_some()),
+            ("sni", raw.sni.is_some()),
+        ];
+        for (table, _) in tables.iter().filter(|(_, present)| *present) {
+            report.error(
+                &key.child(table),
+                "TLS and SNI are for TCP streams; a udp server cannot use this table",
+            );
         }
     }
+    let terminate = !udp && raw.tls.is_some();
     if !udp {
         if raw.udp.is_some() {
             report.warn(
@@ -175,7 +193,7 @@ fn protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) -> Option<UdpCo
                 "ignored: the server's protocol is not \"udp\"",
             );
         }
-        return None;
+        return (None, terminate);
     }
     let version = raw
         .proxy_protocol
@@ -188,9 +206,10 @@ fn protocol(report: &mut Report<'_>, key: &Key, raw: &RawServer) -> Option<UdpCo
              whose header goes before each datagram",
         );
     }
-    Some(raw.udp.as_ref().map_or_else(UdpConfig::default, |table| {
+    let udp = raw.udp.as_ref().map_or_else(UdpConfig::default, |table| {
         udp_options(report, &key.child("udp"), table)
-    }))
+    });
+    (Some(udp), false)
 }
 
 /// `[udp]`: `max_requests`, `max_responses` (0 = unlimited) and `transparent`.
