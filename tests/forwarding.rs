@@ -305,8 +305,10 @@ async fn no_idle_timeout_keeps_a_quiet_session() {
     assert_eq!(&reply, b"still here");
 }
 
-#[tokio::test]
-async fn proxy_protocol_v1_header_precedes_client_bytes() {
+/// What a backend receives when a client connects through a server with
+/// `[proxy_protocol] version = VERSION`, sends `payload` and closes; with the client's address
+/// and the balancer's.
+async fn received_through_proxy_protocol(version: &str) -> (Vec<u8>, SocketAddr, SocketAddr) {
     let (header_tx, header_rx) = tokio::sync::oneshot::channel();
     let header_tx = std::sync::Mutex::new(Some(header_tx));
     let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), move |mut stream| {
@@ -324,7 +326,7 @@ async fn proxy_protocol_v1_header_precedes_client_bytes() {
         "pp",
         "",
         &[backend.addr],
-        "[servers.pp.proxy_protocol]\nversion = \"1\"",
+        &format!("[servers.pp.proxy_protocol]\nversion = \"{version}\""),
     );
     let balancer = start_balancer(&config).await;
     let listen = balancer.local_addr("pp").unwrap();
@@ -336,6 +338,12 @@ async fn proxy_protocol_v1_header_precedes_client_bytes() {
         .await
         .unwrap()
         .unwrap();
+    (received, local, listen)
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_header_precedes_client_bytes() {
+    let (received, local, listen) = received_through_proxy_protocol("1").await;
     let expected = format!(
         "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\npayload",
         local.port(),
@@ -398,35 +406,7 @@ async fn a_slow_reader_gets_every_byte_on_every_path() {
 /// precedes the client's bytes.
 #[tokio::test]
 async fn proxy_protocol_v2_header_precedes_client_bytes() {
-    let (header_tx, header_rx) = tokio::sync::oneshot::channel();
-    let header_tx = std::sync::Mutex::new(Some(header_tx));
-    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), move |mut stream| {
-        let sender = header_tx.lock().unwrap().take();
-        async move {
-            let mut received = Vec::new();
-            let _ = stream.read_to_end(&mut received).await;
-            if let Some(sender) = sender {
-                let _ = sender.send(received);
-            }
-        }
-    })
-    .await;
-    let config = server_config(
-        "pp",
-        "",
-        &[backend.addr],
-        "[servers.pp.proxy_protocol]\nversion = \"2\"",
-    );
-    let balancer = start_balancer(&config).await;
-    let listen = balancer.local_addr("pp").unwrap();
-    let mut client = TcpStream::connect(listen).await.unwrap();
-    let local = client.local_addr().unwrap();
-    client.write_all(b"payload").await.unwrap();
-    client.shutdown().await.unwrap();
-    let received = tokio::time::timeout(PATIENCE, header_rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let (received, local, listen) = received_through_proxy_protocol("2").await;
     let mut expected =
         b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01".to_vec();
     expected.extend_from_slice(&local.port().to_be_bytes());
