@@ -442,7 +442,7 @@ async fn plaintext_and_json_lists_come_from_an_http_server() {
         .unwrap();
     assert_eq!(
         reason,
-        format!("http://{http}/nothing.json: answered 404 Not Found, not 2xx")
+        format!("http://{http}/nothing.json: answered 404 Not Found: 404 page not found")
     );
 }
 

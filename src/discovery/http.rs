@@ -1,198 +1,71 @@
-//! One HTTP/1.1 GET of a discovery endpoint (`plaintext`, `json`), over TLS for `https://`
-//! with the system's roots, as gobetween's Go client. The answer must be a 2xx (gobetween
-//! parsed any body, so an error page could empty a server) within [`MAX_BODY`] bytes.
+//! One GET of a discovery endpoint (`plaintext`, `json`) through the discovery [`Client`],
+//! over TLS with the system's roots for `https://`, as gobetween's Go client. The answer must
+//! be a 2xx (gobetween parsed any body, so an error page could empty a server) within the
+//! client's body limit.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::Uri;
-use hyper::client::conn::http1;
-use hyper::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
-use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-/// The largest body read.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
+use super::client::{Client, ClientError, Endpoint, Tls, TlsMaterial};
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{url}: {problem}")]
-    Url { url: String, problem: String },
-    /// The message ends with the system error, so it is not also a `source()`.
-    #[error("{url}: cannot connect: {error}")]
-    Connect { url: String, error: std::io::Error },
-    #[error("{url}: TLS: {error}")]
-    Tls { url: String, error: std::io::Error },
-    #[error("{url}: {message}")]
-    Http { url: String, message: String },
-    #[error("{url}: answered {status}, not 2xx")]
-    Status {
-        url: String,
-        status: hyper::StatusCode,
-    },
-    #[error("{url}: the body is larger than {MAX_BODY} bytes")]
-    TooLarge { url: String },
-}
+pub(crate) type Error = ClientError;
 
 /// The body of a 2xx answer to `GET url`.
 ///
 /// # Errors
 /// The URL, the connection, TLS or HTTP failed, the status was not 2xx or the body too large.
 pub(crate) async fn get(url: &str) -> Result<Bytes, Error> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|error: hyper::http::uri::InvalidUri| Error::Url {
-            url: url.to_owned(),
-            problem: error.to_string(),
-        })?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => {
-            return Err(Error::Url {
-                url: url.to_owned(),
-                problem: "the scheme must be http or https".to_owned(),
-            });
-        }
+    let refused = |problem: &str| Error::Url {
+        url: url.to_owned(),
+        problem: problem.to_owned(),
     };
-    let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
-        return Err(Error::Url {
-            url: url.to_owned(),
-            problem: "no host".to_owned(),
-        });
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|error| Error::Connect {
-            url: url.to_owned(),
-            error,
-        })?;
-    let path = uri.path_and_query().map_or("/", |path| path.as_str());
-    let request = hyper::Request::get(path)
-        .header(HOST, authority.as_str())
-        .header(USER_AGENT, "betwixt-discovery")
-        .header(ACCEPT, "*/*")
-        .header(CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|error| Error::Url {
-            url: url.to_owned(),
-            problem: error.to_string(),
-        })?;
-    if https {
-        let tls_error = |error| Error::Tls {
-            url: url.to_owned(),
-            error,
-        };
-        let name =
-            ServerName::try_from(host).map_err(|error| tls_error(std::io::Error::other(error)))?;
-        let connector = TlsConnector::from(client_config().await.map_err(tls_error)?);
-        let stream = connector.connect(name, tcp).await.map_err(tls_error)?;
-        exchange(url, stream, request).await
-    } else {
-        exchange(url, tcp, request).await
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("http" | "https")) {
+        return Err(refused("the scheme must be http or https"));
     }
+    let endpoint = Endpoint::parse(url, false).map_err(|problem| refused(&problem))?;
+    let tls = match endpoint {
+        Endpoint::Https { .. } => Some(system_roots().await?),
+        _ => None,
+    };
+    Client::new(endpoint, tls)?.get(path_and_query(url)).await
 }
 
-async fn exchange<S>(
-    url: &str,
-    stream: S,
-    request: hyper::Request<Empty<Bytes>>,
-) -> Result<Bytes, Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let http_error = |error: hyper::Error| Error::Http {
-        url: url.to_owned(),
-        message: with_causes(&error),
-    };
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(http_error)?;
-    let exchange = async move {
-        let response = sender.send_request(request).await.map_err(http_error)?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(Error::Status {
-                url: url.to_owned(),
-                status,
-            });
-        }
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|error| {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    Error::TooLarge {
-                        url: url.to_owned(),
-                    }
-                } else {
-                    Error::Http {
-                        url: url.to_owned(),
-                        message: error.to_string(),
-                    }
-                }
-            })?;
-        Ok(body.to_bytes())
-    };
-    // The connection future drives the exchange; its own error is the one that explains a
-    // failed request, but a body read to its end is the answer whatever follows.
-    let (answer, closed) = tokio::join!(exchange, connection);
-    match (answer, closed) {
-        (Ok(body), _) => Ok(body),
-        (Err(Error::Http { .. }), Err(error)) => Err(http_error(error)),
-        (Err(error), _) => Err(error),
-    }
+/// `/list?x=1` of `https://host:8443/list?x=1`; `/` when the URL has no path.
+fn path_and_query(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find(['/', '?']).map_or("/", |start| &rest[start..])
 }
 
 /// TLS with the system's roots, read once (on the blocking pool: it reads files).
-async fn client_config() -> std::io::Result<Arc<ClientConfig>> {
-    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    if let Some(config) = CONFIG.get() {
-        return Ok(Arc::clone(config));
+async fn system_roots() -> Result<Tls, Error> {
+    static TLS: OnceLock<Tls> = OnceLock::new();
+    if let Some(tls) = TLS.get() {
+        return Ok(tls.clone());
     }
-    let build = || {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = crate::tls::system_roots();
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
-            .map_err(std::io::Error::other)
-    };
-    let config = tokio::task::spawn_blocking(build)
-        .await
-        .map_err(std::io::Error::other)??;
-    Ok(Arc::clone(CONFIG.get_or_init(|| Arc::new(config))))
-}
-
-/// hyper's message with its causes ("connection error: Connection reset by peer").
-fn with_causes(error: &hyper::Error) -> String {
-    let mut message = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(inner) = cause {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    message
+    let tls = Tls::load(TlsMaterial::default()).await?;
+    Ok(TLS.get_or_init(|| tls).clone())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
+
+    #[test]
+    fn the_request_path_keeps_the_query() {
+        assert_eq!(path_and_query("https://h:8443/list?x=1"), "/list?x=1");
+        assert_eq!(path_and_query("http://h"), "/");
+        assert_eq!(path_and_query("http://h?x"), "?x");
+    }
 
     /// An HTTPS server with a self-signed certificate, which the system roots do not trust:
     /// the fetch fails in the handshake, naming the URL and the certificate problem, before
@@ -228,10 +101,11 @@ mod tests {
         });
         let url = format!("https://localhost:{port}/list");
         let error = get(&url).await.unwrap_err();
-        assert!(matches!(error, Error::Tls { .. }), "{error}");
+        assert!(matches!(error, Error::Handshake { .. }), "{error}");
         let message = error.to_string();
         assert!(
-            message.starts_with(&format!("{url}: TLS: ")) && message.contains("certificate"),
+            message.starts_with(&format!("https://localhost:{port}"))
+                && message.contains("certificate"),
             "{message}"
         );
         assert_eq!(requests.await.unwrap(), 0, "no request reached the server");
