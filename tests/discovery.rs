@@ -14,20 +14,21 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::api::{Balancer, ENDPOINTS};
 use crate::util::*;
 
-/// A backend list served by a shell script the test rewrites: `list` holds the lines, and
-/// while `fail` exists the script exits 1.
-struct ListSource {
+/// A backend list served by a shell script the test rewrites: `list` holds the lines, while
+/// `fail` exists the script exits 1, and while `hang` exists it sleeps past any timeout.
+pub(crate) struct ListSource {
     scratch: Scratch,
 }
 
 impl ListSource {
-    fn new(test: &str, backends: &[SocketAddr]) -> Self {
+    pub(crate) fn new(test: &str, backends: &[SocketAddr]) -> Self {
         let scratch = Scratch::new(test);
         let dir = scratch.0.display().to_string();
         scratch.file(
             "list.sh",
             &format!(
-                "#!/bin/sh\n[ -e {dir}/fail ] && {{ echo 'source down' >&2; exit 1; }}\ncat {dir}/list\n"
+                "#!/bin/sh\n[ -e {dir}/fail ] && {{ echo 'source down' >&2; exit 1; }}\n\
+                 [ -e {dir}/hang ] && exec sleep 30\ncat {dir}/list\n"
             ),
         );
         let source = Self { scratch };
@@ -36,28 +37,41 @@ impl ListSource {
     }
 
     /// Replaces the list in one rename, so the script never reads half a file.
-    fn set(&self, backends: &[SocketAddr]) {
+    pub(crate) fn set(&self, backends: &[SocketAddr]) {
         let lines: String = backends.iter().map(|addr| format!("{addr}\n")).collect();
         let next = self.scratch.file("list.next", &lines);
         std::fs::rename(next, self.scratch.0.join("list")).unwrap();
     }
 
-    fn fail(&self, failing: bool) {
-        let flag = self.scratch.0.join("fail");
-        if failing {
+    pub(crate) fn fail(&self, failing: bool) {
+        self.flag("fail", failing);
+    }
+
+    pub(crate) fn hang(&self, hanging: bool) {
+        self.flag("hang", hanging);
+    }
+
+    fn flag(&self, name: &str, on: bool) {
+        let flag = self.scratch.0.join(name);
+        if on {
             std::fs::write(flag, "").unwrap();
         } else {
             std::fs::remove_file(flag).unwrap();
         }
     }
 
-    fn command(&self) -> String {
+    pub(crate) fn command(&self) -> String {
         format!("[\"sh\", \"{}\"]", self.scratch.0.join("list.sh").display())
     }
 }
 
 /// `[servers.NAME]` whose backends the exec `command` prints.
-fn exec_server(name: &str, command: &str, server_keys: &str, discovery_keys: &str) -> String {
+pub(crate) fn exec_server(
+    name: &str,
+    command: &str,
+    server_keys: &str,
+    discovery_keys: &str,
+) -> String {
     format!(
         "[servers.{name}]\nbind = \"127.0.0.1:0\"\n{server_keys}\n\
          [servers.{name}.discovery]\nkind = \"exec\"\nexec_command = {command}\n{discovery_keys}\n"
@@ -66,11 +80,11 @@ fn exec_server(name: &str, command: &str, server_keys: &str, discovery_keys: &st
 
 /// A ping check every 30 s: longer than [`PATIENCE`], so a backend is up in time only if its
 /// first check runs as soon as it is discovered.
-fn slow_ping(name: &str) -> String {
+pub(crate) fn slow_ping(name: &str) -> String {
     format!("[servers.{name}.healthcheck]\nkind = \"ping\"\ninterval = \"30s\"\ntimeout = \"2s\"\n")
 }
 
-fn targets(balancer: &LoadBalancer, server: &str) -> Vec<String> {
+pub(crate) fn targets(balancer: &LoadBalancer, server: &str) -> Vec<String> {
     let mut targets: Vec<String> = server_report(balancer, server)
         .backends
         .iter()
@@ -80,13 +94,13 @@ fn targets(balancer: &LoadBalancer, server: &str) -> Vec<String> {
     targets
 }
 
-fn sorted(addrs: &[SocketAddr]) -> Vec<String> {
+pub(crate) fn sorted(addrs: &[SocketAddr]) -> Vec<String> {
     let mut targets: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     targets.sort();
     targets
 }
 
-fn is_up(balancer: &LoadBalancer, server: &str, target: SocketAddr) -> bool {
+pub(crate) fn is_up(balancer: &LoadBalancer, server: &str, target: SocketAddr) -> bool {
     server_report(balancer, server)
         .backend(&target.to_string())
         .is_some_and(|backend| backend.health == Health::Up)

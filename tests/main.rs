@@ -11,6 +11,7 @@ mod cli;
 mod compat;
 mod daemon;
 mod discovery;
+mod discovery_load;
 mod failover;
 mod fake_apiserver;
 mod forwarding;
