@@ -17,6 +17,7 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+command -v openssl >/dev/null || missing+=(openssl)
 if command -v nginx >/dev/null && ! nginx -V 2>&1 | grep -q -- '--with-stream\( \|$\)' \
     && ! ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1; then
     missing+=(libnginx-mod-stream)

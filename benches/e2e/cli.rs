@@ -62,16 +62,19 @@ pub enum Workload {
     Idle,
     /// UDP: dnsperf against three dnsmasq backends.
     Dns,
+    /// TLS termination: handshakes, bulk and idle sessions, ECDSA and RSA certificates.
+    Tls,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Bulk,
         Workload::Connrate,
         Workload::Keepalive,
         Workload::Pingpong,
         Workload::Idle,
         Workload::Dns,
+        Workload::Tls,
     ];
 }
 
@@ -168,6 +171,9 @@ pub struct ClientArgs {
     /// Idle: exchange 64 bytes on each connection before it goes quiet.
     #[arg(long)]
     pub exchange: bool,
+    /// MiB the TLS bulk client sends (and reads back from the echo backend).
+    #[arg(long, default_value_t = 256)]
+    pub mib: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -176,6 +182,10 @@ pub enum ClientKind {
     Keepalive,
     Pingpong,
     Idle,
+    TlsFull,
+    TlsResumed,
+    TlsBulk,
+    TlsIdle,
 }
 
 /// Durations and sizes of one run.

@@ -94,6 +94,17 @@ pub const METRICS: &[Metric] = &[
     metric("dns.cpu",        "balancer CPU per 100k DNS queries",  "s",        Lower,  3, Some(NginxAtMost(0.7))),
     metric("dns.cpu_common", "same, all at 12k q/s",               "s",        Lower,  3, None),
     metric("dns.syscalls",   "balancer system calls per query, 12k q/s", "calls", Lower, 1, None),
+    metric("tls.full.ecdsa",         "TLS full handshakes, ECDSA P-256",   "hs/s",     Higher, 0, Some(HaproxyAtLeast(1.0))),
+    metric("tls.full.rsa",           "TLS full handshakes, RSA 2048",      "hs/s",     Higher, 0, Some(HaproxyAtLeast(1.0))),
+    metric("tls.resumed.ecdsa",      "TLS resumed handshakes, ECDSA",      "hs/s",     Higher, 0, Some(HaproxyAtLeast(1.0))),
+    metric("tls.resumed.rsa",        "TLS resumed handshakes, RSA",        "hs/s",     Higher, 0, Some(HaproxyAtLeast(1.0))),
+    metric("tls.full.ecdsa.cpu",     "balancer CPU per full hs, ECDSA",    "µs",       Lower,  0, None),
+    metric("tls.full.rsa.cpu",       "balancer CPU per full hs, RSA",      "µs",       Lower,  0, None),
+    metric("tls.resumed.ecdsa.cpu",  "balancer CPU per resumed hs, ECDSA", "µs",       Lower,  0, None),
+    metric("tls.resumed.rsa.cpu",    "balancer CPU per resumed hs, RSA",   "µs",       Lower,  0, None),
+    metric("tls.bulk",               "TLS bulk, 1 session echoed",         "MiB/s",    Higher, 0, Some(HaproxyAtLeast(1.0))),
+    metric("tls.bulk.cpu",           "balancer CPU, TLS bulk",             "s/GB",     Lower,  3, None),
+    metric("tls.idle.rss",           "idle TLS session memory",            "KiB/sess", Lower,  2, Some(HaproxyAtMost(1.0))),
 ];
 
 /// All samples of a run, and notes for the reader (skips, failures, sizes).

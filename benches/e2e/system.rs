@@ -94,7 +94,7 @@ impl SyscallCounter {
     ///
     /// # Errors
     /// perf failed or printed no count.
-    pub fn finish(mut self) -> anyhow::Result<u64> {
+    pub fn finish(self) -> anyhow::Result<u64> {
         // SIGINT makes perf print its counts and exit.
         let _ = Command::new("kill")
             .args(["-INT", &self.perf.id().to_string()])

@@ -3,7 +3,8 @@
 //! - `connrate`: many concurrent short connections (connect, request, first byte, EOF, close);
 //! - `keepalive`: request/response loops on persistent connections;
 //! - `pingpong`: 64-byte round trips on one connection, one blocking thread;
-//! - `idle`: opens connections, reports, holds them until stdin says to close.
+//! - `idle`: opens connections, reports, holds them until stdin says to close;
+//! - `tls-*`: the TLS clients of `tls_client`.
 //!
 //! Every loop stops at a deadline and at a sample cap; every connection attempt has a timeout.
 
@@ -44,11 +45,18 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: ClientArgs) -> anyhow::Resul
         ClientKind::Keepalive => runtime.block_on(keepalive(&args)),
         ClientKind::Pingpong => pingpong(&args)?,
         ClientKind::Idle => return runtime.block_on(idle(&args)),
+        ClientKind::TlsFull
+        | ClientKind::TlsResumed
+        | ClientKind::TlsBulk
+        | ClientKind::TlsIdle => match runtime.block_on(super::tls_client::run(&args))? {
+            Some(result) => result,
+            None => return Ok(()),
+        },
     };
     print_json(&result)
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
+pub(super) fn print_json(value: &Value) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{value}")?;
     stdout.flush()?;

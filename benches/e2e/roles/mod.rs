@@ -7,6 +7,9 @@
 
 mod backend;
 mod client;
+mod tls_client;
+
+pub use tls_client::SERVER_NAME as TLS_SERVER_NAME;
 
 use crate::cli::{Role, RoleKind};
 

@@ -11,6 +11,7 @@ mod dns;
 mod idle;
 mod pingpong;
 mod requests;
+mod tls;
 
 pub use pingpong::PINNING;
 
@@ -21,6 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::ValueEnum;
 
 use crate::child::Child;
 use crate::cli::{BackendKind, ClientKind, Plan, RunArgs, TargetKind, Workload};
@@ -118,10 +120,15 @@ impl Bench {
         cpus: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<serde_json::Value> {
-        let name = format!("{kind:?} client").to_lowercase();
+        // The name clap parses (`tls-full`), not the variant's (`TlsFull`).
+        let kind_arg = kind.to_possible_value().map_or_else(
+            || format!("{kind:?}").to_lowercase(),
+            |v| v.get_name().to_owned(),
+        );
+        let name = format!("{kind_arg} client");
         let mut args = vec![
             "client".to_owned(),
-            format!("{kind:?}").to_lowercase(),
+            kind_arg,
             "--addr".to_owned(),
             addr.to_string(),
         ];
@@ -197,6 +204,7 @@ pub fn run_all(args: RunArgs) -> anyhow::Result<()> {
             Workload::Pingpong => pingpong::run(&mut bench),
             Workload::Idle => idle::run(&mut bench),
             Workload::Dns => dns::run(&mut bench),
+            Workload::Tls => tls::run(&mut bench),
         };
         if let Err(error) = outcome {
             bench.results.note(format!("{workload:?}: {error:#}"));
