@@ -62,14 +62,20 @@ impl IdleClock {
     }
 }
 
-/// The watchdog of a session with idle timeouts, boxed: a session without timeouts (most API
-/// watches) carries no timer at all.
-pub(super) fn watchdog(
-    clock: Arc<IdleClock>,
-    options: &Options,
-) -> Pin<Box<dyn Future<Output = ForwardError> + Send>> {
+/// The future that fails a session once a direction has been idle too long.
+pub(super) type Watchdog = Pin<Box<dyn Future<Output = ForwardError> + Send>>;
+
+/// The idle clock a session's directions stamp and its watchdog, boxed; both `None` for a
+/// session without timeouts (most API watches), which then carries no timer at all.
+pub(super) fn clock_and_watchdog(options: &Options) -> (Option<Arc<IdleClock>>, Option<Watchdog>) {
     let timeouts = (options.client_idle_timeout, options.backend_idle_timeout);
-    Box::pin(async move { watch(&clock, timeouts.0, timeouts.1).await })
+    if timeouts.0.is_none() && timeouts.1.is_none() {
+        return (None, None);
+    }
+    let clock = Arc::new(IdleClock::new());
+    let watched = Arc::clone(&clock);
+    let watchdog: Watchdog = Box::pin(async move { watch(&watched, timeouts.0, timeouts.1).await });
+    (Some(clock), Some(watchdog))
 }
 
 /// Resolves with the idle error of the first direction to exceed its timeout; never resolves

@@ -14,11 +14,9 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use super::direction::Flow;
-use super::idle::{self, IdleClock};
+use super::idle::{self, IdleClock, Watchdog};
 use super::leg::Leg;
 use super::{Direction, ForwardError, Meter, Options, Side, Transferred};
-
-type Watchdog = Pin<Box<dyn Future<Output = ForwardError> + Send>>;
 
 /// Forwards between a client and its backend until both directions have ended; see
 /// [`bidirectional`](super::bidirectional).
@@ -41,12 +39,7 @@ impl<'a, M: Meter + Sync> Relay<'a, M> {
         options: &'a Options,
         meter: &'a M,
     ) -> Self {
-        let has_timeouts =
-            options.client_idle_timeout.is_some() || options.backend_idle_timeout.is_some();
-        let clock = has_timeouts.then(|| Arc::new(IdleClock::new()));
-        let watchdog = clock
-            .as_ref()
-            .map(|clock| idle::watchdog(Arc::clone(clock), options));
+        let (clock, watchdog) = idle::clock_and_watchdog(options);
         Self {
             client,
             backend,

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::budget::{Grant, UNCHARGED_BUFFER};
-use super::idle::{self, IdleClock};
+use super::idle::{self, IdleClock, Watchdog};
 use super::{Direction, ForwardError, Meter, Options, Side, Transferred};
 
 /// One end of a session.
@@ -80,8 +80,6 @@ impl AsyncWrite for Stream {
     }
 }
 
-type Watchdog = Pin<Box<dyn Future<Output = ForwardError> + Send>>;
-
 /// Forwards between two streams of any kind until both directions have ended.
 pub struct StreamRelay<'a, M> {
     client: &'a mut Stream,
@@ -101,12 +99,7 @@ impl<'a, M: Meter + Sync> StreamRelay<'a, M> {
         options: &'a Options,
         meter: &'a M,
     ) -> Self {
-        let has_timeouts =
-            options.client_idle_timeout.is_some() || options.backend_idle_timeout.is_some();
-        let clock = has_timeouts.then(|| Arc::new(IdleClock::new()));
-        let watchdog = clock
-            .as_ref()
-            .map(|clock| idle::watchdog(Arc::clone(clock), options));
+        let (clock, watchdog) = idle::clock_and_watchdog(options);
         Self {
             client,
             backend,
