@@ -277,6 +277,8 @@ raw_table! {
         min_version: String,
         max_version: String,
         session_tickets: bool,
+        /// betwixt: how long a client may take over its whole handshake.
+        handshake_timeout: String,
     }
 }
 

@@ -59,6 +59,9 @@ pub struct TlsTermination {
     /// `acme_hosts` with the `[acme]` table: certificates obtained and renewed by betwixt.
     pub acme: Option<AcmeSettings>,
     pub protocol: TlsProtocol,
+    /// `handshake_timeout` (betwixt; nginx's `ssl_handshake_timeout`), default 10s: how long
+    /// a client may take from its first byte to a finished handshake.
+    pub handshake_timeout: Duration,
 }
 
 /// `[servers.NAME.backends_tls]`: connect to the backends over TLS.

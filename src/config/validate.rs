@@ -64,6 +64,13 @@ pub fn validate(
             "no servers configured; betwixt will only serve the API and metrics, if enabled",
         );
     }
+    // One responder answers every server's HTTP-01 challenges.
+    let acme = servers
+        .values()
+        .find_map(|server: &ServerConfig| server.tls.as_ref().and_then(|tls| tls.acme.as_ref()));
+    if let Some(acme) = acme {
+        listeners.push((Key::root("acme").child("http_bind"), acme.http_bind.clone()));
+    }
     check_bind_conflicts(&mut report, listeners, &api, &metrics);
     let config = Config {
         logging,

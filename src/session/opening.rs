@@ -18,9 +18,10 @@ use crate::snapshot::Server;
 use crate::stats::HandshakeFailure;
 use crate::tls::client_hello::{self, MAX_CLIENT_HELLO, Parsed};
 
-/// How long a terminated handshake may take after the ClientHello, and the ClientHello itself
-/// without `[sni]`: a client that stalls mid-handshake must not hold its session forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a passthrough client may take over its ClientHello without `[sni] read_timeout`:
+/// a client that stalls must not hold its session forever. (Terminated handshakes have
+/// `[tls] handshake_timeout`.)
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client ready for a backend.
 pub(crate) struct Opened {
@@ -34,7 +35,7 @@ pub(crate) struct Opened {
 /// Why a client was closed before it reached a backend.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpeningError {
-    #[error("no complete ClientHello within {0:?}")]
+    #[error("no complete ClientHello or handshake within {0:?}")]
     Timeout(Duration),
     #[error("the client closed the connection during the handshake")]
     Closed,
@@ -75,14 +76,23 @@ fn tls_failure(error: &io::Error) -> HandshakeFailure {
 /// Terminates TLS or reads the ClientHello, as the server says; a plain TCP server's client
 /// is passed through as it is.
 pub(crate) async fn open(server: &Server, client: TcpStream) -> Result<Opened, OpeningError> {
+    let handshake_timeout = server
+        .config
+        .tls
+        .as_ref()
+        .map_or(CLIENT_HELLO_TIMEOUT, |tls| tls.handshake_timeout);
     let hello_timeout = server
         .sni
         .as_ref()
-        .map_or(HANDSHAKE_TIMEOUT, |sni| sni.config.read_timeout);
+        .map_or(handshake_timeout, |sni| sni.config.read_timeout);
     let opened = match &server.tls_server {
         Some(config) => {
             let acceptor = TlsAcceptor::from(std::sync::Arc::clone(config));
-            terminate(acceptor, client, hello_timeout).await?
+            let deadlines = Deadlines {
+                hello: hello_timeout,
+                handshake: handshake_timeout,
+            };
+            terminate(acceptor, client, deadlines).await?
         }
         None if server.sni.is_some() => {
             let (client, server_name, replay) = read_client_hello(client, hello_timeout).await?;
@@ -104,22 +114,28 @@ pub(crate) async fn open(server: &Server, client: TcpStream) -> Result<Opened, O
     Ok(opened)
 }
 
-/// The whole handshake, the ClientHello within `hello_timeout`.
+/// How long a terminated client may take: to its first byte, then over the whole handshake.
+struct Deadlines {
+    hello: Duration,
+    handshake: Duration,
+}
+
+/// The whole handshake, within the [`Deadlines`].
 async fn terminate(
     acceptor: TlsAcceptor,
     client: TcpStream,
-    hello_timeout: Duration,
+    deadlines: Deadlines,
 ) -> Result<Opened, OpeningError> {
     // Waiting for the first byte under the ClientHello deadline; the handshake has its own.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(hello_timeout, client.peek(&mut first)).await {
-        Err(_) => return Err(OpeningError::Timeout(hello_timeout)),
+    match tokio::time::timeout(deadlines.hello, client.peek(&mut first)).await {
+        Err(_) => return Err(OpeningError::Timeout(deadlines.hello)),
         Ok(Ok(0) | Err(_)) => return Err(OpeningError::Closed),
         Ok(Ok(_)) => {}
     }
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(client));
+    let handshake = tokio::time::timeout(deadlines.handshake, acceptor.accept(client));
     let stream = match handshake.await {
-        Err(_) => return Err(OpeningError::Timeout(HANDSHAKE_TIMEOUT)),
+        Err(_) => return Err(OpeningError::Timeout(deadlines.handshake)),
         Ok(Err(error)) => return Err(OpeningError::Tls(error)),
         Ok(Ok(stream)) => stream,
     };

@@ -1,19 +1,21 @@
 //! `acme_hosts` against pebble, the ACME test CA (Debian packages `pebble`, which also has
 //! `pebble-challtestsrv`, used here as pebble's DNS server answering 127.0.0.1 for every
 //! name): the certificate is issued over HTTP-01 on `http_bind`, cached, served by SNI, and
-//! renewed without a restart.
+//! renewed without a restart; a server added through `POST /servers` gets its own.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{Ca, echo_round_trip};
-use crate::util::{PATIENCE, echo_backend, free_port, start_balancer};
+use crate::api::{Balancer, ENDPOINTS};
+use crate::util::{PATIENCE, echo_backend, free_port};
 
 /// A child process killed on drop.
 struct Process(Child);
@@ -138,8 +140,8 @@ async fn pebble_issues_and_renews_the_certificate_of_an_acme_host() {
         ca.cert.display().to_string(),
         backend.addr
     );
-    let balancer = start_balancer(&config).await;
-    let addr = balancer.local_addr("web").unwrap();
+    let balancer = Balancer::start(&format!("{ENDPOINTS}{config}")).await;
+    let addr = balancer.server("web");
 
     // pebble's root, from its management interface.
     let root_url = format!("https://localhost:{management_port}/roots/0");
@@ -196,6 +198,30 @@ async fn pebble_issues_and_renews_the_certificate_of_an_acme_host() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // A server added through the API with its own ACME host gets its certificate too.
+    let posted = serde_json::json!({
+        "bind": "127.0.0.1:0",
+        "protocol": "tls",
+        "tls": {"acme_hosts": ["posted.test"]},
+        "discovery": {"kind": "static", "static_list": [backend.addr.to_string()]},
+    });
+    let reply = balancer
+        .call(Method::POST, "/servers/posted", &posted.to_string())
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let posted_cert = cache.join("posted.test.crt");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !posted_cert.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no certificate issued for the posted server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    served_leaf(balancer.server("posted"), "posted.test", &roots).await;
+
     assert!(cache.read_dir().unwrap().any(|entry| {
         entry
             .unwrap()

@@ -264,3 +264,38 @@ async fn a_silent_or_garbage_client_is_closed_and_counted_while_others_connect()
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(server_report(&balancer, "web").tls.handshakes, 1);
 }
+
+#[tokio::test]
+async fn a_client_stalled_mid_handshake_is_closed_after_handshake_timeout() {
+    let ca = Ca::new("stalled");
+    let issued = ca.issue("server", &["localhost"]);
+    let backend = echo_backend().await;
+    let config = server_config(
+        "web",
+        "protocol = \"tls\"",
+        &[backend.addr],
+        &tls_table("web", &issued, "handshake_timeout = \"300ms\""),
+    );
+    let balancer = start_balancer(&config).await;
+    let addr = balancer.local_addr("web").unwrap();
+
+    // A handshake record header promising 512 bytes, and nothing more: past the first-byte
+    // wait, inside the handshake.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    // Far below the 10 s default: the configured limit is what closed it.
+    let closed = tokio::time::timeout(Duration::from_secs(5), closed_by_peer(&mut stalled)).await;
+    assert_eq!(closed, Ok(true), "closed within the handshake_timeout");
+    eventually("the stall is counted as a timeout", || {
+        server_report(&balancer, "web")
+            .tls
+            .failures(HandshakeFailure::Timeout)
+            == 1
+    })
+    .await;
+    let mut good = tls_connect(addr, "localhost", &ca).await.unwrap();
+    echo_round_trip(&mut good, b"served after").await;
+}

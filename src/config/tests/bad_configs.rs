@@ -75,6 +75,14 @@ fn rows() -> Vec<(String, &'static str)> {
             "gobetween.toml: servers.k3s.tls.max_version: \"tls1\" leaves no usable version",
         ),
         (
+            k3s(
+                BIND,
+                DISCOVERY,
+                "[servers.k3s.tls]\ncert_path = \"/c\"\nkey_path = \"/k\"\nhandshake_timeout = \"0\"",
+            ),
+            "gobetween.toml: servers.k3s.tls.handshake_timeout: must be above 0: a client that stalls",
+        ),
+        (
             k3s(BIND, DISCOVERY, "[servers.k3s.sni]\nread_timeout = \"0\""),
             "gobetween.toml: servers.k3s.sni.read_timeout: must be above 0",
         ),

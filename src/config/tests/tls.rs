@@ -158,3 +158,20 @@ fn acme_hosts_need_the_acme_table_and_its_cache_dir() {
     );
     assert_eq!(acme.renew_after, Duration::from_secs(60 * 86_400));
 }
+
+#[test]
+fn the_acme_responder_cannot_share_a_servers_port() {
+    let plain = "[servers.http]\nbind = \"127.0.0.1:80\"\n\
+        [servers.http.discovery]\nkind = \"static\"\nstatic_list = [\"10.0.0.1:8080\"]\n";
+    let text = format!("[acme]\ncache_dir = \"/var/cache/betwixt\"\n{SERVER}{ACME_HOSTS}{plain}");
+    assert_eq!(
+        load_errors(&text),
+        [
+            "gobetween.toml: acme.http_bind: \":80\" conflicts with servers.http.bind (\"127.0.0.1:80\"): both listen on port 80"
+        ]
+    );
+    let moved = format!(
+        "[acme]\ncache_dir = \"/var/cache/betwixt\"\nhttp_bind = \":8080\"\n{SERVER}{ACME_HOSTS}{plain}"
+    );
+    load_ok(&moved);
+}

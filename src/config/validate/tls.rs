@@ -6,6 +6,7 @@
 //! error. A name Go does not know either is an error (gobetween skipped it silently).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::value::{self, choice, text};
 use super::{Key, Report, bind};
@@ -16,12 +17,15 @@ use crate::config::{
 };
 
 /// `[sni] read_timeout` when absent, as in gobetween.
-const DEFAULT_SNI_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const DEFAULT_SNI_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// `[tls] handshake_timeout` when absent (nginx's `ssl_handshake_timeout` is 60s; a k3s
+/// client finishes in milliseconds).
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[acme] directory_url` when absent: Let's Encrypt's production directory, gobetween's CA.
 const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// `[acme] renew_after` when absent: 60 days, a month before a Let's Encrypt certificate ends.
-const DEFAULT_ACME_RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(60 * 86_400);
+const DEFAULT_ACME_RENEW_AFTER: Duration = Duration::from_secs(60 * 86_400);
 
 /// Go's TLS 1.2 suite names that rustls implements, with the IANA name rustls uses.
 const TLS12_SUITES: [(&str, &str); 8] = [
@@ -158,10 +162,18 @@ pub(super) fn termination(
     } else {
         None
     };
+    let handshake_timeout = positive_duration(
+        report,
+        &key.child("handshake_timeout"),
+        &raw.handshake_timeout,
+        DEFAULT_HANDSHAKE_TIMEOUT,
+        "a client that stalls mid-handshake would hold its connection forever",
+    );
     Some(TlsTermination {
         certificate,
         acme,
         protocol: protocol?,
+        handshake_timeout,
     })
 }
 
@@ -406,6 +418,23 @@ fn ciphers(report: &mut Report<'_>, key: &Key, names: &[String]) -> Vec<String> 
     kept
 }
 
+/// A duration key that must be above 0 (`why` says what 0 would do); `default` when absent.
+fn positive_duration(
+    report: &mut Report<'_>,
+    key: &Key,
+    raw: &Option<String>,
+    default: Duration,
+    why: &str,
+) -> Duration {
+    let duration = text(raw)
+        .and_then(|timeout| value::duration(report, key, timeout))
+        .unwrap_or(default);
+    if duration.is_zero() {
+        report.error(key, format!("must be above 0: {why}"));
+    }
+    duration
+}
+
 /// `[sni]` of the server at `server`; with `regexp` matching, every backend's `sni=` tag must
 /// be a valid pattern.
 pub(super) fn sni(
@@ -415,9 +444,13 @@ pub(super) fn sni(
     backends: &[BackendSpec],
 ) -> SniConfig {
     let key = &server.child("sni");
-    let read_timeout = text(&raw.read_timeout)
-        .and_then(|timeout| value::duration(report, &key.child("read_timeout"), timeout))
-        .unwrap_or(DEFAULT_SNI_READ_TIMEOUT);
+    let read_timeout = positive_duration(
+        report,
+        &key.child("read_timeout"),
+        &raw.read_timeout,
+        DEFAULT_SNI_READ_TIMEOUT,
+        "a client that never sends its ClientHello would hold its connection forever",
+    );
     let matching = choice(
         report,
         &key.child("hostname_matching_strategy"),
@@ -439,13 +472,6 @@ pub(super) fn sni(
             ("any", UnexpectedHostname::Any),
         ],
     );
-    if read_timeout.is_zero() {
-        report.error(
-            &key.child("read_timeout"),
-            "must be above 0: a client that never sends its ClientHello would hold its \
-             connection forever",
-        );
-    }
     if matching == HostnameMatching::Regexp {
         let list = server.child("discovery").child("static_list");
         for (index, backend) in backends.iter().enumerate() {
