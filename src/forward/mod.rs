@@ -22,6 +22,7 @@ mod copy;
 mod direction;
 mod idle;
 mod leg;
+mod read_ahead;
 mod relay;
 #[allow(unsafe_code)]
 mod splice;
@@ -30,6 +31,7 @@ mod stream;
 mod tests;
 
 pub use budget::Budget;
+pub use read_ahead::ReadAhead;
 pub use relay::Relay;
 pub use stream::{Stream, StreamRelay};
 

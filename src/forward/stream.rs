@@ -19,15 +19,16 @@ use tokio::net::TcpStream;
 
 use super::budget::{Grant, UNCHARGED_BUFFER};
 use super::idle::{self, IdleClock, Watchdog};
+use super::read_ahead::ReadAhead;
 use super::{Direction, ForwardError, Meter, Options, Side, Transferred};
 
 /// One end of a session.
 pub enum Stream {
     Tcp(TcpStream),
     /// TLS terminated here: a client's connection after the handshake.
-    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    TlsServer(Box<tokio_rustls::server::TlsStream<ReadAhead>>),
     /// TLS originated here: a backend connection after the handshake.
-    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    TlsClient(Box<tokio_rustls::client::TlsStream<ReadAhead>>),
 }
 
 impl Stream {
@@ -35,8 +36,8 @@ impl Stream {
     pub fn socket(&self) -> &TcpStream {
         match self {
             Self::Tcp(stream) => stream,
-            Self::TlsServer(stream) => stream.get_ref().0,
-            Self::TlsClient(stream) => stream.get_ref().0,
+            Self::TlsServer(stream) => stream.get_ref().0.socket(),
+            Self::TlsClient(stream) => stream.get_ref().0.socket(),
         }
     }
 }

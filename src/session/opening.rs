@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::forward::Stream;
+use crate::forward::{ReadAhead, Stream};
 use crate::snapshot::Server;
 use crate::stats::HandshakeFailure;
 use crate::tls::client_hello::{self, MAX_CLIENT_HELLO, Parsed};
@@ -133,7 +133,8 @@ async fn terminate(
         Ok(Ok(0) | Err(_)) => return Err(OpeningError::Closed),
         Ok(Ok(_)) => {}
     }
-    let handshake = tokio::time::timeout(deadlines.handshake, acceptor.accept(client));
+    let handshake =
+        tokio::time::timeout(deadlines.handshake, acceptor.accept(ReadAhead::new(client)));
     let stream = match handshake.await {
         Err(_) => return Err(OpeningError::Timeout(deadlines.handshake)),
         Ok(Err(error)) => return Err(OpeningError::Tls(error)),
