@@ -38,8 +38,9 @@
 //!   status page shows, and the byte movers (copy, splice).
 //! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
 //!   snapshot behind one `ArcSwap`, backend state carried over by target.
-//! - `health`, `discovery`: check kinds and the task that schedules them; the tasks that fetch
-//!   a server's backends from a command, a URL or DNS.
+//! - `health`, `discovery`, `rebalance`: check kinds and the task that schedules them; the
+//!   tasks that fetch a server's backends from a command, a URL or DNS; the task that closes a
+//!   few old sessions of an overloaded backend.
 //! - `listener`, `session`: accept (TCP) or receive (UDP), access rules and limits; connect
 //!   with retry and forward, or keep one backend socket per UDP client address.
 //! - `supervisor`: owns listeners and the published snapshot; reload and graceful shutdown.
@@ -71,6 +72,7 @@ pub(crate) mod metrics;
 pub(crate) mod net;
 pub(crate) mod pool;
 pub(crate) mod proxy_protocol;
+pub(crate) mod rebalance;
 pub mod report;
 pub(crate) mod session;
 pub(crate) mod signal;

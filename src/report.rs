@@ -193,6 +193,8 @@ pub struct BackendReport {
     pub total: u64,
     /// Connects that failed (refused, timed out, unreachable).
     pub refused: u64,
+    /// Sessions closed by `[rebalance]` because the backend held more than its share.
+    pub rebalanced: u64,
     /// Bytes from clients to this backend.
     pub to_backend: u64,
     /// Bytes from this backend to clients.
@@ -210,6 +212,7 @@ impl BackendReport {
             active: stats.active.load(Ordering::Relaxed),
             total: stats.total.load(Ordering::Relaxed),
             refused: stats.refused.load(Ordering::Relaxed),
+            rebalanced: stats.rebalanced.load(Ordering::Relaxed),
             to_backend: stats.traffic.tx.load(Ordering::Relaxed),
             to_client: stats.traffic.rx.load(Ordering::Relaxed),
         }

@@ -60,6 +60,8 @@ pub struct BackendStats {
     pub total: AtomicU64,
     /// Connects that failed (refused, timed out, unreachable).
     pub refused: AtomicU64,
+    /// Sessions closed by `[rebalance]` because the backend held more than its share.
+    pub rebalanced: AtomicU64,
     pub traffic: Traffic,
     /// Time to establish each successful connection.
     pub connect_latency: Histogram,
@@ -217,10 +219,12 @@ pub enum SessionEnd {
     Shutdown = 6,
     /// A UDP session pushed out of its server's full session table (the oldest idle one).
     Evicted = 7,
+    /// Closed so its client reconnects to a less loaded backend (`[rebalance]`).
+    Rebalanced = 8,
 }
 
 impl SessionEnd {
-    pub const ALL: [SessionEnd; 8] = [
+    pub const ALL: [SessionEnd; 9] = [
         Self::Completed,
         Self::Error,
         Self::IdleTimeout,
@@ -229,6 +233,7 @@ impl SessionEnd {
         Self::BackendDisabled,
         Self::Shutdown,
         Self::Evicted,
+        Self::Rebalanced,
     ];
 
     /// The metric label value.
@@ -242,6 +247,7 @@ impl SessionEnd {
             Self::BackendDisabled => "backend_disabled",
             Self::Shutdown => "shutdown",
             Self::Evicted => "evicted",
+            Self::Rebalanced => "rebalanced",
         }
     }
 

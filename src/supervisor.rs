@@ -228,6 +228,10 @@ impl Supervisor {
             Arc::clone(&supervisor.shared.snapshot),
             supervisor.background.clone(),
         ));
+        tokio::spawn(crate::rebalance::run(
+            Arc::clone(&supervisor.shared.snapshot),
+            supervisor.background.clone(),
+        ));
         Ok(supervisor)
     }
 

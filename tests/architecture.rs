@@ -28,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
     &["balance"],
     &["pool"],
     &["snapshot"],
-    &["health", "discovery"],
+    &["health", "discovery", "rebalance"],
     &["session"],
     &["listener"],
     &["supervisor"],

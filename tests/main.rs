@@ -21,6 +21,7 @@ mod limits;
 mod memory;
 mod node;
 mod page;
+mod rebalance;
 mod reload;
 mod resources;
 mod tls;

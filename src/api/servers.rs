@@ -264,6 +264,13 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
             &defaults.close_sessions_on_backend_removal,
         );
         inherit(&mut server.slow_start, &defaults.slow_start);
+        if let Some(inherited) = &defaults.rebalance {
+            let own = server.rebalance.get_or_insert_with(Default::default);
+            inherit(&mut own.interval, &inherited.interval);
+            inherit(&mut own.tolerance, &inherited.tolerance);
+            inherit(&mut own.max_fraction, &inherited.max_fraction);
+            inherit(&mut own.min_age, &inherited.min_age);
+        }
     }
     server.protocol.get_or_insert_with(|| "tcp".to_owned());
     secrets::mask_server(&mut server);

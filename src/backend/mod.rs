@@ -5,6 +5,7 @@
 //! the per-connection path touches is an atomic: accept tasks pick and count without locks.
 
 pub(crate) mod health;
+mod sessions;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use crate::config::BackendSpec;
 use crate::logging::RateLimit;
 use crate::stats::{ActiveCount, BackendStats, SessionEnd, Slot};
 use health::Streaks;
+pub use sessions::{SessionTicket, Sessions};
 
 /// One backend as configured in the current snapshot.
 #[derive(Debug)]
@@ -140,6 +142,8 @@ pub struct BackendState {
     /// When the backend last came back into service (up after down, or enabled after drain or
     /// disable), in [`clock_ms`] time; 0 when it has been in service since it was made.
     returned_at_ms: AtomicU64,
+    /// Established sessions, when the server rebalances (`[rebalance]`); empty otherwise.
+    pub sessions: Sessions,
 }
 
 /// Milliseconds on a process-wide monotonic clock. It starts at [`CLOCK_START_MS`], so 0 can
@@ -168,6 +172,7 @@ impl BackendState {
             close_reason: AtomicU8::new(SessionEnd::BackendDown as u8),
             all_sessions: all_sessions.clone(),
             returned_at_ms: AtomicU64::new(0),
+            sessions: Sessions::default(),
         }
     }
 

@@ -234,6 +234,8 @@ pub struct ServerConfig {
     /// or enabled takes a share of new sessions growing from none to its full share over this
     /// period. `None` (the default, or "0") gives it its full share at once.
     pub slow_start: Option<Duration>,
+    /// betwixt's `[rebalance]`; `None` (the default) never closes a session to spread load.
+    pub rebalance: Option<Rebalance>,
     /// `[proxy_protocol] version = "1"` or `"2"`.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// `Some` when `protocol = "udp"`: the `[udp]` table's keys (all optional).
@@ -280,6 +282,24 @@ pub struct UdpConfig {
     /// `transparent`: datagrams reach the backends from the client's own address
     /// (IP_TRANSPARENT; needs CAP_NET_ADMIN).
     pub transparent: bool,
+}
+
+/// betwixt's `[rebalance]`: when a backend holds far more than its weight's share of a
+/// server's sessions (as after the others came back from a failure: long-lived clients stay
+/// where they moved), close a few of its oldest sessions each interval so their clients
+/// reconnect through the balancer, as kube-apiserver's `--goaway-chance` does for HTTP/2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebalance {
+    /// `interval`: how often the shares are compared (and at most one round of closes).
+    pub interval: Duration,
+    /// `tolerance`, default 0.2: a backend is over its share when it holds more than
+    /// `(1 + tolerance)` times it.
+    pub tolerance: f64,
+    /// `max_fraction`, default 0.02: at most this fraction of the server's sessions (and at
+    /// least one) is closed per interval.
+    pub max_fraction: f64,
+    /// `min_age`, default 1m: a session younger than this is never closed.
+    pub min_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

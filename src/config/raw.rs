@@ -229,6 +229,19 @@ raw_table! {
         close_sessions_on_backend_removal: bool,
         /// betwixt: a duration; "0" (default) = none.
         slow_start: String,
+        /// betwixt: each key inherited on its own.
+        rebalance: RawRebalance,
+    }
+}
+
+raw_table! {
+    /// betwixt's `[servers.NAME.rebalance]` and `[defaults.rebalance]`: close a few old
+    /// sessions of a backend holding far more than its share.
+    pub struct RawRebalance {
+        interval: String,
+        tolerance: f64,
+        max_fraction: f64,
+        min_age: String,
     }
 }
 
@@ -243,6 +256,7 @@ raw_table! {
         close_sessions_on_backend_down: bool,
         close_sessions_on_backend_removal: bool,
         slow_start: String,
+        rebalance: RawRebalance,
         bind: String,
         protocol: String,
         balance: String,

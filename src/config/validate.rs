@@ -17,6 +17,7 @@ mod global;
 mod healthcheck;
 mod memory;
 mod probe;
+mod rebalance;
 mod server;
 mod tls;
 mod tls_check;

@@ -448,6 +448,14 @@ fn backend_states(out: &mut Exposition, servers: &[&Arc<Server>]) {
             family.sample(&labels, u64::from(state == current));
         }
     });
+    let mut family = out.family(
+        "betwixt_backend_rebalanced_sessions_total",
+        Kind::Counter,
+        "Sessions on the backend closed by [rebalance] so their clients reconnect elsewhere.",
+    );
+    for_backends(servers, |labels, backend| {
+        family.sample(&labels.with(None), load(&backend.state.stats.rebalanced));
+    });
 }
 
 fn backend_histograms(out: &mut Exposition, servers: &[&Arc<Server>]) {

@@ -11,12 +11,12 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::backend::{Backend, BackendState};
-use crate::forward::Stream;
+use crate::backend::{Backend, BackendState, SessionTicket};
+use crate::forward::{ReadAhead, Stream};
 use crate::health::monitor;
 use crate::net::{self, LocalShortage};
 use crate::snapshot::Server;
-use crate::stats::Slot;
+use crate::stats::{SessionEnd, Slot};
 use crate::tls;
 
 /// A session's backend connection and the place it holds on that backend.
@@ -26,7 +26,28 @@ pub(crate) struct Connected {
     pub(crate) backend: Arc<Backend>,
     /// Fires when the backend's sessions are closed (marked down, removed, disabled).
     pub(crate) backend_closer: CancellationToken,
+    /// With `[rebalance]`: the session's place among its backend's, and its own closer.
+    ticket: Option<SessionTicket>,
     _slot: Slot<BackendState>,
+}
+
+impl Connected {
+    /// Fires when the session must end: its backend's sessions are closed, or (with
+    /// `[rebalance]`) this one alone is.
+    pub(crate) fn closer(&self) -> &CancellationToken {
+        self.ticket
+            .as_ref()
+            .map_or(&self.backend_closer, SessionTicket::closer)
+    }
+}
+
+/// Why a session's [`closer`](Connected::closer) fired, given its backend's closer.
+pub(crate) fn close_reason(backend_closer: &CancellationToken, state: &BackendState) -> SessionEnd {
+    if backend_closer.is_cancelled() {
+        state.close_reason()
+    } else {
+        SessionEnd::Rebalanced
+    }
 }
 
 /// When every backend is down, each is tried for at most this long...
@@ -92,10 +113,16 @@ pub(crate) async fn connect_with_retry(
                     .observe(started.elapsed());
                 monitor::observe_connect(server, backend, None);
                 backend.state.stats.total.fetch_add(1, Ordering::Relaxed);
+                let ticket = server
+                    .config
+                    .rebalance
+                    .as_ref()
+                    .map(|_| SessionTicket::register(&backend.state, &backend_closer));
                 return Some(Connected {
                     stream,
                     backend: Arc::clone(backend),
                     backend_closer,
+                    ticket,
                     _slot: slot,
                 });
             }
@@ -175,7 +202,7 @@ async fn connect_backend(
                 )
             })?;
         let connector = TlsConnector::from(Arc::clone(config));
-        let stream = connector.connect(name, tcp).await?;
+        let stream = connector.connect(name, ReadAhead::new(tcp)).await?;
         Ok(Stream::TlsClient(Box::new(stream)))
     };
     match timeout {

@@ -189,12 +189,16 @@ impl Session {
             backend: &connected.backend.state.stats.traffic,
             server: &self.server.stats.traffic,
         };
+        let closer = connected.closer().clone();
         let forwarding =
             forward::relay(client, &mut connected.stream, &self.server.forward, &meter);
         let outcome = tokio::select! {
             outcome = forwarding => outcome.map_err(Interrupted::Failed),
-            () = connected.backend_closer.cancelled() => {
-                Err(Interrupted::Closed(connected.backend.state.close_reason()))
+            () = closer.cancelled() => {
+                Err(Interrupted::Closed(super::connect::close_reason(
+                    &connected.backend_closer,
+                    &connected.backend.state,
+                )))
             }
         };
         let end = match &outcome {

@@ -83,6 +83,30 @@ fn rows() -> Vec<(String, &'static str)> {
             "gobetween.toml: servers.k3s.tls.handshake_timeout: must be above 0: a client that stalls",
         ),
         (
+            k3s(
+                BIND,
+                DISCOVERY,
+                "[servers.k3s.rebalance]\ninterval = \"1s\"\ntolerance = -1",
+            ),
+            "gobetween.toml: servers.k3s.rebalance.tolerance: -1 is out of range; expected 0 to 10",
+        ),
+        (
+            k3s(
+                BIND,
+                DISCOVERY,
+                "[servers.k3s.rebalance]\ninterval = \"1s\"\nmax_fraction = 0",
+            ),
+            "gobetween.toml: servers.k3s.rebalance.max_fraction: 0 is out of range; expected above 0",
+        ),
+        (
+            k3s(
+                BIND,
+                DISCOVERY,
+                "[servers.k3s.rebalance]\ninterval = \"soon\"",
+            ),
+            "gobetween.toml: servers.k3s.rebalance.interval:",
+        ),
+        (
             k3s(BIND, DISCOVERY, "[servers.k3s.sni]\nread_timeout = \"0\""),
             "gobetween.toml: servers.k3s.sni.read_timeout: must be above 0",
         ),

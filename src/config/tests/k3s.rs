@@ -142,6 +142,7 @@ fn expected_k3s() -> ServerConfig {
         close_sessions_on_backend_down: true,
         close_sessions_on_backend_removal: false,
         slow_start: None,
+        rebalance: None,
         proxy_protocol: None,
         udp: None,
         tls: None,
@@ -185,6 +186,7 @@ fn expected_supervisor() -> ServerConfig {
         close_sessions_on_backend_down: true,
         close_sessions_on_backend_removal: false,
         slow_start: None,
+        rebalance: None,
         proxy_protocol: None,
         udp: None,
         tls: None,
@@ -393,4 +395,38 @@ fn no_servers_is_valid_but_warned() {
     assert_eq!(loaded.warnings.len(), 1);
     assert_eq!(loaded.warnings[0].key, "servers");
     assert!(load("").is_ok());
+}
+
+#[test]
+fn rebalance_keys_fall_back_one_by_one_to_defaults() {
+    let text = "[defaults.rebalance]\ninterval = \"10s\"\nmin_age = \"2m\"\n\
+        [servers.a]\nbind = \":1\"\n[servers.a.rebalance]\ntolerance = 0.5\n\
+        [servers.a.discovery]\nkind = \"static\"\nstatic_list = [\"10.0.0.1:1\"]\n\
+        [servers.b]\nbind = \":2\"\nbalance = \"iphash\"\n\
+        [servers.b.discovery]\nkind = \"static\"\nstatic_list = [\"10.0.0.1:1\"]\n";
+    let loaded = load_ok(text);
+    let a = loaded.config.servers["a"].rebalance.clone().unwrap();
+    assert_eq!(
+        a,
+        crate::config::Rebalance {
+            interval: Duration::from_secs(10),
+            tolerance: 0.5,
+            max_fraction: 0.02,
+            min_age: Duration::from_secs(120),
+        }
+    );
+    assert_eq!(
+        loaded.config.servers["b"].rebalance, None,
+        "iphash: ignored"
+    );
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.key == "defaults.rebalance.interval" && w.message.contains("iphash"))
+    );
+    let file =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/k3s.toml")).unwrap();
+    let shipped = load_ok(&file).config.servers["k3s"].rebalance.clone();
+    assert_eq!(shipped.map(|r| r.interval), Some(Duration::from_secs(10)));
 }

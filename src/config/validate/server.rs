@@ -8,12 +8,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::value::{self, Given, choice, text};
-use super::{Key, Report, bind, discovery, healthcheck, tls};
+use super::{Key, Report, bind, discovery, healthcheck, rebalance, tls};
 use crate::config::duration::parse_duration;
 use crate::config::raw::{RawAccess, RawAcme, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
 use crate::config::{
     AccessAction, AccessConfig, AccessRule, BackendSpec, BalanceKind, BindAddr, CheckKind,
-    HealthcheckConfig, ProxyProtocolVersion, ServerConfig, UdpConfig,
+    HealthcheckConfig, ProxyProtocolVersion, Rebalance, ServerConfig, UdpConfig,
 };
 
 /// `backend_connection_timeout` when neither the server nor `[defaults]` sets it. gobetween
@@ -30,6 +30,7 @@ struct ConnectionOptions {
     close_sessions_on_backend_down: bool,
     close_sessions_on_backend_removal: bool,
     slow_start: Option<Duration>,
+    rebalance: Option<Rebalance>,
 }
 
 /// The server's `bind`, required. Validated apart from the rest so that listener conflicts
@@ -108,6 +109,7 @@ pub(super) fn server(
         close_sessions_on_backend_down: options.close_sessions_on_backend_down,
         close_sessions_on_backend_removal: options.close_sessions_on_backend_removal,
         slow_start: options.slow_start,
+        rebalance: options.rebalance,
         proxy_protocol,
         udp,
         access,
@@ -360,6 +362,13 @@ fn connection_options(
         close_sessions_on_backend_down: down.copied().unwrap_or(true),
         close_sessions_on_backend_removal: removal.copied().unwrap_or(false),
         slow_start,
+        rebalance: rebalance::rebalance(
+            report,
+            key,
+            raw.rebalance.as_ref(),
+            defaults.rebalance.as_ref(),
+            raw.balance.as_deref(),
+        ),
     }
 }
 
