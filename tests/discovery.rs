@@ -316,10 +316,10 @@ async fn a_fetch_over_its_timeout_fails_and_its_command_is_killed() {
 
 /// Bodies by path, served with HTTP/1.1 to every GET; 404 for other paths.
 #[derive(Clone, Default)]
-struct Bodies(Arc<Mutex<Vec<(String, String)>>>);
+pub(crate) struct Bodies(Arc<Mutex<Vec<(String, String)>>>);
 
 impl Bodies {
-    fn set(&self, path: &str, body: &str) {
+    pub(crate) fn set(&self, path: &str, body: &str) {
         let mut bodies = self.0.lock().unwrap();
         bodies.retain(|(known, _)| known != path);
         bodies.push((path.to_owned(), body.to_owned()));
@@ -333,8 +333,13 @@ impl Bodies {
             .map(|(_, body)| body.clone())
     }
 
+    /// Serves 404 for `path` from now on.
+    pub(crate) fn remove(&self, path: &str) {
+        self.0.lock().unwrap().retain(|(known, _)| known != path);
+    }
+
     /// A real HTTP/1.1 server (hyper's) on a loopback port.
-    async fn serve(&self) -> SocketAddr {
+    pub(crate) async fn serve(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let bodies = self.clone();
