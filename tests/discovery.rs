@@ -1,6 +1,6 @@
 //! Dynamic discovery end to end: real backends behind a running balancer whose lists come from
-//! a command the test rewrites, an HTTP server of the test's own (plaintext, json), and a real
-//! dnsmasq (srv, over UDP and TCP).
+//! a command the test rewrites, an HTTP server of the test's own (plaintext, json), a real
+//! dnsmasq (srv, over UDP and TCP), and the Consul stand-in (consul, by blocking queries).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -681,4 +681,51 @@ async fn a_server_posted_with_discovery_serves_and_shows_in_stats_and_metrics() 
         ("port", port.as_str()),
     ];
     assert_eq!(metrics.value("gobetween_backend_live", &backend), 1.0);
+}
+
+/// Consul with an interval is watched by blocking queries: a change in the catalog reaches
+/// the pool as soon as Consul answers the held query, long before the 30 s interval (the
+/// patience of `eventually` is shorter than what polling would take), and while nothing
+/// changes the source costs one held query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_change_reaches_the_pool_long_before_the_interval() {
+    let (a, b) = (name_backend("a").await, name_backend("b").await);
+    let (consul, responder) = crate::responder::FakeConsul::start().await;
+    consul.set_service("kube-api", &[a.addr]);
+    let config = format!(
+        "[servers.k3s]\nbind = \"127.0.0.1:0\"\n\
+         [servers.k3s.discovery]\nkind = \"consul\"\ninterval = \"30s\"\n\
+         consul_host = \"{}\"\nconsul_service_name = \"kube-api\"\n",
+        responder.authority()
+    );
+    let balancer = start_balancer(&config).await;
+    eventually("a is discovered", || {
+        targets(&balancer, "k3s") == sorted(&[a.addr])
+    })
+    .await;
+    // The next query waits out the 1 s pause, then Consul holds it.
+    eventually("the blocking query is sent", || {
+        responder.requests().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = responder.requests();
+    assert_eq!(
+        asked.len(),
+        2,
+        "one held query while nothing changes: {asked:?}"
+    );
+    assert!(
+        asked[1].target.contains("index=") && asked[1].target.contains("wait=30000ms"),
+        "{}",
+        asked[1].target
+    );
+
+    consul.set_service("kube-api", &[a.addr, b.addr]);
+    eventually("the change reaches the pool before the interval", || {
+        targets(&balancer, "k3s") == sorted(&[a.addr, b.addr])
+    })
+    .await;
+    let discovery = server_report(&balancer, "k3s").discovery.unwrap();
+    assert_eq!(discovery.failures, 0, "{discovery:?}");
 }

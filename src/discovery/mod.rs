@@ -213,6 +213,12 @@ impl Task {
                     self.follow(|updates| kubernetes::watch(source, updates))
                         .await;
                 }
+                DiscoveryKind::Consul(source) if self.config.interval.is_some() => {
+                    let interval = self.config.interval.unwrap_or_default();
+                    let timeout = self.config.timeout;
+                    self.follow(|updates| consul::watch(source, interval, timeout, updates))
+                        .await;
+                }
                 DiscoveryKind::Static
                 | DiscoveryKind::Exec(_)
                 | DiscoveryKind::Plaintext(_)
