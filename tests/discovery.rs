@@ -15,7 +15,8 @@ use crate::api::{Balancer, ENDPOINTS};
 use crate::util::*;
 
 /// A backend list served by a shell script the test rewrites: `list` holds the lines, while
-/// `fail` exists the script exits 1, and while `hang` exists it sleeps past any timeout.
+/// `fail` exists the script exits 1, and while `hang` exists it sleeps past any timeout. Each
+/// run adds a line to `runs`.
 pub(crate) struct ListSource {
     scratch: Scratch,
 }
@@ -27,7 +28,8 @@ impl ListSource {
         scratch.file(
             "list.sh",
             &format!(
-                "#!/bin/sh\n[ -e {dir}/fail ] && {{ echo 'source down' >&2; exit 1; }}\n\
+                "#!/bin/sh\necho run >> {dir}/runs\n\
+                 [ -e {dir}/fail ] && {{ echo 'source down' >&2; exit 1; }}\n\
                  [ -e {dir}/hang ] && exec sleep 30\ncat {dir}/list\n"
             ),
         );
@@ -58,6 +60,11 @@ impl ListSource {
         } else {
             std::fs::remove_file(flag).unwrap();
         }
+    }
+
+    /// How many times the script ran.
+    pub(crate) fn runs(&self) -> usize {
+        std::fs::read_to_string(self.scratch.0.join("runs")).map_or(0, |runs| runs.lines().count())
     }
 
     pub(crate) fn command(&self) -> String {
@@ -728,4 +735,92 @@ async fn a_consul_change_reaches_the_pool_long_before_the_interval() {
     .await;
     let discovery = server_report(&balancer, "k3s").discovery.unwrap();
     assert_eq!(discovery.failures, 0, "{discovery:?}");
+}
+
+/// A source failing for many retries logs its failure once and its recovery once per server;
+/// setempty's server logs each list it applies (emptied, restored) once, keeplast's nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_logs_its_failure_once_and_its_recovery_once() {
+    let a = name_backend("a").await;
+    let source = ListSource::new("discovery-log-once", &[a.addr]);
+    let scratch = Scratch::new("discovery-log-once-daemon");
+    let log = scratch.0.join("betwixt.log");
+    let bind = |server: &str| server.replace("127.0.0.1:0", &format!("127.0.0.1:{}", free_port()));
+    let config = format!(
+        "[logging]\nlevel = \"info\"\noutput = \"{}\"\n{}{}",
+        log.display(),
+        bind(&exec_server(
+            "keep",
+            &source.command(),
+            "",
+            "interval = \"100ms\""
+        )),
+        bind(&exec_server(
+            "empty",
+            &source.command(),
+            "",
+            "interval = \"100ms\"\nfailpolicy = \"setempty\""
+        )),
+    );
+    let _daemon = Daemon::spawn_in(scratch, &config, &[], &[]);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let lines = |text: &str, server: &str| {
+        read()
+            .lines()
+            .filter(|line| {
+                line.contains(text)
+                    && (line.contains(&format!("server={server}"))
+                        || line.contains(&format!("server=\"{server}\"")))
+            })
+            .count()
+    };
+    eventually("both lists are applied", || {
+        lines("discovered backend list applied", "keep") == 1
+            && lines("discovered backend list applied", "empty") == 1
+    })
+    .await;
+
+    source.fail(true);
+    let runs = source.runs();
+    // Failures are retried every 2 s: 5 runs of two sources are two or three retries each.
+    eventually("the failing source is retried several times", || {
+        source.runs() >= runs + 6
+    })
+    .await;
+    source.fail(false);
+    eventually("both sources recover", || {
+        lines("discovery fetch succeeded again", "keep") >= 1
+            && lines("discovery fetch succeeded again", "empty") >= 1
+            && lines("discovered backend list applied", "empty") >= 3
+    })
+    .await;
+    let runs = source.runs();
+    eventually("a few more successful fetches", || {
+        source.runs() >= runs + 10
+    })
+    .await;
+
+    let text = read();
+    for server in ["keep", "empty"] {
+        assert_eq!(
+            lines("discovery fetch failed", server),
+            1,
+            "{server}:\n{text}"
+        );
+        assert_eq!(
+            lines("discovery fetch succeeded again", server),
+            1,
+            "{server}:\n{text}"
+        );
+    }
+    assert_eq!(
+        lines("discovered backend list applied", "keep"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        lines("discovered backend list applied", "empty"),
+        3,
+        "applied, emptied, restored:\n{text}"
+    );
 }
