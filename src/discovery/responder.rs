@@ -400,7 +400,7 @@ impl FakeConsul {
 
     fn change(&self, change: impl FnOnce(&mut ConsulState)) {
         let mut state = self.state.lock().unwrap();
-        change(&mut *state);
+        change(&mut state);
         state.index += 1;
         self.index_tx.send_replace(state.index);
     }
