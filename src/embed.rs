@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::wire::ConfigurationSource;
 use crate::backend::Admin;
 use crate::config::Config;
 use crate::endpoints::{EndpointError, Endpoints};
@@ -96,6 +97,7 @@ impl LoadBalancer {
     /// A listener cannot be bound or its TLS files cannot be used.
     pub fn serve_endpoints(&self, config_path: PathBuf) -> Result<Endpoints, EndpointError> {
         let config = self.config();
-        Endpoints::start(&config, Arc::clone(&self.supervisor), config_path)
+        let source = ConfigurationSource::file(&config_path);
+        Endpoints::start(&config, Arc::clone(&self.supervisor), source)
     }
 }

@@ -9,11 +9,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use crate::api::wire::ConfigurationSource;
 use crate::api::{Api, ApiSettings};
 use crate::config::{ApiConfig, BindAddr, Config, MetricsConfig};
 use crate::http::listener::{HttpListener, Site};
@@ -46,7 +46,7 @@ pub enum EndpointError {
 #[derive(Debug)]
 pub struct Endpoints {
     supervisor: Arc<Supervisor>,
-    config_path: PathBuf,
+    config_source: ConfigurationSource,
     api: Option<RunningApi>,
     metrics: Option<RunningMetrics>,
 }
@@ -65,7 +65,7 @@ struct RunningMetrics {
 }
 
 impl Endpoints {
-    /// Starts the listeners `config` enables. `config_path` is what `GET /` reports.
+    /// Starts the listeners `config` enables. `config_source` is what `GET /` reports.
     ///
     /// # Errors
     /// A bind address does not resolve or cannot be bound, or a TLS file cannot be used;
@@ -73,11 +73,11 @@ impl Endpoints {
     pub fn start(
         config: &Config,
         supervisor: Arc<Supervisor>,
-        config_path: PathBuf,
+        config_source: ConfigurationSource,
     ) -> Result<Self, EndpointError> {
         let mut endpoints = Self {
             supervisor,
-            config_path,
+            config_source,
             api: None,
             metrics: None,
         };
@@ -125,7 +125,7 @@ impl Endpoints {
         let settings = ApiSettings::load(config)?;
         let api = Arc::new(Api::new(
             Arc::clone(&self.supervisor),
-            self.config_path.clone(),
+            self.config_source.clone(),
             settings,
         ));
         let listener = listen("api", &config.bind, Arc::clone(&api))?;

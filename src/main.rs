@@ -1,5 +1,6 @@
-//! betwixt's command line: gobetween's surface (`-c FILE`, `from-file`, `-f`, `-e`, `-p`, `-v`,
-//! the `GOBETWEEN` environment variable) plus `check`, `migrate`, `status` and `demo`.
+//! betwixt's command line: gobetween's surface (`-c FILE`, `from-file`, `from-url`,
+//! `from-consul`, `-f`, `-e`, `-p`, `-v`, the `GOBETWEEN` environment variable) plus `check`,
+//! `migrate`, `status` and `demo`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use betwixt::config::{Format, LoadOptions, Loaded};
-use betwixt::daemon::{self, ConfigSource, DaemonOptions};
+use betwixt::daemon::{self, ConfigSource, ConsulScheme, DaemonOptions, Origin};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 mod cli;
@@ -75,6 +76,12 @@ enum FormatArg {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    Http,
+    Https,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start using the configuration in FILE.
@@ -82,19 +89,23 @@ enum Command {
         #[arg(value_name = "FILE")]
         path: PathBuf,
     },
-    /// Start using configuration fetched from URL (gobetween; not supported by betwixt yet).
+    /// Start using the configuration fetched by GET from URL (http or https); SIGHUP fetches
+    /// it again.
     FromUrl {
         #[arg(value_name = "URL")]
         url: String,
     },
-    /// Start using configuration stored in Consul (gobetween; not supported by betwixt yet).
+    /// Start using the configuration stored under a key of Consul's KV store; SIGHUP fetches
+    /// it again. CONSUL_HTTP_TOKEN, when set, is sent as the ACL token.
     FromConsul {
         #[arg(value_name = "HOST:PORT")]
         address: String,
-        #[arg(short = 'k', long)]
-        key: Option<String>,
-        #[arg(short = 's', long)]
-        scheme: Option<String>,
+        /// Consul key to read the configuration from.
+        #[arg(short = 'k', long, default_value = "gobetween")]
+        key: String,
+        /// How to reach Consul.
+        #[arg(short = 's', long, value_enum, default_value_t = SchemeArg::Http)]
+        scheme: SchemeArg,
     },
     /// Validate a configuration and print its servers and backends (like `haproxy -c`).
     Check {
@@ -102,6 +113,9 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(value_name = "FILE", conflicts_with = "config")]
         path: Option<PathBuf>,
+        /// Fetch the configuration from URL, as `from-url` does.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["config", "path"])]
+        url: Option<String>,
         /// Treat unknown keys as errors.
         #[arg(long)]
         strict: bool,
@@ -203,26 +217,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         substitute_env: cli.use_config_env_vars,
         strict: false,
     };
-    let path = match cli.command {
-        None => cli.config,
-        Some(Command::FromFile { path }) => Some(path),
-        Some(Command::FromUrl { .. }) => {
-            bail!("from-url is not supported by betwixt yet; download the file and use -c FILE")
-        }
-        Some(Command::FromConsul { .. }) => {
-            bail!(
-                "from-consul is not supported by betwixt yet; export the key to a file and use -c FILE"
-            )
-        }
+    let origin = match cli.command {
+        None => cli.config.map(Origin::File),
+        Some(Command::FromFile { path }) => Some(Origin::File(path)),
+        Some(Command::FromUrl { url }) => Some(Origin::Url(url)),
+        Some(Command::FromConsul {
+            address,
+            key,
+            scheme,
+        }) => Some(Origin::Consul {
+            address,
+            key,
+            scheme: match scheme {
+                SchemeArg::Http => ConsulScheme::Http,
+                SchemeArg::Https => ConsulScheme::Https,
+            },
+        }),
         Some(Command::Check {
             config,
             path,
+            url,
             strict,
         }) => {
-            let Some(path) = config.or(path) else {
-                bail!("check needs a configuration: betwixt check -c FILE");
+            let origin = match (config.or(path), url) {
+                (Some(path), _) => Origin::File(path),
+                (None, Some(url)) => Origin::Url(url),
+                (None, None) => {
+                    bail!("check needs a configuration: betwixt check -c FILE (or --url URL)")
+                }
             };
-            return Ok(cli::check::run(&path, &LoadOptions { strict, ..options }));
+            let options = LoadOptions { strict, ..options };
+            return cli::check::run(&ConfigSource { origin, options });
         }
         Some(Command::Migrate { config, path }) => {
             let Some(path) = config.or(path) else {
@@ -256,17 +281,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => return cli::node::run_drain(&api.into(), deadline, wait),
         Some(Command::Undrain { api }) => return cli::node::run_undrain(&api.into()),
     };
-    let Some(path) = path else {
+    let Some(origin) = origin else {
         use clap::CommandFactory;
         Cli::command().print_help()?;
         return Ok(ExitCode::SUCCESS);
     };
-    serve(ConfigSource { path, options }, cli.pidfile)
+    serve(ConfigSource { origin, options }, cli.pidfile)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
 fn serve(source: ConfigSource, pidfile: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let Loaded { config, warnings } = match source.load() {
+    // Before the config: fetching one (from-url, from-consul) needs the runtime.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let Loaded { config, warnings } = match runtime.block_on(source.load()) {
         Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("{errors}");
@@ -274,14 +304,10 @@ fn serve(source: ConfigSource, pidfile: Option<PathBuf>) -> anyhow::Result<ExitC
         }
     };
     let log_control = betwixt::logging::init(&config.logging)
-        .with_context(|| format!("{}: logging.output", source.path.display()))?;
+        .with_context(|| format!("{}: logging.output", source.name()))?;
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let options = DaemonOptions {
         source,
         pidfile,
@@ -316,5 +342,27 @@ mod tests {
             Cli::try_parse_from(["betwixt", "from-file", "g.toml", "-p", "/run/g.pid"]).unwrap();
         assert!(matches!(cli.command, Some(Command::FromFile { .. })));
         assert_eq!(cli.pidfile, Some(PathBuf::from("/run/g.pid")));
+        let cli =
+            Cli::try_parse_from(["betwixt", "from-consul", "10.0.0.5:8500", "-f", "json"]).unwrap();
+        let Some(Command::FromConsul { key, scheme, .. }) = cli.command else {
+            panic!("from-consul parses as itself");
+        };
+        assert_eq!(key, "gobetween", "gobetween's default key");
+        assert!(matches!(scheme, SchemeArg::Http) && matches!(cli.format, FormatArg::Json));
+        let cli = Cli::try_parse_from([
+            "betwixt",
+            "from-consul",
+            "10.0.0.5:8500",
+            "-k",
+            "lb/config",
+            "-s",
+            "https",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::FromConsul { key, scheme: SchemeArg::Https, .. }) if key == "lb/config"
+        ));
+        assert!(Cli::try_parse_from(["betwixt", "from-consul", "h:1", "-s", "ftp"]).is_err());
     }
 }

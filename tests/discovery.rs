@@ -1,6 +1,6 @@
 //! Dynamic discovery end to end: real backends behind a running balancer whose lists come from
-//! a command the test rewrites, an HTTP server of the test's own (plaintext, json), and a real
-//! dnsmasq (srv, over UDP and TCP).
+//! a command the test rewrites, an HTTP server of the test's own (plaintext, json), a real
+//! dnsmasq (srv, over UDP and TCP), and the Consul stand-in (consul, by blocking queries).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,8 @@ use crate::api::{Balancer, ENDPOINTS};
 use crate::util::*;
 
 /// A backend list served by a shell script the test rewrites: `list` holds the lines, while
-/// `fail` exists the script exits 1, and while `hang` exists it sleeps past any timeout.
+/// `fail` exists the script exits 1, and while `hang` exists it sleeps past any timeout. Each
+/// run adds a line to `runs`.
 pub(crate) struct ListSource {
     scratch: Scratch,
 }
@@ -27,7 +28,8 @@ impl ListSource {
         scratch.file(
             "list.sh",
             &format!(
-                "#!/bin/sh\n[ -e {dir}/fail ] && {{ echo 'source down' >&2; exit 1; }}\n\
+                "#!/bin/sh\necho run >> {dir}/runs\n\
+                 [ -e {dir}/fail ] && {{ echo 'source down' >&2; exit 1; }}\n\
                  [ -e {dir}/hang ] && exec sleep 30\ncat {dir}/list\n"
             ),
         );
@@ -58,6 +60,11 @@ impl ListSource {
         } else {
             std::fs::remove_file(flag).unwrap();
         }
+    }
+
+    /// How many times the script ran.
+    pub(crate) fn runs(&self) -> usize {
+        std::fs::read_to_string(self.scratch.0.join("runs")).map_or(0, |runs| runs.lines().count())
     }
 
     pub(crate) fn command(&self) -> String {
@@ -316,10 +323,10 @@ async fn a_fetch_over_its_timeout_fails_and_its_command_is_killed() {
 
 /// Bodies by path, served with HTTP/1.1 to every GET; 404 for other paths.
 #[derive(Clone, Default)]
-struct Bodies(Arc<Mutex<Vec<(String, String)>>>);
+pub(crate) struct Bodies(Arc<Mutex<Vec<(String, String)>>>);
 
 impl Bodies {
-    fn set(&self, path: &str, body: &str) {
+    pub(crate) fn set(&self, path: &str, body: &str) {
         let mut bodies = self.0.lock().unwrap();
         bodies.retain(|(known, _)| known != path);
         bodies.push((path.to_owned(), body.to_owned()));
@@ -333,8 +340,13 @@ impl Bodies {
             .map(|(_, body)| body.clone())
     }
 
+    /// Serves 404 for `path` from now on.
+    pub(crate) fn remove(&self, path: &str) {
+        self.0.lock().unwrap().retain(|(known, _)| known != path);
+    }
+
     /// A real HTTP/1.1 server (hyper's) on a loopback port.
-    async fn serve(&self) -> SocketAddr {
+    pub(crate) async fn serve(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let bodies = self.clone();
@@ -676,4 +688,139 @@ async fn a_server_posted_with_discovery_serves_and_shows_in_stats_and_metrics() 
         ("port", port.as_str()),
     ];
     assert_eq!(metrics.value("gobetween_backend_live", &backend), 1.0);
+}
+
+/// Consul with an interval is watched by blocking queries: a change in the catalog reaches
+/// the pool as soon as Consul answers the held query, long before the 30 s interval (the
+/// patience of `eventually` is shorter than what polling would take), and while nothing
+/// changes the source costs one held query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_change_reaches_the_pool_long_before_the_interval() {
+    let (a, b) = (name_backend("a").await, name_backend("b").await);
+    let (consul, responder) = crate::responder::FakeConsul::start().await;
+    consul.set_service("kube-api", &[a.addr]);
+    let config = format!(
+        "[servers.k3s]\nbind = \"127.0.0.1:0\"\n\
+         [servers.k3s.discovery]\nkind = \"consul\"\ninterval = \"30s\"\n\
+         consul_host = \"{}\"\nconsul_service_name = \"kube-api\"\n",
+        responder.authority()
+    );
+    let balancer = start_balancer(&config).await;
+    eventually("a is discovered", || {
+        targets(&balancer, "k3s") == sorted(&[a.addr])
+    })
+    .await;
+    // The next query waits out the 1 s pause, then Consul holds it.
+    eventually("the blocking query is sent", || {
+        responder.requests().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = responder.requests();
+    assert_eq!(
+        asked.len(),
+        2,
+        "one held query while nothing changes: {asked:?}"
+    );
+    assert!(
+        asked[1].target.contains("index=") && asked[1].target.contains("wait=30000ms"),
+        "{}",
+        asked[1].target
+    );
+
+    consul.set_service("kube-api", &[a.addr, b.addr]);
+    eventually("the change reaches the pool before the interval", || {
+        targets(&balancer, "k3s") == sorted(&[a.addr, b.addr])
+    })
+    .await;
+    let discovery = server_report(&balancer, "k3s").discovery.unwrap();
+    assert_eq!(discovery.failures, 0, "{discovery:?}");
+}
+
+/// A source failing for many retries logs its failure once and its recovery once per server;
+/// setempty's server logs each list it applies (emptied, restored) once, keeplast's nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_logs_its_failure_once_and_its_recovery_once() {
+    let a = name_backend("a").await;
+    let source = ListSource::new("discovery-log-once", &[a.addr]);
+    let scratch = Scratch::new("discovery-log-once-daemon");
+    let log = scratch.0.join("betwixt.log");
+    let bind = |server: &str| server.replace("127.0.0.1:0", &format!("127.0.0.1:{}", free_port()));
+    let config = format!(
+        "[logging]\nlevel = \"info\"\noutput = \"{}\"\n{}{}",
+        log.display(),
+        bind(&exec_server(
+            "keep",
+            &source.command(),
+            "",
+            "interval = \"100ms\""
+        )),
+        bind(&exec_server(
+            "empty",
+            &source.command(),
+            "",
+            "interval = \"100ms\"\nfailpolicy = \"setempty\""
+        )),
+    );
+    let _daemon = Daemon::spawn_in(scratch, &config, &[], &[]);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let lines = |text: &str, server: &str| {
+        read()
+            .lines()
+            .filter(|line| {
+                line.contains(text)
+                    && (line.contains(&format!("server={server}"))
+                        || line.contains(&format!("server=\"{server}\"")))
+            })
+            .count()
+    };
+    eventually("both lists are applied", || {
+        lines("discovered backend list applied", "keep") == 1
+            && lines("discovered backend list applied", "empty") == 1
+    })
+    .await;
+
+    source.fail(true);
+    let runs = source.runs();
+    // Failures are retried every 2 s: 5 runs of two sources are two or three retries each.
+    eventually("the failing source is retried several times", || {
+        source.runs() >= runs + 6
+    })
+    .await;
+    source.fail(false);
+    eventually("both sources recover", || {
+        lines("discovery fetch succeeded again", "keep") >= 1
+            && lines("discovery fetch succeeded again", "empty") >= 1
+            && lines("discovered backend list applied", "empty") >= 3
+    })
+    .await;
+    let runs = source.runs();
+    eventually("a few more successful fetches", || {
+        source.runs() >= runs + 10
+    })
+    .await;
+
+    let text = read();
+    for server in ["keep", "empty"] {
+        assert_eq!(
+            lines("discovery fetch failed", server),
+            1,
+            "{server}:\n{text}"
+        );
+        assert_eq!(
+            lines("discovery fetch succeeded again", server),
+            1,
+            "{server}:\n{text}"
+        );
+    }
+    assert_eq!(
+        lines("discovered backend list applied", "keep"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        lines("discovered backend list applied", "empty"),
+        3,
+        "applied, emptied, restored:\n{text}"
+    );
 }

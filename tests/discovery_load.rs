@@ -270,3 +270,137 @@ async fn under_load_a_list_change_and_a_failing_source_drop_nothing() {
         betwixt::Health::Up
     );
 }
+
+/// What the new connections of [`classified_arrivals`] saw so far.
+#[derive(Default)]
+struct Outcomes {
+    /// Echoed.
+    served: AtomicU64,
+    /// Closed by the balancer without an echo, at once.
+    refused: AtomicU64,
+}
+
+/// New connections at [`ARRIVALS_PER_SECOND`] until `stop` or [`MAX_ARRIVALS`], each counted
+/// as served or refused; returns those that got neither within the patience (a stall).
+async fn classified_arrivals(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Outcomes>,
+) -> Vec<String> {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / ARRIVALS_PER_SECOND);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut connections = JoinSet::new();
+    let mut opened = 0;
+    while opened < MAX_ARRIVALS && !stop.load(Ordering::SeqCst) {
+        ticks.tick().await;
+        let outcomes = Arc::clone(&outcomes);
+        connections.spawn(async move {
+            match arrival(addr, opened).await {
+                Ok(()) => outcomes.served.fetch_add(1, Ordering::SeqCst),
+                Err(stalled) if stalled.ends_with("no echo") => return Some(stalled),
+                Err(_) => outcomes.refused.fetch_add(1, Ordering::SeqCst),
+            };
+            None
+        });
+        opened += 1;
+    }
+    let mut stalled = Vec::new();
+    while let Some(result) = connections.join_next().await {
+        stalled.extend(result.unwrap());
+    }
+    stalled
+}
+
+/// Waits until `more` further arrivals were counted in `counter`.
+async fn counted(what: &str, counter: &AtomicU64, more: u64) {
+    let from = counter.load(Ordering::SeqCst);
+    eventually(what, || counter.load(Ordering::SeqCst) >= from + more).await;
+}
+
+/// `failpolicy = "setempty"` under load: while the source fails the server has no backend;
+/// each new client is closed at once (and counted unserved), none waits. The sessions already
+/// open stay: the emptied list removes their backend, and a removed backend's sessions drain
+/// unless `close_sessions_on_backend_removal` says otherwise, as with any other list change.
+/// When the source recovers, new clients are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_setempty_refuses_new_clients_while_the_source_fails_and_serves_again() {
+    const SESSIONS: u32 = 50;
+    let a = echo_backend().await;
+    let source = ListSource::new("discovery-load-setempty", &[a.addr]);
+    let config = exec_server(
+        "k3s",
+        &source.command(),
+        "",
+        "interval = \"200ms\"\ntimeout = \"2s\"\nfailpolicy = \"setempty\"",
+    ) + &slow_ping("k3s");
+    let balancer = start_balancer(&config).await;
+    let addr = balancer.local_addr("k3s").unwrap();
+    eventually("a passes its first check", || {
+        is_up(&balancer, "k3s", a.addr)
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sessions = JoinSet::new();
+    for id in 0..SESSIONS {
+        sessions.spawn(long_session(addr, id, Arc::clone(&stop)));
+    }
+    eventually("the long sessions reach a", || {
+        backend_report(&balancer, "k3s", a.addr).active >= u64::from(SESSIONS)
+    })
+    .await;
+    let outcomes = Arc::new(Outcomes::default());
+    let load = tokio::spawn(classified_arrivals(
+        addr,
+        Arc::clone(&stop),
+        Arc::clone(&outcomes),
+    ));
+    counted("the load is served", &outcomes.served, 200).await;
+
+    source.fail(true);
+    eventually("the failure empties the server", || {
+        targets(&balancer, "k3s").is_empty()
+    })
+    .await;
+    counted("new clients are refused", &outcomes.refused, 200).await;
+    let served_while_empty = outcomes.served.load(Ordering::SeqCst);
+    counted("more new clients are refused", &outcomes.refused, 200).await;
+    // Connections that picked a just before the list emptied may still have been echoed.
+    assert!(
+        outcomes.served.load(Ordering::SeqCst) <= served_while_empty + 10,
+        "clients were served by an empty server"
+    );
+    assert!(
+        server_report(&balancer, "k3s").active >= u64::from(SESSIONS),
+        "the open sessions stay while the server is empty"
+    );
+
+    source.fail(false);
+    eventually("a is discovered again and passes its first check", || {
+        is_up(&balancer, "k3s", a.addr)
+    })
+    .await;
+    counted("new clients are served again", &outcomes.served, 200).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let stalled = load.await.unwrap();
+    assert!(stalled.is_empty(), "new clients stalled: {stalled:?}");
+    let mut broken = Vec::new();
+    while let Some(session) = sessions.join_next().await {
+        if let Err(failure) = session.unwrap() {
+            broken.push(failure);
+        }
+    }
+    assert!(broken.is_empty(), "long sessions broke: {broken:?}");
+    let report = server_report(&balancer, "k3s");
+    assert!(
+        report.unserved >= 400,
+        "refused clients are counted: {report:?}"
+    );
+    assert_eq!(report.ended(SessionEnd::BackendRemoved), 0);
+    eprintln!(
+        "setempty under load: {} served, {} refused while empty, {SESSIONS} sessions kept",
+        outcomes.served.load(Ordering::SeqCst),
+        outcomes.refused.load(Ordering::SeqCst)
+    );
+}

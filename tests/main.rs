@@ -9,6 +9,7 @@ mod architecture;
 mod balancing;
 mod cli;
 mod compat;
+mod config_source;
 mod daemon;
 mod discovery;
 mod discovery_load;
@@ -24,6 +25,10 @@ mod page;
 mod rebalance;
 mod reload;
 mod resources;
+// The stand-in for Consul's HTTP API that the unit tests use, shared as is.
+#[path = "../src/discovery/responder.rs"]
+#[allow(dead_code)]
+mod responder;
 mod tls;
 mod udp;
 mod util;

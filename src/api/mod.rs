@@ -29,7 +29,6 @@ mod servers;
 pub mod wire;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -43,6 +42,7 @@ use tracing::{debug, info};
 
 use self::auth::Credentials;
 use self::route::{Resolved, Route};
+use self::wire::ConfigurationSource;
 use crate::config::ApiConfig;
 use crate::http::listener::{LocalAddr, Site};
 use crate::http::response::{self, Body};
@@ -93,17 +93,21 @@ impl ApiSettings {
 #[derive(Debug)]
 pub struct Api {
     supervisor: Arc<Supervisor>,
-    /// The file the daemon reads its config from, shown by `GET /`.
-    config_path: PathBuf,
+    /// Where the daemon reads its config from, shown by `GET /`.
+    config_source: ConfigurationSource,
     /// Swapped by a reload that changes `[api]` but not its bind.
     settings: ArcSwap<ApiSettings>,
 }
 
 impl Api {
-    pub fn new(supervisor: Arc<Supervisor>, config_path: PathBuf, settings: ApiSettings) -> Self {
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        config_source: ConfigurationSource,
+        settings: ApiSettings,
+    ) -> Self {
         Self {
             supervisor,
-            config_path,
+            config_source,
             settings: ArcSwap::from_pointee(settings),
         }
     }
@@ -170,7 +174,7 @@ impl Api {
             Route::Drain => node::drain(supervisor, request.uri().query()).await,
             Route::Undrain => node::undrain(supervisor),
             Route::Root if page::wants_html(request.headers()) => page::html(),
-            Route::Root => root::info(supervisor, &self.config_path),
+            Route::Root => root::info(supervisor, &self.config_source),
             Route::Status => page::status(supervisor),
             Route::Dump => root::dump(supervisor, request.uri().query()),
             Route::ListServers => servers::list(supervisor),

@@ -12,7 +12,6 @@
 //! and the API is open to whoever reaches it anyway. The default keeps a dump pasted into a
 //! ticket or a log free of secrets.
 
-use std::path::Path;
 use std::time::SystemTime;
 
 use hyper::header::{HeaderValue, VARY};
@@ -24,14 +23,11 @@ use crate::http::response::{self, Body};
 use crate::supervisor::Supervisor;
 
 /// Answers `GET /`.
-pub(super) fn info(supervisor: &Supervisor, config_path: &Path) -> Response<Body> {
+pub(super) fn info(supervisor: &Supervisor, source: &ConfigurationSource) -> Response<Body> {
     let started = supervisor.process_stats().started_at;
     let now = SystemTime::now();
     let info = ProcessInfo {
-        configuration: ConfigurationSource {
-            kind: "file".to_owned(),
-            path: config_path.display().to_string(),
-        },
+        configuration: source.clone(),
         pid: std::process::id(),
         start_time: clock::rfc3339(started),
         time: clock::rfc3339(now),

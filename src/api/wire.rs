@@ -31,13 +31,63 @@ pub struct ProcessInfo {
     pub version: String,
 }
 
-/// gobetween's `info.Configuration` for `from-file`.
+/// gobetween's `info.Configuration`: `{"kind": "file", "path"}` for `from-file`,
+/// `{"kind": "url", "url"}` for `from-url`, `{"kind": "consul", "host", "key"}` for
+/// `from-consul`. Only the fields of the kind are written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigurationSource {
     pub kind: String,
-    /// Empty for sources without a path (gobetween's `from-consul`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// Consul's `HOST:PORT`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// The Consul key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+}
+
+impl ConfigurationSource {
+    /// `from-file PATH` (and `-c PATH`).
+    pub fn file(path: &std::path::Path) -> Self {
+        Self::of_kind("file", |source| source.path = path.display().to_string())
+    }
+
+    /// `from-url URL`.
+    pub fn url(url: &str) -> Self {
+        Self::of_kind("url", |source| source.url = url.to_owned())
+    }
+
+    /// `from-consul HOST:PORT -k KEY`.
+    pub fn consul(host: &str, key: &str) -> Self {
+        Self::of_kind("consul", |source| {
+            source.host = host.to_owned();
+            source.key = key.to_owned();
+        })
+    }
+
+    fn of_kind(kind: &str, fill: impl FnOnce(&mut Self)) -> Self {
+        let mut source = Self {
+            kind: kind.to_owned(),
+            path: String::new(),
+            url: String::new(),
+            host: String::new(),
+            key: String::new(),
+        };
+        fill(&mut source);
+        source
+    }
+
+    /// One line for people: the path, the URL, or `KEY at consul HOST`.
+    pub fn describe(&self) -> String {
+        match self.kind.as_str() {
+            "url" => self.url.clone(),
+            "consul" => format!("key {} at consul {}", self.key, self.host),
+            _ => self.path.clone(),
+        }
+    }
 }
 
 /// `GET /servers/NAME/stats`: a server's counters and its backends.

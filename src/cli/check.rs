@@ -3,10 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use std::path::Path;
 use std::process::ExitCode;
 
-use betwixt::config::{self, CheckKind, Config, FailPolicy, LoadOptions, ServerConfig};
+use betwixt::config::{CheckKind, Config, FailPolicy, ServerConfig};
+use betwixt::daemon::ConfigSource;
 
 /// Displays each server with its listener, algorithm, limits, check and backends.
 pub struct Summary<'a>(pub &'a Config);
@@ -135,21 +135,29 @@ fn duration(value: Option<Duration>) -> String {
     value.map_or("none".to_owned(), |d| format!("{d:?}"))
 }
 
-/// `betwixt check`: validates and prints a summary; exit status 0 or 1.
-pub fn run(path: &Path, options: &LoadOptions) -> ExitCode {
-    match config::load_file(path, options) {
+/// `betwixt check`: reads (or fetches) the config, validates it and prints a summary; exit
+/// status 0 or 1.
+///
+/// # Errors
+/// The async runtime a fetch needs cannot start.
+pub fn run(source: &ConfigSource) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let name = source.name();
+    Ok(match runtime.block_on(source.load()) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
             }
             print!("{}", Summary(&loaded.config));
-            println!("{}: configuration is valid", path.display());
+            println!("{name}: configuration is valid");
             ExitCode::SUCCESS
         }
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{}: configuration is invalid", path.display());
+            eprintln!("{name}: configuration is invalid");
             ExitCode::FAILURE
         }
-    }
+    })
 }

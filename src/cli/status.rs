@@ -81,7 +81,10 @@ impl fmt::Display for Status {
         writeln!(
             f,
             "version {}, pid {}, up {}, configuration {}",
-            process.version, process.pid, process.uptime, process.configuration.path
+            process.version,
+            process.pid,
+            process.uptime,
+            process.configuration.describe()
         )?;
         if self.servers.is_empty() {
             writeln!(f, "\nno servers")?;
@@ -328,10 +331,7 @@ mod tests {
         };
         let status = Status {
             process: ProcessInfo {
-                configuration: ConfigurationSource {
-                    kind: "file".into(),
-                    path: "/etc/gobetween.toml".into(),
-                },
+                configuration: ConfigurationSource::file("/etc/gobetween.toml".as_ref()),
                 pid: 7,
                 start_time: String::new(),
                 time: String::new(),

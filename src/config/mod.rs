@@ -493,6 +493,10 @@ pub enum ConfigError {
     /// The cause is part of the message, not a `source()`, so it prints once.
     #[error("{file}: cannot read the configuration: {cause}")]
     Read { file: String, cause: std::io::Error },
+    /// A configuration fetched over HTTP (`from-url`, `from-consul`) did not arrive; `file`
+    /// is the URL asked.
+    #[error("{file}: cannot fetch the configuration: {message}")]
+    Fetch { file: String, message: String },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: {key}: {message}")]

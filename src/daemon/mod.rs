@@ -2,7 +2,7 @@
 //!
 //! Runs on the main task: starts the supervisor (on sockets passed by systemd where there are
 //! some), tells systemd it is ready, then waits for signals. SIGHUP re-reads the config from
-//! the same source and flags; an invalid config is logged, reported to systemd, and the old
+//! the same source (file, URL or Consul key) and flags; an invalid config is logged, reported to systemd, and the old
 //! one keeps serving. SIGTERM or SIGINT stops accepting and drains; a second one exits at once.
 //! The REST API and metrics listeners start with the balancer, follow reloads that change
 //! `[api]` or `[metrics]`, and stop once the sessions have drained, so the drain can be watched.
@@ -15,29 +15,16 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, ConfigErrors, LoadOptions, Loaded};
+use crate::config::Config;
 use crate::endpoints::{EndpointError, Endpoints};
 use crate::logging::{LogControl, open_without_following};
 use crate::signal::{Command, Signals};
 use crate::supervisor::{StartError, Supervisor};
 use crate::systemd::{self, InheritedSockets};
 
-/// Where the configuration comes from, so a reload reads it again the same way.
-#[derive(Debug, Clone)]
-pub struct ConfigSource {
-    pub path: PathBuf,
-    pub options: LoadOptions,
-}
+mod source;
 
-impl ConfigSource {
-    /// Reads, parses and validates the file.
-    ///
-    /// # Errors
-    /// Every problem found, each naming the file and key.
-    pub fn load(&self) -> Result<Loaded, ConfigErrors> {
-        config::load_file(&self.path, &self.options)
-    }
-}
+pub use source::{ConfigSource, ConsulScheme, Origin};
 
 /// Settings of the daemon that are not in the config file.
 #[derive(Debug)]
@@ -86,7 +73,7 @@ pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonErr
     let mut endpoints = Endpoints::start(
         &supervisor.snapshot().config,
         Arc::clone(&supervisor),
-        options.source.path.clone(),
+        options.source.describe(),
     )?;
     if let Some(path) = &options.pidfile {
         write_pidfile(path)?;
@@ -153,7 +140,7 @@ fn status_line(supervisor: &Supervisor) -> String {
 
 /// Re-reads the config and applies it; false when it was refused (and logged).
 async fn reload(supervisor: &Supervisor, options: &DaemonOptions) -> bool {
-    let loaded = match options.source.load() {
+    let loaded = match options.source.load().await {
         Ok(loaded) => loaded,
         Err(errors) => {
             supervisor.record_refused_reload();

@@ -1,12 +1,33 @@
 //! Kind `consul`: a service's instances from Consul's health API
 //! (`GET /v1/health/service/NAME`), as gobetween's `consul.go` reads them: the instance's
 //! address, else its node's; the service port; `sni=NAME` from a tag.
+//!
+//! With an `interval`, the task [`watch`]es with Consul's blocking queries rather than
+//! polling: each query names the `X-Consul-Index` of the last answer and Consul holds it until
+//! the service changes or `interval` (the query's `wait`) ends, so a change arrives at once
+//! and an unchanged service costs one request per `interval`, as polling did. Following
+//! Consul's advice, an index that goes backwards is reset to 0 (a fresh read), one that is 0
+//! is taken as 1 (a blocking query with index 0 returns at once), and queries start at most
+//! once per [`MIN_PAUSE`]. A failure is retried after 2 s, then after twice the last pause
+//! up to `interval`. Without an interval, the list is fetched once, as gobetween does.
 
+use std::time::Duration;
+
+use hyper::HeaderMap;
 use hyper::header::HeaderName;
 use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::RETRY_AFTER;
 use super::client::{self, Client, ClientCertificate, ClientError, Endpoint, Tls, TlsMaterial};
 use crate::config::{BackendSpec, ConsulDiscovery};
+
+/// The least time between the starts of two queries, however fast Consul answers.
+const MIN_PAUSE: Duration = Duration::from_secs(1);
+
+/// The longest `wait` Consul accepts.
+const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// Why a fetch found no list; the framework logs its `Display`.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +72,83 @@ struct Service {
 /// TLS files unusable, Consul unreachable or answering an error, or an answer that is not
 /// the health API's.
 pub(crate) async fn fetch(source: &ConsulDiscovery) -> Result<Vec<BackendSpec>, Error> {
-    let client = client(source).await?;
     let path = request_path(source);
-    let url = client.url(&path);
-    let body = client.get(&path).await?;
+    query(source, &path).await.map(|(backends, _)| backends)
+}
+
+/// Watches the service with blocking queries (see the module's introduction), sending each
+/// answer's list, or why there is none, until the receiver is gone. `timeout` limits each
+/// query beyond the `wait` Consul may hold it (and the jitter of up to `wait`/16 it adds).
+pub(crate) async fn watch(
+    source: &ConsulDiscovery,
+    interval: Duration,
+    timeout: Option<Duration>,
+    results_tx: mpsc::Sender<Result<Vec<BackendSpec>, String>>,
+) {
+    let wait = interval.clamp(MIN_PAUSE, MAX_WAIT);
+    let limit = wait + wait / 16 + timeout.unwrap_or(wait);
+    let base = request_path(source);
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let mut index = 0;
+    let mut backoff = RETRY_AFTER;
+    // Ends when the task is stopped or the receiver is gone.
+    loop {
+        let started = Instant::now();
+        let path = if index == 0 {
+            base.clone()
+        } else {
+            format!("{base}{separator}index={index}&wait={}ms", wait.as_millis())
+        };
+        let answer = match tokio::time::timeout(limit, query(source, &path)).await {
+            Ok(answer) => answer.map_err(|error| error.to_string()),
+            Err(_) => Err(format!("timed out after {limit:?}")),
+        };
+        let pause = match answer {
+            Ok((backends, answered_index)) => {
+                backoff = RETRY_AFTER;
+                if results_tx.send(Ok(backends)).await.is_err() {
+                    return;
+                }
+                match answered_index {
+                    Some(answered) => {
+                        index = next_index(index, answered);
+                        MIN_PAUSE.saturating_sub(started.elapsed())
+                    }
+                    // Not Consul's answer (a proxy dropped the header): no blocking, poll.
+                    None => interval,
+                }
+            }
+            Err(reason) => {
+                index = 0;
+                if results_tx.send(Err(reason)).await.is_err() {
+                    return;
+                }
+                let pause = backoff;
+                backoff = (backoff * 2).min(interval.max(RETRY_AFTER));
+                pause
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The index the next query names, after an answer carrying `answered`.
+fn next_index(previous: u64, answered: u64) -> u64 {
+    if answered < previous {
+        0
+    } else {
+        answered.max(1)
+    }
+}
+
+/// One answer of the health API at `path`: the backends and the `X-Consul-Index` it carried.
+async fn query(
+    source: &ConsulDiscovery,
+    path: &str,
+) -> Result<(Vec<BackendSpec>, Option<u64>), Error> {
+    let client = client(source).await?;
+    let url = client.url(path);
+    let (headers, body) = client.get_with_headers(path).await?;
     let entries: Vec<Entry> = serde_json::from_slice(&body).map_err(|error| Error::Answer {
         url,
         problem: error.to_string(),
@@ -69,7 +163,17 @@ pub(crate) async fn fetch(source: &ConsulDiscovery) -> Result<Vec<BackendSpec>, 
             backends.push(backend);
         }
     }
-    Ok(backends)
+    Ok((backends, consul_index(&headers)))
+}
+
+fn consul_index(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("x-consul-index")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn backend(entry: Entry) -> BackendSpec {
@@ -258,6 +362,72 @@ mod tests {
         });
         let error = fetch(&source).await.unwrap_err().to_string();
         assert!(error.contains("TLS handshake"), "{error}");
+    }
+
+    #[test]
+    fn an_index_going_backwards_resets_and_zero_counts_as_one() {
+        assert_eq!(next_index(0, 17), 17);
+        assert_eq!(next_index(17, 17), 17);
+        assert_eq!(next_index(17, 18), 18);
+        assert_eq!(next_index(17, 5), 0, "backwards: read afresh");
+        assert_eq!(next_index(0, 0), 1, "0 would not block");
+    }
+
+    async fn next_list(
+        results_rx: &mut mpsc::Receiver<Result<Vec<BackendSpec>, String>>,
+    ) -> Vec<String> {
+        let received = tokio::time::timeout(Duration::from_secs(10), results_rx.recv()).await;
+        let list = received.unwrap().unwrap().unwrap();
+        list.iter().map(BackendSpec::target).collect()
+    }
+
+    /// A blocking query is held by Consul until the service changes: the change arrives at
+    /// once, not after the 30 s interval, and while nothing changes no query follows the held
+    /// one.
+    #[tokio::test]
+    async fn a_blocking_query_brings_a_change_at_once() {
+        use crate::discovery::responder::FakeConsul;
+        let (consul, responder) = FakeConsul::start().await;
+        let a: std::net::SocketAddr = "127.0.0.1:6443".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.2:6443".parse().unwrap();
+        consul.set_service("api", &[a]);
+        let mut source = source(responder.authority());
+        source.service_name = "api".into();
+        let (results_tx, mut results_rx) = mpsc::channel(4);
+        let watching = tokio::spawn(async move {
+            watch(
+                &source,
+                Duration::from_secs(30),
+                Some(Duration::from_secs(2)),
+                results_tx,
+            )
+            .await;
+        });
+        assert_eq!(next_list(&mut results_rx).await, ["127.0.0.1:6443"]);
+        // The second query (after the 1 s pause) is held; nothing else is asked meanwhile.
+        for _ in 0..100 {
+            if responder.requests().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let held = responder.requests();
+        assert_eq!(held.len(), 2, "{held:?}");
+        assert!(
+            held[1].target.ends_with("?index=2&wait=30000ms"),
+            "{}",
+            held[1].target
+        );
+        assert!(results_rx.try_recv().is_err(), "nothing changed");
+
+        // Within `next_list`'s 10 s, a third of the interval.
+        consul.set_service("api", &[a, b]);
+        assert_eq!(
+            next_list(&mut results_rx).await,
+            ["127.0.0.1:6443", "127.0.0.2:6443"]
+        );
+        watching.abort();
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ fn path_and_query(url: &str) -> &str {
 }
 
 /// TLS with the system's roots, read once (on the blocking pool: it reads files).
-async fn system_roots() -> Result<Tls, Error> {
+pub(crate) async fn system_roots() -> Result<Tls, Error> {
     static TLS: OnceLock<Tls> = OnceLock::new();
     if let Some(tls) = TLS.get() {
         return Ok(tls.clone());

@@ -11,19 +11,20 @@
 //! A polled kind is a module with `async fn fetch(&Settings) -> Result<Vec<BackendSpec>, E>`
 //! and one arm in [`fetch`]; the task applies `timeout`, `interval`, the 2 s retry after a
 //! failure and `failpolicy` around it, as gobetween's discovery loop does. A watching kind
-//! (one that is told of changes) sends its results through [`Task::follow`] instead.
+//! (one that is told of changes: kubernetes, and consul with an interval, by blocking queries)
+//! sends its results through [`Task::follow`] instead.
 
-mod client;
+pub(crate) mod client;
 mod consul;
 mod docker;
 mod exec;
-mod http;
+pub(crate) mod http;
 mod json;
 mod kubernetes;
 mod lines;
 mod plaintext;
 #[cfg(test)]
-mod responder;
+pub(crate) mod responder;
 mod srv;
 
 use std::collections::{HashMap, HashSet};
@@ -210,6 +211,12 @@ impl Task {
             match &self.config.kind {
                 DiscoveryKind::Kubernetes(source) => {
                     self.follow(|updates| kubernetes::watch(source, updates))
+                        .await;
+                }
+                DiscoveryKind::Consul(source) if self.config.interval.is_some() => {
+                    let interval = self.config.interval.unwrap_or_default();
+                    let timeout = self.config.timeout;
+                    self.follow(|updates| consul::watch(source, interval, timeout, updates))
                         .await;
                 }
                 DiscoveryKind::Static

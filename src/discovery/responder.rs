@@ -1,11 +1,19 @@
 //! Test-only HTTP(S) responders standing in for APIs no server of which can run here (Consul,
 //! Kubernetes): hyper's server on a loopback port, answering from a closure and recording each
-//! request, with a private CA from rcgen for TLS and client certificates.
+//! request, with a private CA from rcgen for TLS and client certificates; and [`FakeConsul`],
+//! the part of Consul's HTTP API betwixt uses (health with blocking queries, KV).
+//!
+//! It names nothing of the crate, so the integration tests include the same file
+//! (`tests/main.rs`) to stand in for Consul in front of the betwixt binary.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
@@ -18,7 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -43,10 +51,17 @@ impl Seen {
     }
 }
 
-/// A status and a body, whole or sent chunk by chunk as the test pushes them.
-pub(crate) struct Answer {
-    status: u16,
-    body: AnswerBody,
+/// A status, headers and a body, whole or sent chunk by chunk as the test pushes them; or
+/// one of those decided later (a blocking query held until its data changes).
+pub(crate) struct Answer(Reply);
+
+enum Reply {
+    Ready {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: AnswerBody,
+    },
+    Later(Pin<Box<dyn Future<Output = Answer> + Send>>),
 }
 
 impl Answer {
@@ -55,19 +70,50 @@ impl Answer {
     }
 
     pub(crate) fn status(status: u16, text: &str) -> Self {
-        Self {
+        Self(Reply::Ready {
             status,
+            headers: Vec::new(),
             body: AnswerBody::Whole(Some(Bytes::copy_from_slice(text.as_bytes()))),
-        }
+        })
     }
 
     /// A 200 whose body is what the test sends on the returned channel's other end; it ends
     /// when that sender is dropped.
     pub(crate) fn stream(chunks: mpsc::Receiver<Bytes>) -> Self {
-        Self {
+        Self(Reply::Ready {
             status: 200,
+            headers: Vec::new(),
             body: AnswerBody::Stream(chunks),
+        })
+    }
+
+    /// The answer `later` comes to; nothing is sent before.
+    pub(crate) fn later(later: impl Future<Output = Answer> + Send + 'static) -> Self {
+        Self(Reply::Later(Box::pin(later)))
+    }
+
+    /// Adds a header (to a ready answer).
+    pub(crate) fn header(mut self, name: &str, value: &str) -> Self {
+        if let Reply::Ready { headers, .. } = &mut self.0 {
+            headers.push((name.to_owned(), value.to_owned()));
         }
+        self
+    }
+
+    async fn ready(self) -> (u16, Vec<(String, String)>, AnswerBody) {
+        let mut answer = self;
+        // Bounded: a test's answers are deferred once or twice.
+        for _ in 0..16 {
+            match answer.0 {
+                Reply::Ready {
+                    status,
+                    headers,
+                    body,
+                } => return (status, headers, body),
+                Reply::Later(later) => answer = later.await,
+            }
+        }
+        (500, Vec::new(), AnswerBody::Whole(None))
     }
 }
 
@@ -202,10 +248,14 @@ async fn serve<I>(
         recorded.lock().unwrap().push(seen.clone());
         let answer = handler(&seen);
         async move {
-            hyper::Response::builder()
-                .status(answer.status)
-                .header("content-type", "application/json")
-                .body(answer.body)
+            let (status, headers, body) = answer.ready().await;
+            let mut response = hyper::Response::builder()
+                .status(status)
+                .header("content-type", "application/json");
+            for (name, value) in headers {
+                response = response.header(name, value);
+            }
+            response.body(body)
         }
     });
     let _ = http1::Builder::new().serve_connection(io, service).await;
@@ -295,5 +345,139 @@ impl TestPki {
 impl Drop for TestPki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The part of Consul's HTTP API betwixt uses, as its documentation describes it:
+/// `GET /v1/health/service/NAME` with blocking queries (`?index=N&wait=D`, answered at once
+/// when `N` is below the current index, else held until the data changes or `D` ends; every
+/// answer carries `X-Consul-Index`) and `GET /v1/kv/KEY` (a JSON list of one entry whose
+/// `Value` is base64; 404 for a missing key). One index counts every change, as a single
+/// Consul server's Raft index does. Names are matched as sent (no percent-decoding).
+#[derive(Clone)]
+pub(crate) struct FakeConsul {
+    state: Arc<Mutex<ConsulState>>,
+    index_tx: Arc<watch::Sender<u64>>,
+}
+
+#[derive(Default)]
+struct ConsulState {
+    index: u64,
+    services: HashMap<String, Vec<SocketAddr>>,
+    keys: HashMap<String, String>,
+}
+
+/// What Consul holds a blocking query for when the client names no `wait` (5 minutes).
+const CONSUL_DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+impl FakeConsul {
+    /// An empty Consul (index 1) and the responder serving it.
+    pub(crate) async fn start() -> (Self, Responder) {
+        let consul = Self {
+            state: Arc::new(Mutex::new(ConsulState {
+                index: 1,
+                ..ConsulState::default()
+            })),
+            index_tx: Arc::new(watch::channel(1).0),
+        };
+        let serving = consul.clone();
+        let responder = Responder::http(move |seen| serving.answer(seen)).await;
+        (consul, responder)
+    }
+
+    /// Replaces the instances of service `name` (each passing, with no tags).
+    pub(crate) fn set_service(&self, name: &str, instances: &[SocketAddr]) {
+        self.change(|state| {
+            state.services.insert(name.to_owned(), instances.to_vec());
+        });
+    }
+
+    pub(crate) fn set_key(&self, key: &str, value: &str) {
+        self.change(|state| {
+            state.keys.insert(key.to_owned(), value.to_owned());
+        });
+    }
+
+    fn change(&self, change: impl FnOnce(&mut ConsulState)) {
+        let mut state = self.state.lock().unwrap();
+        change(&mut state);
+        state.index += 1;
+        self.index_tx.send_replace(state.index);
+    }
+
+    fn answer(&self, seen: &Seen) -> Answer {
+        let (path, query) = seen
+            .target
+            .split_once('?')
+            .unwrap_or((seen.target.as_str(), ""));
+        let parameter = |name: &str| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        };
+        if let Some(key) = path.strip_prefix("/v1/kv/") {
+            return self.key(key);
+        }
+        let Some(service) = path.strip_prefix("/v1/health/service/") else {
+            return Answer::status(404, "no such endpoint");
+        };
+        let service = service.to_owned();
+        let index: u64 = parameter("index")
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        let current = self.state.lock().unwrap().index;
+        if index == 0 || index < current {
+            return self.instances(&service);
+        }
+        let wait = parameter("wait")
+            .and_then(|text| match text.strip_suffix("ms") {
+                Some(millis) => millis.parse().ok().map(Duration::from_millis),
+                None => text
+                    .strip_suffix('s')?
+                    .parse()
+                    .ok()
+                    .map(Duration::from_secs),
+            })
+            .unwrap_or(CONSUL_DEFAULT_WAIT);
+        let mut index_rx = self.index_tx.subscribe();
+        let consul = self.clone();
+        Answer::later(async move {
+            let changed = index_rx.wait_for(|now| *now > index);
+            let _ = tokio::time::timeout(wait, changed).await;
+            consul.instances(&service)
+        })
+    }
+
+    fn instances(&self, service: &str) -> Answer {
+        let state = self.state.lock().unwrap();
+        let entries: Vec<String> = state
+            .services
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(|addr| {
+                format!(
+                    r#"{{"Node": {{"Node": "n", "Address": "{}"}}, "Service": {{"Service": "{service}", "Address": "", "Port": {}, "Tags": []}}, "Checks": []}}"#,
+                    addr.ip(),
+                    addr.port()
+                )
+            })
+            .collect();
+        Answer::json(&format!("[{}]", entries.join(",")))
+            .header("X-Consul-Index", &state.index.to_string())
+    }
+
+    fn key(&self, key: &str) -> Answer {
+        use base64::Engine;
+        let state = self.state.lock().unwrap();
+        let index = state.index.to_string();
+        let Some(value) = state.keys.get(key) else {
+            return Answer::status(404, "").header("X-Consul-Index", &index);
+        };
+        let value = base64::engine::general_purpose::STANDARD.encode(value);
+        Answer::json(&format!(
+            r#"[{{"LockIndex": 0, "Key": "{key}", "Flags": 0, "Value": "{value}", "CreateIndex": 1, "ModifyIndex": {index}}}]"#
+        ))
+        .header("X-Consul-Index", &index)
     }
 }

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONNECTION, HOST, HeaderName, HeaderValue, USER_AGENT};
-use hyper::{StatusCode, Uri};
+use hyper::{HeaderMap, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -157,11 +157,24 @@ impl Client {
     /// # Errors
     /// No connection, TLS or HTTP failure, a status outside 2xx, or a body over the limit.
     pub(crate) async fn get(&self, path_and_query: &str) -> Result<Bytes, ClientError> {
+        self.get_with_headers(path_and_query)
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// [`Self::get`], with the answer's headers (Consul's `X-Consul-Index`).
+    ///
+    /// # Errors
+    /// As [`Self::get`].
+    pub(crate) async fn get_with_headers(
+        &self,
+        path_and_query: &str,
+    ) -> Result<(HeaderMap, Bytes), ClientError> {
         let url = self.url(path_and_query);
-        let (status, mut body) = self.send(path_and_query).await?;
+        let (status, headers, mut body) = self.send(path_and_query).await?;
         let collected = read_capped(&mut body, self.body_limit, &url).await?;
         if status.is_success() {
-            Ok(collected)
+            Ok((headers, collected))
         } else {
             Err(status_error(url, status, &collected))
         }
@@ -174,7 +187,7 @@ impl Client {
     /// As [`Self::get`], before the body.
     pub(crate) async fn stream(&self, path_and_query: &str) -> Result<Lines, ClientError> {
         let url = self.url(path_and_query);
-        let (status, mut body) = self.send(path_and_query).await?;
+        let (status, _, mut body) = self.send(path_and_query).await?;
         if !status.is_success() {
             let start = read_capped(&mut body, 64 * 1024, &url)
                 .await
@@ -189,7 +202,10 @@ impl Client {
         })
     }
 
-    async fn send(&self, path_and_query: &str) -> Result<(StatusCode, Incoming), ClientError> {
+    async fn send(
+        &self,
+        path_and_query: &str,
+    ) -> Result<(StatusCode, HeaderMap, Incoming), ClientError> {
         let url = self.url(path_and_query);
         let request = self.request(path_and_query, &url)?;
         let http_error = |error: hyper::Error| ClientError::Http {
@@ -205,8 +221,8 @@ impl Client {
             }
         });
         let response = sender.send_request(request).await.map_err(http_error)?;
-        let status = response.status();
-        Ok((status, response.into_body()))
+        let (parts, body) = response.into_parts();
+        Ok((parts.status, parts.headers, body))
     }
 
     fn request(
