@@ -264,6 +264,11 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
             &defaults.close_sessions_on_backend_removal,
         );
         inherit(&mut server.slow_start, &defaults.slow_start);
+        inherit(
+            &mut server.first_response_timeout,
+            &defaults.first_response_timeout,
+        );
+        inherit(&mut server.replay, &defaults.replay);
     }
     server.protocol.get_or_insert_with(|| "tcp".to_owned());
     secrets::mask_server(&mut server);

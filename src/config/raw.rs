@@ -229,11 +229,15 @@ raw_table! {
         close_sessions_on_backend_removal: bool,
         /// betwixt: a duration; "0" (default) = none.
         slow_start: String,
+        /// betwixt: a duration; default 3s; "0" = no replay.
+        first_response_timeout: String,
+        /// betwixt: safe (default) | always | off.
+        replay: String,
     }
 }
 
 raw_table! {
-    /// `[servers.NAME]`: one listener. The first seven keys are the `[defaults]` ones.
+    /// `[servers.NAME]`: one listener. The first ten keys are the `[defaults]` ones.
     pub struct RawServer {
         max_connections: i64,
         client_idle_timeout: String,
@@ -243,6 +247,8 @@ raw_table! {
         close_sessions_on_backend_down: bool,
         close_sessions_on_backend_removal: bool,
         slow_start: String,
+        first_response_timeout: String,
+        replay: String,
         bind: String,
         protocol: String,
         balance: String,

@@ -13,7 +13,7 @@ use crate::config::duration::parse_duration;
 use crate::config::raw::{RawAccess, RawAcme, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
 use crate::config::{
     AccessAction, AccessConfig, AccessRule, BackendSpec, BalanceKind, BindAddr, CheckKind,
-    HealthcheckConfig, ProxyProtocolVersion, ServerConfig, UdpConfig,
+    HealthcheckConfig, ProxyProtocolVersion, ReplayConfig, ReplayMode, ServerConfig, UdpConfig,
 };
 
 /// `backend_connection_timeout` when neither the server nor `[defaults]` sets it. gobetween
@@ -30,6 +30,7 @@ struct ConnectionOptions {
     close_sessions_on_backend_down: bool,
     close_sessions_on_backend_removal: bool,
     slow_start: Option<Duration>,
+    replay: ReplayConfig,
 }
 
 /// The server's `bind`, required. Validated apart from the rest so that listener conflicts
@@ -108,6 +109,7 @@ pub(super) fn server(
         close_sessions_on_backend_down: options.close_sessions_on_backend_down,
         close_sessions_on_backend_removal: options.close_sessions_on_backend_removal,
         slow_start: options.slow_start,
+        replay: options.replay,
         proxy_protocol,
         udp,
         access,
@@ -360,6 +362,41 @@ fn connection_options(
         close_sessions_on_backend_down: down.copied().unwrap_or(true),
         close_sessions_on_backend_removal: removal.copied().unwrap_or(false),
         slow_start,
+        replay: replay(report, key, raw, defaults),
+    }
+}
+
+/// `first_response_timeout` (default 3s, "0" = off) and `replay` (safe, always or off).
+fn replay(
+    report: &mut Report<'_>,
+    key: &Key,
+    raw: &RawServer,
+    defaults: &RawDefaults,
+) -> ReplayConfig {
+    let name = "first_response_timeout";
+    let (timeout, at) = pick(
+        key,
+        &raw.first_response_timeout,
+        &defaults.first_response_timeout,
+        name,
+    );
+    let default = ReplayConfig::default();
+    let first_response_timeout = value::timeout(
+        report,
+        &at,
+        timeout.map(String::as_str),
+        default.first_response_timeout,
+    );
+    let (mode, at) = pick(key, &raw.replay, &defaults.replay, "replay");
+    let modes = [
+        ("safe", ReplayMode::Safe),
+        ("always", ReplayMode::Always),
+        ("off", ReplayMode::Off),
+    ];
+    let mode = choice(report, &at, &mode.cloned(), default.mode, &modes);
+    ReplayConfig {
+        first_response_timeout,
+        mode,
     }
 }
 
