@@ -22,6 +22,7 @@ mod memory;
 mod node;
 mod page;
 mod reload;
+mod replay;
 mod resources;
 mod tls;
 mod udp;
