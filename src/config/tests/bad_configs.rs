@@ -319,7 +319,11 @@ fn rows() -> Vec<(String, &'static str)> {
             "gobetween.toml: defaults.replay: unknown value \"sometimes\"; expected safe, always or off",
         ),
         (
-            k3s(&format!("{BIND}\nfirst_response_timeout = \"3\""), DISCOVERY, ""),
+            k3s(
+                &format!("{BIND}\nfirst_response_timeout = \"3\""),
+                DISCOVERY,
+                "",
+            ),
             "gobetween.toml: servers.k3s.first_response_timeout: invalid duration \"3\": missing unit",
         ),
         (

@@ -408,7 +408,10 @@ fn replay_settings_inherit_from_defaults() {
     let text = format!(
         "[defaults]\nreplay = \"always\"\nfirst_response_timeout = \"2s\"\n{}{}{}",
         server("inherits", ""),
-        server("own", "replay = \"safe\"\nfirst_response_timeout = \"500ms\""),
+        server(
+            "own",
+            "replay = \"safe\"\nfirst_response_timeout = \"500ms\""
+        ),
         server("none", "first_response_timeout = \"0\""),
     );
     let config = load_ok(&text).config;
