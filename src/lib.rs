@@ -42,7 +42,8 @@
 //!   tasks that fetch a server's backends from a command, a URL or DNS; the task that closes a
 //!   few old sessions of an overloaded backend.
 //! - `listener`, `session`: accept (TCP) or receive (UDP), access rules and limits; connect
-//!   with retry and forward, or keep one backend socket per UDP client address.
+//!   with retry, replay the first flight when a backend does not answer it, and forward, or
+//!   keep one backend socket per UDP client address.
 //! - `supervisor`: owns listeners and the published snapshot; reload and graceful shutdown.
 //! - [`report`]: what a running balancer reports about itself.
 //! - `http`, `api`, `metrics`: HTTP plumbing, gobetween's REST API, Prometheus; [`rest`] is

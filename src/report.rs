@@ -61,6 +61,13 @@ pub struct ServerReport {
     pub unserved: u64,
     /// Connects tried after a failed one.
     pub connect_retries: u64,
+    /// First flights sent again to another backend after one did not answer them
+    /// (`first_response_timeout`, `replay`).
+    pub replays: u64,
+    /// Sessions whose first response came from a backend they were replayed to.
+    pub replays_succeeded: u64,
+    /// Sessions whose backend failed before its first byte with no candidate left to try.
+    pub replays_exhausted: u64,
     /// Bytes from clients to backends.
     pub to_backends: u64,
     /// Bytes from backends to clients.
@@ -154,6 +161,9 @@ impl ServerReport {
             over_limit: stats.over_limit.load(Ordering::Relaxed),
             unserved: stats.unserved.load(Ordering::Relaxed),
             connect_retries: stats.connect_retries.load(Ordering::Relaxed),
+            replays: stats.replay.replays.load(Ordering::Relaxed),
+            replays_succeeded: stats.replay.succeeded.load(Ordering::Relaxed),
+            replays_exhausted: stats.replay.exhausted.load(Ordering::Relaxed),
             to_backends: stats.traffic.tx.load(Ordering::Relaxed),
             to_clients: stats.traffic.rx.load(Ordering::Relaxed),
             datagrams_dropped: stats.datagrams_dropped.load(Ordering::Relaxed),

@@ -94,6 +94,21 @@ pub struct ServerStats {
     pub discovery: DiscoveryStats,
     /// `[tls]` and `[sni]`: handshakes and server names.
     pub tls: TlsStats,
+    /// First flights sent again to another backend after one did not answer.
+    pub replay: ReplayStats,
+}
+
+/// What replaying first flights did for a server's sessions.
+#[derive(Debug, Default)]
+pub struct ReplayStats {
+    /// First flights sent to another backend after the one before was silent, closed or reset
+    /// before its first byte.
+    pub replays: AtomicU64,
+    /// Sessions whose first response came from a backend they were replayed to.
+    pub succeeded: AtomicU64,
+    /// Sessions whose backend failed before its first byte with no candidate left: closed,
+    /// or left waiting on the last, silent one.
+    pub exhausted: AtomicU64,
 }
 
 /// The fetches of one server's discovery task (kept across reloads, like the server's other

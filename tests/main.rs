@@ -24,6 +24,7 @@ mod node;
 mod page;
 mod rebalance;
 mod reload;
+mod replay;
 mod resources;
 // The stand-in for Consul's HTTP API that the unit tests use, shared as is.
 #[path = "../src/discovery/responder.rs"]

@@ -13,7 +13,7 @@
 //!
 //! No session escapes `disable`: the state is stored before the backend's closer is swapped,
 //! and a connecting session re-reads the state after taking its closer (see
-//! `session::connect::connect_with_retry`), so it either holds the old closer (and is closed) or sees
+//! `session::connect::Walk::connect`), so it either holds the old closer (and is closed) or sees
 //! the new state (and skips the backend).
 
 use hyper::{Response, StatusCode};

@@ -271,6 +271,11 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
             inherit(&mut own.max_fraction, &inherited.max_fraction);
             inherit(&mut own.min_age, &inherited.min_age);
         }
+        inherit(
+            &mut server.first_response_timeout,
+            &defaults.first_response_timeout,
+        );
+        inherit(&mut server.replay, &defaults.replay);
     }
     server.protocol.get_or_insert_with(|| "tcp".to_owned());
     secrets::mask_server(&mut server);

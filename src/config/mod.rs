@@ -236,6 +236,9 @@ pub struct ServerConfig {
     pub slow_start: Option<Duration>,
     /// betwixt's `[rebalance]`; `None` (the default) never closes a session to spread load.
     pub rebalance: Option<Rebalance>,
+    /// betwixt's `first_response_timeout` and `replay`: a backend that says nothing after
+    /// the client's first flight is left for the next candidate, the first flight sent again.
+    pub replay: ReplayConfig,
     /// `[proxy_protocol] version = "1"` or `"2"`.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// `Some` when `protocol = "udp"`: the `[udp]` table's keys (all optional).
@@ -300,6 +303,46 @@ pub struct Rebalance {
     pub max_fraction: f64,
     /// `min_age`, default 1m: a session younger than this is never closed.
     pub min_age: Duration,
+}
+
+/// Replaying a TCP session's first flight on another backend when the first one does not answer
+/// it (a frozen API server still completes TCP handshakes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayConfig {
+    /// `first_response_timeout`, default 3s: how long a backend may stay silent after the
+    /// client's latest byte before the session moves on. `None` ("0") turns replay off.
+    pub first_response_timeout: Option<Duration>,
+    /// `replay`, default safe.
+    pub mode: ReplayMode,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            first_response_timeout: Some(Duration::from_secs(3)),
+            mode: ReplayMode::Safe,
+        }
+    }
+}
+
+impl ReplayConfig {
+    /// The first-response timeout when replay is on at all.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.first_response_timeout
+            .filter(|_| self.mode != ReplayMode::Off)
+    }
+}
+
+/// Which first flights may be sent to a second backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayMode {
+    /// Only what cannot do harm twice: exactly one TLS ClientHello, or nothing at all (a
+    /// server-speaks-first protocol).
+    Safe,
+    /// Any first flight up to the bound: a slow (not dead) backend may then have executed a
+    /// plaintext request that the next one executes again.
+    Always,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

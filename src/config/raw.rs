@@ -231,6 +231,10 @@ raw_table! {
         slow_start: String,
         /// betwixt: each key inherited on its own.
         rebalance: RawRebalance,
+        /// betwixt: a duration; default 3s; "0" = no replay.
+        first_response_timeout: String,
+        /// betwixt: safe (default) | always | off.
+        replay: String,
     }
 }
 
@@ -246,7 +250,7 @@ raw_table! {
 }
 
 raw_table! {
-    /// `[servers.NAME]`: one listener. The first seven keys are the `[defaults]` ones.
+    /// `[servers.NAME]`: one listener. The first eleven keys are the `[defaults]` ones.
     pub struct RawServer {
         max_connections: i64,
         client_idle_timeout: String,
@@ -257,6 +261,8 @@ raw_table! {
         close_sessions_on_backend_removal: bool,
         slow_start: String,
         rebalance: RawRebalance,
+        first_response_timeout: String,
+        replay: String,
         bind: String,
         protocol: String,
         balance: String,

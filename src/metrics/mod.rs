@@ -20,7 +20,7 @@ use crate::backend::{Admin, Backend, Health};
 use crate::http::listener::Site;
 use crate::http::response::{self, Body};
 use crate::snapshot::Server;
-use crate::stats::{HandshakeFailure, SessionEnd};
+use crate::stats::{HandshakeFailure, ReplayStats, SessionEnd};
 use crate::supervisor::Supervisor;
 use exposition::{Exposition, Kind};
 
@@ -322,6 +322,37 @@ fn forwarding_memory(out: &mut Exposition, budget: &crate::forward::Budget) {
     .sample(&[], budget.refused());
 }
 
+/// `first_response_timeout` and `replay`: first flights sent again, and how that ended.
+fn replay_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {
+    type Counter = fn(&ReplayStats) -> &AtomicU64;
+    let families: [(&'static str, &str, Counter); 3] = [
+        (
+            "betwixt_server_replays_total",
+            "First flights sent again to another backend after one was silent, closed or reset before its first byte.",
+            |replay| &replay.replays,
+        ),
+        (
+            "betwixt_server_replays_succeeded_total",
+            "Sessions whose first response came from a backend they were replayed to.",
+            |replay| &replay.succeeded,
+        ),
+        (
+            "betwixt_server_replays_exhausted_total",
+            "Sessions whose backend failed before its first byte with no candidate left to try.",
+            |replay| &replay.exhausted,
+        ),
+    ];
+    for (name, help, counter) in families {
+        let mut family = out.family(name, Kind::Counter, help);
+        for server in servers {
+            family.sample(
+                &[("server", server.name())],
+                load(counter(&server.stats.replay)),
+            );
+        }
+    }
+}
+
 fn server_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {
     let mut family = out.family(
         "betwixt_server_sessions_total",
@@ -371,6 +402,7 @@ fn server_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {
             load(&server.stats.connect_retries),
         );
     }
+    replay_counters(out, servers);
     let mut family = out.family(
         "betwixt_server_sessions_closed_total",
         Kind::Counter,

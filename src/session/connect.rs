@@ -15,6 +15,7 @@ use crate::backend::{Backend, BackendState, SessionTicket};
 use crate::forward::{ReadAhead, Stream};
 use crate::health::monitor;
 use crate::net::{self, LocalShortage};
+use crate::pool::Attempts;
 use crate::snapshot::Server;
 use crate::stats::{SessionEnd, Slot};
 use crate::tls;
@@ -73,66 +74,91 @@ fn attempt_timeout(
     Some(Some(left.min(ALL_DOWN_ATTEMPT_TIMEOUT)))
 }
 
-/// Tries backends in the balancer's order, each at most once (and at most `connect_attempts`
-/// in all), until one accepts; only those whose place in `eligible` is true when given (SNI
-/// routing). `None` when every one failed, or when every backend was down and the all-down
-/// budget ran out (see [`attempt_timeout`]). With `[backends_tls]`, a backend accepts once
-/// the TLS handshake is done.
-pub(crate) async fn connect_with_retry(
-    server: &Server,
+/// One session's walk through its server's backends: the balancer's order, each backend at
+/// most once and at most `connect_attempts` connects in all, only those whose place in
+/// `eligible` is true when given (SNI routing). [`connect`](Self::connect) resumes it, so a
+/// session whose backend accepted but never answered can go on to the next candidate.
+pub(crate) struct Walk<'a> {
+    server: &'a Server,
     client: SocketAddr,
-    eligible: Option<&[bool]>,
-) -> Option<Connected> {
-    let max_attempts = server.config.connect_attempts.unwrap_or(u32::MAX);
-    let mut attempts = match eligible {
-        Some(eligible) => server.pool.attempts_among(client.ip(), eligible),
-        None => server.pool.attempts(client.ip()),
-    };
-    let walk_started = tokio::time::Instant::now();
-    let mut made = 0;
-    while made < max_attempts {
-        // The closer is taken before connecting: a backend closed while we connect closes
-        // this session too.
-        let (backend, slot, backend_closer) = attempts.next_reserved()?;
-        if made > 0 {
-            server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
-        }
-        made += 1;
-        let timeout = attempt_timeout(
-            server.config.backend_connection_timeout,
-            attempts.ignores_health(),
-            walk_started.elapsed(),
-        )?;
-        let started = tokio::time::Instant::now();
-        match connect_backend(server, backend, timeout).await {
-            Ok(stream) => {
-                backend
-                    .state
-                    .stats
-                    .connect_latency
-                    .observe(started.elapsed());
-                monitor::observe_connect(server, backend, None);
-                backend.state.stats.total.fetch_add(1, Ordering::Relaxed);
-                let ticket = server
-                    .config
-                    .rebalance
-                    .as_ref()
-                    .map(|_| SessionTicket::register(&backend.state, &backend_closer));
-                return Some(Connected {
-                    stream,
-                    backend: Arc::clone(backend),
-                    backend_closer,
-                    ticket,
-                    _slot: slot,
-                });
-            }
-            Err(error) => match connect_failed(server, backend, client, &error) {
-                AfterFailure::TryNext => {}
-                AfterFailure::GiveUp => return None,
-            },
+    attempts: Attempts<'a>,
+    started: tokio::time::Instant,
+    made: u32,
+    max_attempts: u32,
+}
+
+impl<'a> Walk<'a> {
+    pub(crate) fn new(server: &'a Server, client: SocketAddr, eligible: Option<&[bool]>) -> Self {
+        let attempts = match eligible {
+            Some(eligible) => server.pool.attempts_among(client.ip(), eligible),
+            None => server.pool.attempts(client.ip()),
+        };
+        Self {
+            server,
+            client,
+            attempts,
+            started: tokio::time::Instant::now(),
+            made: 0,
+            max_attempts: server.config.connect_attempts.unwrap_or(u32::MAX),
         }
     }
-    None
+
+    /// Connects to the next candidates until one accepts. `None` when every one failed or was
+    /// tried, when `connect_attempts` are spent, or when every backend was down and the
+    /// all-down budget ran out (see [`attempt_timeout`]). With `[backends_tls]`, a backend
+    /// accepts once the TLS handshake is done.
+    ///
+    /// An accepted connect counts as a passive pass only when the server does not replay first
+    /// flights: otherwise a frozen backend, whose kernel still accepts, would reset its failure
+    /// streak with every new client, and the first response counts instead.
+    pub(crate) async fn connect(&mut self) -> Option<Connected> {
+        let server = self.server;
+        while self.made < self.max_attempts {
+            // The closer is taken before connecting: a backend closed while we connect closes
+            // this session too.
+            let (backend, slot, backend_closer) = self.attempts.next_reserved()?;
+            if self.made > 0 {
+                server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            self.made += 1;
+            let timeout = attempt_timeout(
+                server.config.backend_connection_timeout,
+                self.attempts.ignores_health(),
+                self.started.elapsed(),
+            )?;
+            let started = tokio::time::Instant::now();
+            match connect_backend(server, backend, timeout).await {
+                Ok(stream) => {
+                    backend
+                        .state
+                        .stats
+                        .connect_latency
+                        .observe(started.elapsed());
+                    if server.config.replay.timeout().is_none() {
+                        monitor::observe_connect(server, backend, None);
+                    }
+                    backend.state.stats.total.fetch_add(1, Ordering::Relaxed);
+                    let ticket = server
+                        .config
+                        .rebalance
+                        .as_ref()
+                        .map(|_| SessionTicket::register(&backend.state, &backend_closer));
+                    return Some(Connected {
+                        stream,
+                        backend: Arc::clone(backend),
+                        backend_closer,
+                        ticket,
+                        _slot: slot,
+                    });
+                }
+                Err(error) => match connect_failed(server, backend, self.client, &error) {
+                    AfterFailure::TryNext => {}
+                    AfterFailure::GiveUp => return None,
+                },
+            }
+        }
+        None
+    }
 }
 
 /// What a session does after a failed connect.

@@ -1,5 +1,6 @@
 //! Sessions: what happens to one admitted client. [`opening`] terminates TLS or reads the
-//! ClientHello (SNI); [`connect`] reaches a backend; [`tcp`] runs a TCP session of any kind
+//! ClientHello (SNI); [`connect`] reaches a backend; [`first_flight`] waits for its first
+//! response and replays the client's first bytes elsewhere when none comes; [`tcp`] runs a TCP session of any kind
 //! (plain, TLS-terminated, SNI passthrough) through them; [`udp`] binds a client address to a
 //! backend socket.
 //!
@@ -7,6 +8,7 @@
 //! one debug line and one counter for how it ended, never an error that reaches the listener.
 
 pub(crate) mod connect;
+pub(crate) mod first_flight;
 pub(crate) mod opening;
 pub(crate) mod tcp;
 pub(crate) mod udp;

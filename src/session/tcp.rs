@@ -1,23 +1,24 @@
 //! A TCP session: terminate TLS or read the ClientHello if the server says so ([`opening`]),
 //! pick among the backends its server name may reach ([`sni`](crate::snapshot::SniRouter)),
 //! connect with retry (over TLS with `[backends_tls]`), send the PROXY header if asked and
-//! the ClientHello bytes read, then forward both directions until either side ends or the
-//! balancer closes the session.
+//! the ClientHello bytes read, wait for the backend's first response ([`first_flight`]:
+//! replayed on the next backend when none comes), then forward both directions until either
+//! side ends or the balancer closes the session.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
-use super::connect::{Connected, connect_with_retry};
+use super::connect::{Connected, Walk};
+use super::first_flight;
 use super::opening::{self, Opened};
 use crate::config::ProxyProtocolVersion;
-use crate::forward::{self, Direction, ForwardError, Meter, Stream};
+use crate::forward::{self, ForwardError, Stream};
 use crate::proxy_protocol::{self, Transport};
 use crate::snapshot::Server;
 use crate::stats::{ServerStats, SessionEnd, SessionMeter, Slot};
@@ -76,23 +77,40 @@ impl TcpSession {
         let Some(eligible) = session.route(&opened) else {
             return;
         };
-        let connecting = connect_with_retry(&session.server, peer, eligible.as_deref());
+        let mut walk = Walk::new(&session.server, peer, eligible.as_deref());
         let connected = tokio::select! {
-            connected = Box::pin(connecting) => connected,
+            connected = Box::pin(walk.connect()) => connected,
             () = close.cancelled() => return,
         };
-        let Some(mut connected) = connected else {
+        let Some(connected) = connected else {
             session.report_unserved();
             return;
         };
+        let header = match session.proxy_header(&opened, local) {
+            Ok(header) => header,
+            Err(error) => {
+                debug!(server = session.server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header");
+                session.server.stats.ended.record(SessionEnd::Error);
+                return;
+            }
+        };
+        // From here the backend's closer, a child of `close`, ends the session.
         drop(close);
-        // Boxed for the same reason as connecting.
-        let preamble = Box::pin(session.send_preamble(&mut connected, &opened, local)).await;
-        if let Err(error) = preamble {
-            debug!(server = session.server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header or the ClientHello");
-            session.server.stats.ended.record(SessionEnd::Error);
+        let first_flight = std::mem::take(&mut opened.replay);
+        // Boxed for the same reason as the opening.
+        let answered = Box::pin(first_flight::first_response(
+            &session.server,
+            peer,
+            &mut walk,
+            connected,
+            &mut opened.client,
+            &header,
+            first_flight,
+        ))
+        .await;
+        let Some(mut connected) = answered else {
             return;
-        }
+        };
         let end = session.relay(&mut opened.client, &mut connected).await;
         session.server.stats.ended.record(end);
     }
@@ -129,43 +147,21 @@ impl Session {
         Some(Some(route.eligible))
     }
 
-    /// The PROXY header (through the backend's TLS, as gobetween sends it), then the
-    /// ClientHello bytes read for SNI passthrough.
-    async fn send_preamble(
-        &self,
-        connected: &mut Connected,
-        opened: &Opened,
-        local: io::Result<SocketAddr>,
-    ) -> io::Result<()> {
-        match self.server.config.proxy_protocol {
+    /// The PROXY header to send first to every backend tried, if the server asks for one.
+    fn proxy_header(&self, opened: &Opened, local: io::Result<SocketAddr>) -> io::Result<Vec<u8>> {
+        Ok(match self.server.config.proxy_protocol {
             Some(ProxyProtocolVersion::V1) => {
-                let header = proxy_protocol::v1_header(self.peer, local?);
-                connected.stream.write_all(header.as_bytes()).await?;
+                proxy_protocol::v1_header(self.peer, local?).into_bytes()
             }
-            Some(ProxyProtocolVersion::V2) => {
-                // The name the client asked for (SNI) travels as the AUTHORITY TLV.
-                let header = proxy_protocol::v2_header(
-                    Transport::Stream,
-                    self.peer,
-                    local?,
-                    opened.server_name.as_deref(),
-                );
-                connected.stream.write_all(&header).await?;
-            }
-            None => {}
-        }
-        if !opened.replay.is_empty() {
-            connected.stream.write_all(&opened.replay).await?;
-            let meter = SessionMeter {
-                backend: &connected.backend.state.stats.traffic,
-                server: &self.server.stats.traffic,
-            };
-            meter.record(Direction::ToBackend, opened.replay.len() as u64);
-        }
-        if !matches!(connected.stream, Stream::Tcp(_)) {
-            connected.stream.flush().await?;
-        }
-        Ok(())
+            // The name the client asked for (SNI) travels as the AUTHORITY TLV.
+            Some(ProxyProtocolVersion::V2) => proxy_protocol::v2_header(
+                Transport::Stream,
+                self.peer,
+                local?,
+                opened.server_name.as_deref(),
+            ),
+            None => Vec::new(),
+        })
     }
 
     fn report_unserved(&self) {

@@ -44,11 +44,22 @@ pub enum Malformed {
 /// # Errors
 /// The bytes cannot be (the start of) a ClientHello.
 pub fn parse(received: &[u8]) -> Result<Parsed, Malformed> {
+    parse_with_rest(received).map(|(parsed, _)| parsed)
+}
+
+/// True when `received` is one complete ClientHello and nothing else: no byte of another
+/// handshake message or record after it.
+pub fn is_exactly_one_hello(received: &[u8]) -> bool {
+    matches!(parse_with_rest(received), Ok((Parsed::Hello(_), 0)))
+}
+
+/// [`parse`], and how many bytes follow the ClientHello's end (in its last record or after).
+fn parse_with_rest(received: &[u8]) -> Result<(Parsed, usize), Malformed> {
     let mut message = Vec::new();
     let mut rest = received;
     loop {
         let Some(header) = rest.get(..RECORD_HEADER) else {
-            return Ok(Parsed::NeedMore);
+            return Ok((Parsed::NeedMore, 0));
         };
         if header[0] != CONTENT_HANDSHAKE {
             return Err(Malformed::NotHandshake(header[0]));
@@ -61,7 +72,7 @@ pub fn parse(received: &[u8]) -> Result<Parsed, Malformed> {
             return if received.len() >= MAX_CLIENT_HELLO {
                 Err(Malformed::TooLarge)
             } else {
-                Ok(Parsed::NeedMore)
+                Ok((Parsed::NeedMore, 0))
             };
         };
         message.extend_from_slice(fragment);
@@ -80,7 +91,9 @@ pub fn parse(received: &[u8]) -> Result<Parsed, Malformed> {
             return Err(Malformed::TooLarge);
         }
         if message.len() >= body_length + 4 {
-            return server_name(&message[4..4 + body_length]).map(Parsed::Hello);
+            let after = message.len() - (body_length + 4) + rest.len();
+            let name = server_name(&message[4..4 + body_length])?;
+            return Ok((Parsed::Hello(name), after));
         }
     }
 }
@@ -148,12 +161,12 @@ fn server_name(body: &[u8]) -> Result<Option<String>, Malformed> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
 
     /// The first flight of a real rustls client asking for `name`.
-    fn client_hello(name: &str) -> Vec<u8> {
+    pub(crate) fn client_hello(name: &str) -> Vec<u8> {
         let roots = rustls::RootCertStore::empty();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -167,6 +180,18 @@ mod tests {
         let mut bytes = Vec::new();
         client.write_tls(&mut bytes).unwrap();
         bytes
+    }
+
+    #[test]
+    fn a_hello_is_exactly_one_only_without_bytes_after_it() {
+        let hello = client_hello("api.cluster-a.example");
+        assert!(is_exactly_one_hello(&hello));
+        assert!(!is_exactly_one_hello(&hello[..hello.len() - 1]));
+        let mut early_data = hello.clone();
+        early_data.extend_from_slice(&[23, 3, 3, 0, 1, 0]);
+        assert!(!is_exactly_one_hello(&early_data));
+        assert!(!is_exactly_one_hello(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!is_exactly_one_hello(b""));
     }
 
     #[test]

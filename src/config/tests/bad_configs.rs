@@ -347,6 +347,18 @@ fn rows() -> Vec<(String, &'static str)> {
             "gobetween.toml: betwixt.shutdown_timeout: invalid duration \"30\": missing unit",
         ),
         (
+            "[defaults]\nreplay = \"sometimes\"\n".to_owned(),
+            "gobetween.toml: defaults.replay: unknown value \"sometimes\"; expected safe, always or off",
+        ),
+        (
+            k3s(
+                &format!("{BIND}\nfirst_response_timeout = \"3\""),
+                DISCOVERY,
+                "",
+            ),
+            "gobetween.toml: servers.k3s.first_response_timeout: invalid duration \"3\": missing unit",
+        ),
+        (
             "[defaults]\nconnect_attempts = -2\n".to_owned(),
             "gobetween.toml: defaults.connect_attempts: must be a whole number from 0 to 4294967295, found -2",
         ),

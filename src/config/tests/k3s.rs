@@ -143,6 +143,7 @@ fn expected_k3s() -> ServerConfig {
         close_sessions_on_backend_removal: false,
         slow_start: None,
         rebalance: None,
+        replay: ReplayConfig::default(),
         proxy_protocol: None,
         udp: None,
         tls: None,
@@ -187,6 +188,7 @@ fn expected_supervisor() -> ServerConfig {
         close_sessions_on_backend_removal: false,
         slow_start: None,
         rebalance: None,
+        replay: ReplayConfig::default(),
         proxy_protocol: None,
         udp: None,
         tls: None,
@@ -429,4 +431,33 @@ fn rebalance_keys_fall_back_one_by_one_to_defaults() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/k3s.toml")).unwrap();
     let shipped = load_ok(&file).config.servers["k3s"].rebalance.clone();
     assert_eq!(shipped.map(|r| r.interval), Some(Duration::from_secs(10)));
+}
+
+#[test]
+fn replay_settings_inherit_from_defaults() {
+    let server = |name: &str, extra: &str| {
+        format!(
+            "[servers.{name}]\nbind = \"127.0.0.1:0\"\n{extra}\n[servers.{name}.discovery]\n\
+             kind = \"static\"\nstatic_list = [\"10.0.0.11:6443\"]\n"
+        )
+    };
+    let text = format!(
+        "[defaults]\nreplay = \"always\"\nfirst_response_timeout = \"2s\"\n{}{}{}",
+        server("inherits", ""),
+        server(
+            "own",
+            "replay = \"safe\"\nfirst_response_timeout = \"500ms\""
+        ),
+        server("none", "first_response_timeout = \"0\""),
+    );
+    let config = load_ok(&text).config;
+    let replay = |name: &str| config.servers[name].replay;
+    assert_eq!(replay("inherits").mode, ReplayMode::Always);
+    assert_eq!(replay("inherits").timeout(), Some(Duration::from_secs(2)));
+    assert_eq!(replay("own").mode, ReplayMode::Safe);
+    assert_eq!(replay("own").timeout(), Some(Duration::from_millis(500)));
+    assert_eq!(replay("none").timeout(), None);
+    let default = load_ok(&server("plain", "")).config.servers["plain"].replay;
+    assert_eq!(default.mode, ReplayMode::Safe);
+    assert_eq!(default.timeout(), Some(Duration::from_secs(3)));
 }

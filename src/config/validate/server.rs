@@ -13,7 +13,8 @@ use crate::config::duration::parse_duration;
 use crate::config::raw::{RawAccess, RawAcme, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
 use crate::config::{
     AccessAction, AccessConfig, AccessRule, BackendSpec, BalanceKind, BindAddr, CheckKind,
-    HealthcheckConfig, ProxyProtocolVersion, Rebalance, ServerConfig, UdpConfig,
+    HealthcheckConfig, ProxyProtocolVersion, Rebalance, ReplayConfig, ReplayMode, ServerConfig,
+    UdpConfig,
 };
 
 /// `backend_connection_timeout` when neither the server nor `[defaults]` sets it. gobetween
@@ -31,6 +32,7 @@ struct ConnectionOptions {
     close_sessions_on_backend_removal: bool,
     slow_start: Option<Duration>,
     rebalance: Option<Rebalance>,
+    replay: ReplayConfig,
 }
 
 /// The server's `bind`, required. Validated apart from the rest so that listener conflicts
@@ -110,6 +112,7 @@ pub(super) fn server(
         close_sessions_on_backend_removal: options.close_sessions_on_backend_removal,
         slow_start: options.slow_start,
         rebalance: options.rebalance,
+        replay: options.replay,
         proxy_protocol,
         udp,
         access,
@@ -369,6 +372,41 @@ fn connection_options(
             defaults.rebalance.as_ref(),
             raw.balance.as_deref(),
         ),
+        replay: replay(report, key, raw, defaults),
+    }
+}
+
+/// `first_response_timeout` (default 3s, "0" = off) and `replay` (safe, always or off).
+fn replay(
+    report: &mut Report<'_>,
+    key: &Key,
+    raw: &RawServer,
+    defaults: &RawDefaults,
+) -> ReplayConfig {
+    let name = "first_response_timeout";
+    let (timeout, at) = pick(
+        key,
+        &raw.first_response_timeout,
+        &defaults.first_response_timeout,
+        name,
+    );
+    let default = ReplayConfig::default();
+    let first_response_timeout = value::timeout(
+        report,
+        &at,
+        timeout.map(String::as_str),
+        default.first_response_timeout,
+    );
+    let (mode, at) = pick(key, &raw.replay, &defaults.replay, "replay");
+    let modes = [
+        ("safe", ReplayMode::Safe),
+        ("always", ReplayMode::Always),
+        ("off", ReplayMode::Off),
+    ];
+    let mode = choice(report, &at, &mode.cloned(), default.mode, &modes);
+    ReplayConfig {
+        first_response_timeout,
+        mode,
     }
 }
 
