@@ -59,6 +59,16 @@ pub struct ServerReport {
     pub over_limit: u64,
     /// Clients closed because no backend could be connected.
     pub unserved: u64,
+    /// `[client_limits]`: clients refused over their `max_connections`.
+    pub client_over_connections: u64,
+    /// `[client_limits]`: clients refused over their `max_rate`.
+    pub client_over_rate: u64,
+    /// `[client_limits]`: clients refused because the table was full of active clients.
+    pub client_table_full: u64,
+    /// `[accept_proxy]`: connections from a source not in `trusted`, closed.
+    pub proxy_untrusted: u64,
+    /// `[accept_proxy]`: connections closed without a valid PROXY header in time.
+    pub proxy_header_failed: u64,
     /// Connects tried after a failed one.
     pub connect_retries: u64,
     /// Bytes from clients to backends.
@@ -153,6 +163,11 @@ impl ServerReport {
             denied: stats.denied.load(Ordering::Relaxed),
             over_limit: stats.over_limit.load(Ordering::Relaxed),
             unserved: stats.unserved.load(Ordering::Relaxed),
+            client_over_connections: stats.client_over_connections.load(Ordering::Relaxed),
+            client_over_rate: stats.client_over_rate.load(Ordering::Relaxed),
+            client_table_full: stats.client_table_full.load(Ordering::Relaxed),
+            proxy_untrusted: stats.proxy_untrusted.load(Ordering::Relaxed),
+            proxy_header_failed: stats.proxy_header_failed.load(Ordering::Relaxed),
             connect_retries: stats.connect_retries.load(Ordering::Relaxed),
             to_backends: stats.traffic.tx.load(Ordering::Relaxed),
             to_clients: stats.traffic.rx.load(Ordering::Relaxed),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendState, Health};
+use crate::client_limits::ClientTable;
 use crate::balance::ClientIpForm;
 use crate::config::{CheckKind, Config, InitialStatus, RuntimeConfig, ServerConfig};
 use crate::events::Events;
@@ -114,6 +115,9 @@ pub struct Server {
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// `[sni]`.
     pub sni: Option<SniRouter>,
+    /// `[client_limits]`: carried over by a reload that keeps the same limits, so open
+    /// sessions stay counted.
+    pub clients: Option<Arc<ClientTable>>,
 }
 
 /// A server whose TLS files cannot be used.
@@ -138,6 +142,10 @@ pub struct ServerLogLimits {
     pub handshake: RateLimit,
     /// Clients no backend's `sni=` could serve.
     pub sni_rejected: RateLimit,
+    /// Clients refused by `[client_limits]`.
+    pub client_limited: RateLimit,
+    /// Connections closed by `[accept_proxy]`: untrusted, or no valid header.
+    pub proxy_refused: RateLimit,
 }
 
 /// Where a server's runtime state comes from.
@@ -208,8 +216,15 @@ impl Server {
             backends,
         )
         .with_slow_start(config.slow_start);
+        let clients = config.client_limits.map(|limits| {
+            previous
+                .and_then(|server| server.clients.as_ref())
+                .filter(|table| *table.limits() == limits)
+                .map_or_else(|| Arc::new(ClientTable::new(limits)), Arc::clone)
+        });
         Ok(Self {
             sni: config.sni.as_ref().map(|sni| SniRouter::new(sni, &pool)),
+            clients,
             pool,
             stats: previous.map_or_else(Arc::default, |server| Arc::clone(&server.stats)),
             forward,

@@ -80,6 +80,16 @@ pub struct ServerStats {
     pub over_limit: AtomicU64,
     /// Clients closed because no backend could be connected.
     pub unserved: AtomicU64,
+    /// `[client_limits]`: clients refused over their `max_connections`.
+    pub client_over_connections: AtomicU64,
+    /// `[client_limits]`: clients refused over their `max_rate`.
+    pub client_over_rate: AtomicU64,
+    /// `[client_limits]`: clients refused because the table was full of active clients.
+    pub client_table_full: AtomicU64,
+    /// `[accept_proxy]`: connections from a source not in `trusted`, closed.
+    pub proxy_untrusted: AtomicU64,
+    /// `[accept_proxy]`: connections closed without a valid PROXY header in time.
+    pub proxy_header_failed: AtomicU64,
     /// Connects tried after a failed one, for clients the balancer kept from seeing a failure.
     pub connect_retries: AtomicU64,
     /// How established sessions ended.

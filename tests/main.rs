@@ -4,9 +4,11 @@
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accept_proxy;
 mod api;
 mod architecture;
 mod balancing;
+mod client_limits;
 mod cli;
 mod compat;
 mod daemon;

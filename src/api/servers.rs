@@ -264,6 +264,7 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
             &defaults.close_sessions_on_backend_removal,
         );
         inherit(&mut server.slow_start, &defaults.slow_start);
+        inherit(&mut server.client_limits, &defaults.client_limits);
     }
     server.protocol.get_or_insert_with(|| "tcp".to_owned());
     secrets::mask_server(&mut server);

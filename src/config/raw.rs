@@ -229,6 +229,8 @@ raw_table! {
         close_sessions_on_backend_removal: bool,
         /// betwixt: a duration; "0" (default) = none.
         slow_start: String,
+        /// betwixt: per-client session limits.
+        client_limits: RawClientLimits,
     }
 }
 
@@ -243,6 +245,7 @@ raw_table! {
         close_sessions_on_backend_down: bool,
         close_sessions_on_backend_removal: bool,
         slow_start: String,
+        client_limits: RawClientLimits,
         bind: String,
         protocol: String,
         balance: String,
@@ -252,6 +255,7 @@ raw_table! {
         udp: RawUdp,
         access: RawAccess,
         proxy_protocol: RawProxyProtocol,
+        accept_proxy: RawAcceptProxy,
         discovery: RawDiscovery,
         healthcheck: RawHealthcheck,
     }
@@ -316,6 +320,25 @@ raw_table! {
     /// `[servers.NAME.proxy_protocol]`.
     pub struct RawProxyProtocol {
         version: String,
+    }
+}
+
+raw_table! {
+    /// betwixt's `[servers.NAME.client_limits]` (and `[defaults.client_limits]`).
+    pub struct RawClientLimits {
+        max_connections: i64,
+        max_rate: i64,
+        ipv4_prefix: i64,
+        ipv6_prefix: i64,
+        table_size: i64,
+    }
+}
+
+raw_table! {
+    /// betwixt's `[servers.NAME.accept_proxy]`: read a PROXY header from trusted sources.
+    pub struct RawAcceptProxy {
+        trusted: Vec<String>,
+        read_timeout: String,
     }
 }
 
