@@ -23,6 +23,9 @@ pub struct Report {
     pub servers: Vec<ServerReport>,
     /// The most recent backend health flips (at most 50), oldest first, with their reason.
     pub transitions: Vec<Transition>,
+    /// Access log lines dropped: the writer's queue was full, or the file could not be
+    /// written.
+    pub access_log_dropped: u64,
 }
 
 impl Report {
@@ -38,6 +41,7 @@ impl Report {
                 .map(|server| ServerReport::of(server, local_addr(server.name())))
                 .collect(),
             transitions: snapshot.events.recent(),
+            access_log_dropped: snapshot.access_log_dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accept_proxy;
+mod access_log;
 mod api;
 mod architecture;
 mod balancing;

@@ -104,6 +104,32 @@ pub struct LoggingConfig {
     pub output: LogOutput,
     /// Default text.
     pub format: LogFormat,
+    /// betwixt's `access_log` and `access_log_format`; `None` (the default) logs no sessions.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// Where and how the access log writes one line per session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub output: AccessLogOutput,
+    /// `access_log_format`, default text.
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogOutput {
+    /// `access_log = "log"`: into the main log, as info events of target `access`.
+    MainLog,
+    /// Appended to; created when missing, never through a symbolic link.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// Fields in a fixed order, separated by one space.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -135,6 +135,10 @@ raw_table! {
         level: String,
         output: String,
         format: String,
+        /// betwixt: a file path, or "log" for the main log; unset: no access log.
+        access_log: String,
+        /// betwixt: "text" (default) or "json".
+        access_log_format: String,
     }
 }
 

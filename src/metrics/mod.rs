@@ -297,6 +297,12 @@ fn process(out: &mut Exposition, supervisor: &Supervisor) {
     )
     .sample(&[], supervisor.open_sessions());
     forwarding_memory(out, &supervisor.snapshot().forwarding_budget);
+    out.family(
+        "betwixt_access_log_dropped_total",
+        Kind::Counter,
+        "Access log lines dropped: the writer's queue was full, or the file could not be written.",
+    )
+    .sample(&[], load(&supervisor.snapshot().access_log_dropped));
 }
 
 /// `[betwixt] forwarding_memory`: what the pipes and grown copy buffers hold now, the cap, and

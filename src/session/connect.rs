@@ -26,6 +26,8 @@ pub(crate) struct Connected {
     pub(crate) backend: Arc<Backend>,
     /// Fires when the backend's sessions are closed (marked down, removed, disabled).
     pub(crate) backend_closer: CancellationToken,
+    /// Connects tried before this one succeeded.
+    pub(crate) retries: u32,
     _slot: Slot<BackendState>,
 }
 
@@ -96,6 +98,7 @@ pub(crate) async fn connect_with_retry(
                     stream,
                     backend: Arc::clone(backend),
                     backend_closer,
+                    retries: made - 1,
                     _slot: slot,
                 });
             }

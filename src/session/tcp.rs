@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -20,7 +21,8 @@ use crate::config::ProxyProtocolVersion;
 use crate::forward::{self, Direction, ForwardError, Meter, Stream};
 use crate::proxy_protocol::{self, Transport};
 use crate::snapshot::Server;
-use crate::stats::{ServerStats, SessionEnd, SessionMeter, Slot};
+use crate::logging::access::{Entry, Started};
+use crate::stats::{ServerStats, SessionBytes, SessionEnd, SessionMeter, Slot};
 
 /// One admitted client, from connect to close.
 pub(crate) struct TcpSession {
@@ -52,6 +54,7 @@ impl TcpSession {
             peer,
             _slot: slot,
         } = self;
+        let started = Started::now();
         let local = client.local_addr();
         // Boxed: the opening is brief, and inline its state would stay in every idle session.
         let opened = tokio::select! {
@@ -86,15 +89,22 @@ impl TcpSession {
             return;
         };
         drop(close);
+        let connect_time = started.elapsed();
+        let bytes = SessionBytes::default();
         // Boxed for the same reason as connecting.
         let preamble = Box::pin(session.send_preamble(&mut connected, &opened, local)).await;
-        if let Err(error) = preamble {
-            debug!(server = session.server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header or the ClientHello");
-            session.server.stats.ended.record(SessionEnd::Error);
-            return;
-        }
-        let end = session.relay(&mut opened.client, &mut connected).await;
-        session.server.stats.ended.record(end);
+        let end = match preamble {
+            Ok(()) => {
+                session
+                    .relay(&mut opened.client, &mut connected, &bytes)
+                    .await
+            }
+            Err(error) => {
+                debug!(server = session.server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header or the ClientHello");
+                SessionEnd::Error
+            }
+        };
+        session.finish(&connected, end, &bytes, started, connect_time);
     }
 }
 
@@ -159,6 +169,7 @@ impl Session {
             let meter = SessionMeter {
                 backend: &connected.backend.state.stats.traffic,
                 server: &self.server.stats.traffic,
+                session: None,
             };
             meter.record(Direction::ToBackend, opened.replay.len() as u64);
         }
@@ -166,6 +177,33 @@ impl Session {
             connected.stream.flush().await?;
         }
         Ok(())
+    }
+
+    /// Counts how the session ended and writes its access log line.
+    fn finish(
+        &self,
+        connected: &Connected,
+        end: SessionEnd,
+        bytes: &SessionBytes,
+        started: Started,
+        connect: Duration,
+    ) {
+        self.server.stats.ended.record(end);
+        if let Some(log) = &self.server.access_log {
+            let (to_backend, to_client) = bytes.moved();
+            log.record(&Entry {
+                start: started.at,
+                client: self.peer,
+                server: self.server.name(),
+                backend: &connected.backend.target,
+                connect,
+                duration: started.elapsed(),
+                to_backend,
+                to_client,
+                end: end.as_str(),
+                retries: connected.retries,
+            });
+        }
     }
 
     fn report_unserved(&self) {
@@ -184,10 +222,16 @@ impl Session {
 
     /// Forwards until the session ends by itself or is closed (shutdown, backend closed): the
     /// backend's closer is a child of the shutdown token, so one future waits for both.
-    async fn relay(&self, client: &mut Stream, connected: &mut Connected) -> SessionEnd {
+    async fn relay(
+        &self,
+        client: &mut Stream,
+        connected: &mut Connected,
+        bytes: &SessionBytes,
+    ) -> SessionEnd {
         let meter = SessionMeter {
             backend: &connected.backend.state.stats.traffic,
             server: &self.server.stats.traffic,
+            session: Some(bytes),
         };
         let forwarding =
             forward::relay(client, &mut connected.stream, &self.server.forward, &meter);

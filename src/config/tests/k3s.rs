@@ -219,6 +219,7 @@ fn expected_config() -> Config {
             level: LogLevel::Warn,
             output: LogOutput::File("/var/log/gobetween.log".into()),
             format: LogFormat::Text,
+            access_log: None,
         },
         api: ApiConfig {
             enabled: true,
