@@ -4,8 +4,8 @@
 //! A session formats its line (a few hundred bytes, in its own task) and hands it to one
 //! writer thread through a bounded queue; it never waits for the disk. When the queue is full
 //! the line is dropped and counted, so a stalled disk costs log lines, never sessions. The
-//! writer flushes whenever the queue runs empty and reopens the file when asked (SIGHUP,
-//! SIGUSR1: logrotate's `postrotate`).
+//! writer drains the queue in batches (one write per batch), and reopens the file when asked
+//! (SIGHUP, SIGUSR1: logrotate's `postrotate`).
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -13,7 +13,7 @@ use std::io::{BufWriter, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +25,12 @@ use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogOutput};
 /// Lines waiting for the writer at most: about 2 MiB of text, a few seconds of a busy node's
 /// sessions, enough to ride out a slow disk without holding unbounded memory.
 pub const QUEUE_LINES: usize = 8192;
+
+/// How often a busy writer looks at its queue.
+const POLL_PERIOD: Duration = Duration::from_millis(20);
+
+/// Empty polls (a second) before the writer sleeps until the next line.
+const IDLE_POLLS: u32 = 50;
 
 /// The tracing target of access lines written into the main log.
 pub const TARGET: &str = "access";
@@ -161,19 +167,53 @@ struct Writer {
 
 impl Writer {
     /// Writes until every sender is gone (the access log was replaced or the process ends).
+    ///
+    /// Under load it polls the queue every [`POLL_PERIOD`] instead of sleeping in `recv`: a
+    /// sender then never has a parked receiver to wake, so a session's line costs it no
+    /// system call, and the file gets one write per batch. After [`IDLE_POLLS`] empty polls
+    /// it blocks until the next line, so an idle balancer does not wake for nothing.
     fn run(&mut self, lines_rx: &Receiver<Message>) {
         self.open();
-        while let Ok(first) = lines_rx.recv() {
-            self.handle(first);
-            while let Ok(next) = lines_rx.try_recv() {
-                self.handle(next);
+        let mut idle_polls = 0;
+        loop {
+            let mut received = false;
+            loop {
+                match lines_rx.try_recv() {
+                    Ok(message) => {
+                        received = true;
+                        self.handle(message);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush();
+                        return;
+                    }
+                }
             }
-            self.flush();
+            if received {
+                self.flush();
+                idle_polls = 0;
+            } else {
+                idle_polls += 1;
+            }
             if self.reopen.swap(false, Ordering::AcqRel) {
                 self.open();
             }
+            if idle_polls < IDLE_POLLS {
+                std::thread::sleep(POLL_PERIOD);
+                continue;
+            }
+            match lines_rx.recv() {
+                Ok(message) => {
+                    idle_polls = 0;
+                    self.handle(message);
+                }
+                Err(_) => {
+                    self.flush();
+                    return;
+                }
+            }
         }
-        self.flush();
     }
 
     fn handle(&mut self, message: Message) {
