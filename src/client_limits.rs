@@ -140,7 +140,10 @@ impl ClientTable {
             tokens: limits.max_rate.map_or(0.0, f64::from),
             refilled: now,
         });
-        if limits.max_connections.is_some_and(|max| entry.active >= max) {
+        if limits
+            .max_connections
+            .is_some_and(|max| entry.active >= max)
+        {
             return Err(Refusal::Connections);
         }
         entry.refill(limits.max_rate, now);

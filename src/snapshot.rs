@@ -15,8 +15,8 @@ use std::sync::atomic::AtomicU64;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendState, Health};
-use crate::client_limits::ClientTable;
 use crate::balance::ClientIpForm;
+use crate::client_limits::ClientTable;
 use crate::config::{CheckKind, Config, InitialStatus, RuntimeConfig, ServerConfig};
 use crate::events::Events;
 use crate::forward;

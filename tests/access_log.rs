@@ -50,7 +50,10 @@ async fn each_session_ends_with_one_text_line() {
     let line = &lines(&path)[0];
     let fields: Vec<&str> = line.split(' ').collect();
     assert_eq!(fields.len(), 10, "{line}");
-    assert!(fields[0].ends_with('Z') && fields[0].contains('T'), "{line}");
+    assert!(
+        fields[0].ends_with('Z') && fields[0].contains('T'),
+        "{line}"
+    );
     assert_eq!(fields[1], client.to_string());
     assert_eq!(fields[2], "k3s");
     assert_eq!(fields[3], backend.addr.to_string());
@@ -119,7 +122,9 @@ async fn sigusr1_and_sighup_reopen_the_file() {
     .await;
     echo_session(addr, b"one").await;
     eventually("the first line", || {
-        lines(&path).iter().any(|line| line.contains(" 3 3 completed"))
+        lines(&path)
+            .iter()
+            .any(|line| line.contains(" 3 3 completed"))
     })
     .await;
 

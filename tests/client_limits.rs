@@ -25,7 +25,10 @@ async fn concurrent_sessions_per_client_and_per_prefix() {
 
     let first = hold_from([127, 0, 7, 1], addr).await.expect("first");
     let _second = hold_from([127, 0, 7, 2], addr).await.expect("same /24");
-    assert!(hold_from([127, 0, 7, 3], addr).await.is_none(), "third in /24");
+    assert!(
+        hold_from([127, 0, 7, 3], addr).await.is_none(),
+        "third in /24"
+    );
     assert_eq!(server_report(&balancer, "c").client_over_connections, 1);
     let _other = hold_from([127, 0, 8, 1], addr).await.expect("another /24");
 
@@ -76,7 +79,9 @@ async fn the_client_table_is_capped() {
 
     let first = hold_from([127, 0, 10, 1], addr).await.expect("first");
     let _second = hold_from([127, 0, 10, 2], addr).await.expect("second");
-    let _again = hold_from([127, 0, 10, 2], addr).await.expect("a known client");
+    let _again = hold_from([127, 0, 10, 2], addr)
+        .await
+        .expect("a known client");
     assert!(hold_from([127, 0, 10, 3], addr).await.is_none());
     assert_eq!(server_report(&balancer, "t").client_table_full, 1);
 

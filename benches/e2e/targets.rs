@@ -59,10 +59,8 @@ impl Tools {
             TargetKind::Betwixt
             | TargetKind::BetwixtSplice
             | TargetKind::BetwixtCopy
-            | TargetKind::BetwixtAccessLog => {
-                (!self.betwixt.is_file())
-                    .then(|| format!("betwixt binary {} not found", self.betwixt.display()))
-            }
+            | TargetKind::BetwixtAccessLog => (!self.betwixt.is_file())
+                .then(|| format!("betwixt binary {} not found", self.betwixt.display())),
             TargetKind::Haproxy => (!self.haproxy).then(|| "haproxy is not installed".into()),
             TargetKind::Nginx => self.nginx_stream.is_none().then(|| {
                 "nginx with the stream module is not installed (libnginx-mod-stream)".into()

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{Shared, admission};
+use crate::net;
 use crate::session::tcp::TcpSession;
 use crate::snapshot::Server;
 use crate::stats::Slot;
-use crate::net;
 
 /// Pause after an accept error that is not about the connection itself.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);

@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info};
@@ -257,7 +257,7 @@ impl Writer {
     }
 }
 
-fn open_file(path: &PathBuf) -> std::io::Result<File> {
+fn open_file(path: &Path) -> std::io::Result<File> {
     open_without_following(OpenOptions::new().create(true).append(true), path)
 }
 

@@ -95,7 +95,13 @@ fn parse_v1(bytes: &[u8]) -> Result<Parsed, HeaderError> {
     let words: Vec<&str> = line.split(' ').collect();
     let addresses = match words[..] {
         ["UNKNOWN", ..] => None,
-        [family @ ("TCP4" | "TCP6"), source, destination, source_port, destination_port] => {
+        [
+            family @ ("TCP4" | "TCP6"),
+            source,
+            destination,
+            source_port,
+            destination_port,
+        ] => {
             let ip = |text: &str| -> Result<IpAddr, HeaderError> {
                 let ip = match family {
                     "TCP4" => text.parse::<Ipv4Addr>().map(IpAddr::V4),
@@ -227,9 +233,8 @@ async fn read_v1_line(stream: &mut TcpStream, buffer: &mut [u8]) -> Result<usize
         if filled >= 1 && &buffer[filled - 1..=filled] == b"\r\n" {
             return Ok(filled + 1);
         }
-        if let Err(error) = parse(&buffer[..=filled]) {
-            return Err(error);
-        }
+        // Garbage is refused at its first byte, not after 107 of them.
+        parse(&buffer[..=filled])?;
     }
     Err(HeaderError::V1TooLong)
 }

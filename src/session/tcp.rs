@@ -19,9 +19,9 @@ use super::connect::{Connected, connect_with_retry};
 use super::opening::{self, Opened};
 use crate::config::ProxyProtocolVersion;
 use crate::forward::{self, Direction, ForwardError, Meter, Stream};
+use crate::logging::access::{Entry, Started};
 use crate::proxy_protocol::{self, Transport};
 use crate::snapshot::Server;
-use crate::logging::access::{Entry, Started};
 use crate::stats::{ServerStats, SessionBytes, SessionEnd, SessionMeter, Slot};
 
 /// One admitted client, from connect to close.

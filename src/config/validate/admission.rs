@@ -32,15 +32,16 @@ pub(super) fn client_limits(
     let empty = RawClientLimits::default();
     let own = raw.client_limits.as_ref().unwrap_or(&empty);
     let inherited = defaults.client_limits.as_ref().unwrap_or(&empty);
-    let number = |name: &str, pick: fn(&RawClientLimits) -> Option<i64>| {
-        match (pick(own), pick(inherited)) {
-            (Some(value), _) => (Some(value), server.child("client_limits").child(name)),
-            (None, Some(value)) => (
-                Some(value),
-                Key::root("defaults").child("client_limits").child(name),
-            ),
-            (None, None) => (None, server.child("client_limits").child(name)),
-        }
+    let number = |name: &str, pick: fn(&RawClientLimits) -> Option<i64>| match (
+        pick(own),
+        pick(inherited),
+    ) {
+        (Some(value), _) => (Some(value), server.child("client_limits").child(name)),
+        (None, Some(value)) => (
+            Some(value),
+            Key::root("defaults").child("client_limits").child(name),
+        ),
+        (None, None) => (None, server.child("client_limits").child(name)),
     };
     let (max, max_key) = number("max_connections", |table| table.max_connections);
     let (rate, rate_key) = number("max_rate", |table| table.max_rate);
@@ -97,9 +98,7 @@ pub(super) fn accept_proxy(
             Some(network) => trusted.push(network),
             None => report.error(
                 &trusted_key.index(index),
-                format!(
-                    "{source:?} is not an IP address or CIDR network, such as \"10.0.0.0/8\""
-                ),
+                format!("{source:?} is not an IP address or CIDR network, such as \"10.0.0.0/8\""),
             ),
         }
     }

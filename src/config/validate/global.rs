@@ -94,7 +94,9 @@ fn access_log(report: &mut Report<'_>, key: &Key, raw: &RawLogging) -> Option<Ac
         path if path.ends_with('/') => {
             report.error(
                 &key.child("access_log"),
-                format!("{path:?} names a directory; expected a file path, or \"log\" for the main log"),
+                format!(
+                    "{path:?} names a directory; expected a file path, or \"log\" for the main log"
+                ),
             );
             return None;
         }
