@@ -1,6 +1,6 @@
 //! `[logging]`: where log lines go and how they look, plus a limiter for events that can
 //! repeat thousands of times a second (accept errors, connect failures under a storm), and
-//! the [`access`] log of sessions.
+//! the `access` log of sessions.
 
 pub(crate) mod access;
 mod gobetween;
