@@ -31,9 +31,10 @@
 //! there is no cycle):
 //! - [`config`]: gobetween's schema, read, parsed and validated into an immutable [`Config`];
 //!   a leaf that names no runtime type.
-//! - `net`, `tls`, `logging`, `access`, `proxy_protocol`, `signal`, `systemd`: sockets, PEM
-//!   certificates and keys, rustls configs, log set-up, `[access]` rules, the PROXY header,
-//!   Unix signals, the service manager; `acme`: certificates from an ACME CA.
+//! - `net`, `tls`, `logging`, `access`, `client_limits`, `proxy_protocol`, `signal`,
+//!   `systemd`: sockets, PEM certificates and keys, rustls configs, log set-up, `[access]`
+//!   rules, per-client session limits, the PROXY header (sent and read), Unix signals, the
+//!   service manager; `acme`: certificates from an ACME CA.
 //! - `stats`, `events`, `forward`: lock-free counters, the recent health transitions the
 //!   status page shows, and the byte movers (copy, splice).
 //! - `backend` -> `balance` -> `pool` -> `snapshot`: the runtime model; one immutable
@@ -58,6 +59,7 @@ pub(crate) mod acme;
 pub(crate) mod api;
 pub(crate) mod backend;
 pub(crate) mod balance;
+pub(crate) mod client_limits;
 pub mod config;
 pub mod daemon;
 pub(crate) mod discovery;

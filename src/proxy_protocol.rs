@@ -1,7 +1,10 @@
 //! The PROXY protocol (`[servers.NAME.proxy_protocol] version = "1"` or `"2"`): tells the
 //! backend the client's real address in a header before the client's bytes. Version 1 is a
 //! text line (TCP only, gobetween's); version 2 is binary, has a UDP form (the header before
-//! each datagram) and carries TLVs such as the server name the client asked for.
+//! each datagram) and carries TLVs such as the server name the client asked for. [`accept`]
+//! reads either version from a balancer in front (`[accept_proxy]`).
+
+pub mod accept;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 

@@ -23,6 +23,9 @@ pub struct Report {
     pub servers: Vec<ServerReport>,
     /// The most recent backend health flips (at most 50), oldest first, with their reason.
     pub transitions: Vec<Transition>,
+    /// Access log lines dropped: the writer's queue was full, or the file could not be
+    /// written.
+    pub access_log_dropped: u64,
 }
 
 impl Report {
@@ -38,6 +41,7 @@ impl Report {
                 .map(|server| ServerReport::of(server, local_addr(server.name())))
                 .collect(),
             transitions: snapshot.events.recent(),
+            access_log_dropped: snapshot.access_log_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -59,6 +63,16 @@ pub struct ServerReport {
     pub over_limit: u64,
     /// Clients closed because no backend could be connected.
     pub unserved: u64,
+    /// `[client_limits]`: clients refused over their `max_connections`.
+    pub client_over_connections: u64,
+    /// `[client_limits]`: clients refused over their `max_rate`.
+    pub client_over_rate: u64,
+    /// `[client_limits]`: clients refused because the table was full of active clients.
+    pub client_table_full: u64,
+    /// `[accept_proxy]`: connections from a source not in `trusted`, closed.
+    pub proxy_untrusted: u64,
+    /// `[accept_proxy]`: connections closed without a valid PROXY header in time.
+    pub proxy_header_failed: u64,
     /// Connects tried after a failed one.
     pub connect_retries: u64,
     /// First flights sent again to another backend after one did not answer them
@@ -160,6 +174,11 @@ impl ServerReport {
             denied: stats.denied.load(Ordering::Relaxed),
             over_limit: stats.over_limit.load(Ordering::Relaxed),
             unserved: stats.unserved.load(Ordering::Relaxed),
+            client_over_connections: stats.client_over_connections.load(Ordering::Relaxed),
+            client_over_rate: stats.client_over_rate.load(Ordering::Relaxed),
+            client_table_full: stats.client_table_full.load(Ordering::Relaxed),
+            proxy_untrusted: stats.proxy_untrusted.load(Ordering::Relaxed),
+            proxy_header_failed: stats.proxy_header_failed.load(Ordering::Relaxed),
             connect_retries: stats.connect_retries.load(Ordering::Relaxed),
             replays: stats.replay.replays.load(Ordering::Relaxed),
             replays_succeeded: stats.replay.succeeded.load(Ordering::Relaxed),

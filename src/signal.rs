@@ -1,4 +1,5 @@
-//! Unix signals as a stream of daemon commands: SIGHUP reloads, SIGTERM and SIGINT shut down.
+//! Unix signals as a stream of daemon commands: SIGHUP reloads, SIGUSR1 reopens the access
+//! log (logrotate's `postrotate`), SIGTERM and SIGINT shut down.
 
 use std::io;
 
@@ -9,6 +10,7 @@ use tracing::info;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Reload,
+    ReopenLogs,
     Shutdown,
 }
 
@@ -16,6 +18,7 @@ pub enum Command {
 #[derive(Debug)]
 pub struct Signals {
     hangup: Signal,
+    user1: Signal,
     terminate: Signal,
     interrupt: Signal,
 }
@@ -28,6 +31,7 @@ impl Signals {
     pub fn install() -> io::Result<Self> {
         Ok(Self {
             hangup: signal(SignalKind::hangup())?,
+            user1: signal(SignalKind::user_defined1())?,
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
         })
@@ -37,6 +41,7 @@ impl Signals {
     pub async fn next(&mut self) -> Command {
         let (name, command) = tokio::select! {
             _ = self.hangup.recv() => ("SIGHUP", Command::Reload),
+            _ = self.user1.recv() => ("SIGUSR1", Command::ReopenLogs),
             _ = self.terminate.recv() => ("SIGTERM", Command::Shutdown),
             _ = self.interrupt.recv() => ("SIGINT", Command::Shutdown),
         };

@@ -10,15 +10,18 @@ mod sni;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendState, Health};
 use crate::balance::ClientIpForm;
+use crate::client_limits::ClientTable;
 use crate::config::{CheckKind, Config, InitialStatus, RuntimeConfig, ServerConfig};
 use crate::events::Events;
 use crate::forward;
 use crate::logging::RateLimit;
+use crate::logging::access::AccessLog;
 use crate::pool::Pool;
 use crate::stats::ServerStats;
 use crate::tls::{self, TlsSetupError};
@@ -36,6 +39,11 @@ pub struct Snapshot {
     pub events: Arc<Events>,
     /// Certificates for `acme_hosts`, carried over by every reload; the ACME task fills it.
     pub acme: Arc<tls::AcmeCertificates>,
+    /// `[logging] access_log`: carried over by a reload that keeps its settings.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// Access log lines dropped (a full queue, an unwritable file), carried over by every
+    /// reload.
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 impl Snapshot {
@@ -58,6 +66,19 @@ impl Snapshot {
         forwarding_budget.set_limit(budget_limit);
         let events = previous.map_or_else(Arc::default, |snapshot| Arc::clone(&snapshot.events));
         let acme = previous.map_or_else(Arc::default, |snapshot| Arc::clone(&snapshot.acme));
+        let access_log_dropped = previous.map_or_else(Arc::default, |snapshot| {
+            Arc::clone(&snapshot.access_log_dropped)
+        });
+        let access_log = config.logging.access_log.as_ref().and_then(|settings| {
+            let kept = previous
+                .and_then(|snapshot| snapshot.access_log.as_ref())
+                .filter(|log| log.config() == settings);
+            match kept {
+                Some(log) => Some(Arc::clone(log)),
+                None => AccessLog::start(settings.clone(), Arc::clone(&access_log_dropped))
+                    .map(Arc::new),
+            }
+        });
         let servers = config
             .servers
             .iter()
@@ -66,7 +87,7 @@ impl Snapshot {
                     None => Origin::Start,
                     Some(snapshot) => Origin::Reload(snapshot.server(name).map(Arc::as_ref)),
                 };
-                let server = Server::new(
+                let mut server = Server::new(
                     server.clone(),
                     &config.runtime,
                     &forwarding_budget,
@@ -75,6 +96,7 @@ impl Snapshot {
                     origin,
                     all_sessions,
                 )?;
+                server.access_log.clone_from(&access_log);
                 Ok((name.clone(), Arc::new(server)))
             })
             .collect::<Result<_, ServerTlsError>>()?;
@@ -84,6 +106,8 @@ impl Snapshot {
             forwarding_budget,
             events,
             acme,
+            access_log,
+            access_log_dropped,
         })
     }
 
@@ -114,6 +138,11 @@ pub struct Server {
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// `[sni]`.
     pub sni: Option<SniRouter>,
+    /// `[client_limits]`: carried over by a reload that keeps the same limits, so open
+    /// sessions stay counted.
+    pub clients: Option<Arc<ClientTable>>,
+    /// The snapshot's access log, which this server's sessions write to.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// A server whose TLS files cannot be used.
@@ -138,6 +167,10 @@ pub struct ServerLogLimits {
     pub handshake: RateLimit,
     /// Clients no backend's `sni=` could serve.
     pub sni_rejected: RateLimit,
+    /// Clients refused by `[client_limits]`.
+    pub client_limited: RateLimit,
+    /// Connections closed by `[accept_proxy]`: untrusted, or no valid header.
+    pub proxy_refused: RateLimit,
 }
 
 /// Where a server's runtime state comes from.
@@ -208,8 +241,16 @@ impl Server {
             backends,
         )
         .with_slow_start(config.slow_start);
+        let clients = config.client_limits.map(|limits| {
+            previous
+                .and_then(|server| server.clients.as_ref())
+                .filter(|table| *table.limits() == limits)
+                .map_or_else(|| Arc::new(ClientTable::new(limits)), Arc::clone)
+        });
         Ok(Self {
             sni: config.sni.as_ref().map(|sni| SniRouter::new(sni, &pool)),
+            clients,
+            access_log: None,
             pool,
             stats: previous.map_or_else(Arc::default, |server| Arc::clone(&server.stats)),
             forward,

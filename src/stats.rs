@@ -82,6 +82,16 @@ pub struct ServerStats {
     pub over_limit: AtomicU64,
     /// Clients closed because no backend could be connected.
     pub unserved: AtomicU64,
+    /// `[client_limits]`: clients refused over their `max_connections`.
+    pub client_over_connections: AtomicU64,
+    /// `[client_limits]`: clients refused over their `max_rate`.
+    pub client_over_rate: AtomicU64,
+    /// `[client_limits]`: clients refused because the table was full of active clients.
+    pub client_table_full: AtomicU64,
+    /// `[accept_proxy]`: connections from a source not in `trusted`, closed.
+    pub proxy_untrusted: AtomicU64,
+    /// `[accept_proxy]`: connections closed without a valid PROXY header in time.
+    pub proxy_header_failed: AtomicU64,
     /// Connects tried after a failed one, for clients the balancer kept from seeing a failure.
     pub connect_retries: AtomicU64,
     /// How established sessions ended.
@@ -411,17 +421,48 @@ impl<T: ActiveCount> Drop for Slot<T> {
     }
 }
 
-/// Counts one session's bytes into its backend's and its server's traffic.
+/// Counts one session's bytes into its backend's and its server's traffic, and into the
+/// session's own tally for its access log line.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionMeter<'a> {
     pub backend: &'a Traffic,
     pub server: &'a Traffic,
+    pub session: Option<&'a SessionBytes>,
 }
 
 impl Meter for SessionMeter<'_> {
     fn record(&self, direction: Direction, bytes: u64) {
         self.backend.add(direction, bytes);
         self.server.add(direction, bytes);
+        if let Some(session) = self.session {
+            session.add(direction, bytes);
+        }
+    }
+}
+
+/// The bytes one session moved, however it ended. Written by its two directions (which may
+/// run on different threads), read once at its end.
+#[derive(Debug, Default)]
+pub struct SessionBytes {
+    to_backend: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl SessionBytes {
+    pub fn add(&self, direction: Direction, bytes: u64) {
+        let counter = match direction {
+            Direction::ToBackend => &self.to_backend,
+            Direction::ToClient => &self.to_client,
+        };
+        counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// (to the backend, to the client).
+    pub fn moved(&self) -> (u64, u64) {
+        (
+            self.to_backend.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "net",
         "logging",
         "access",
+        "client_limits",
         "proxy_protocol",
         "signal",
         "systemd",

@@ -4,10 +4,13 @@
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accept_proxy;
+mod access_log;
 mod api;
 mod architecture;
 mod balancing;
 mod cli;
+mod client_limits;
 mod compat;
 mod config_source;
 mod daemon;

@@ -348,3 +348,14 @@ pub async fn wait_for_exit(child: &mut std::process::Child) -> std::process::Exi
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A child process killed and reaped when dropped, so a failing test leaves no daemon behind
+/// (one would also keep every descriptor it inherited, such as a build lock).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

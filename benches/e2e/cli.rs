@@ -85,12 +85,15 @@ pub enum TargetKind {
     Betwixt,
     BetwixtSplice,
     BetwixtCopy,
+    /// betwixt (`auto`) writing an access log file: opt-in (`--targets`), to price the log.
+    BetwixtAccessLog,
     Haproxy,
     Nginx,
 }
 
 impl TargetKind {
     /// In table order; `direct` first so each repetition has its reference before the others.
+    /// `betwixt-access-log` runs only when named.
     pub const ALL: [TargetKind; 6] = [
         TargetKind::Direct,
         TargetKind::Betwixt,
@@ -106,6 +109,7 @@ impl TargetKind {
             TargetKind::Betwixt => "betwixt",
             TargetKind::BetwixtSplice => "betwixt-splice",
             TargetKind::BetwixtCopy => "betwixt-copy",
+            TargetKind::BetwixtAccessLog => "betwixt-access-log",
             TargetKind::Haproxy => "haproxy",
             TargetKind::Nginx => "nginx",
         }
@@ -114,7 +118,10 @@ impl TargetKind {
     pub fn is_betwixt(self) -> bool {
         matches!(
             self,
-            TargetKind::Betwixt | TargetKind::BetwixtSplice | TargetKind::BetwixtCopy
+            TargetKind::Betwixt
+                | TargetKind::BetwixtSplice
+                | TargetKind::BetwixtCopy
+                | TargetKind::BetwixtAccessLog
         )
     }
 }

@@ -56,10 +56,11 @@ impl Tools {
     pub fn missing(&self, kind: TargetKind) -> Option<String> {
         match kind {
             TargetKind::Direct => None,
-            TargetKind::Betwixt | TargetKind::BetwixtSplice | TargetKind::BetwixtCopy => {
-                (!self.betwixt.is_file())
-                    .then(|| format!("betwixt binary {} not found", self.betwixt.display()))
-            }
+            TargetKind::Betwixt
+            | TargetKind::BetwixtSplice
+            | TargetKind::BetwixtCopy
+            | TargetKind::BetwixtAccessLog => (!self.betwixt.is_file())
+                .then(|| format!("betwixt binary {} not found", self.betwixt.display())),
             TargetKind::Haproxy => (!self.haproxy).then(|| "haproxy is not installed".into()),
             TargetKind::Nginx => self.nginx_stream.is_none().then(|| {
                 "nginx with the stream module is not installed (libnginx-mod-stream)".into()
@@ -119,9 +120,10 @@ impl Endpoint {
                     balancer: None,
                 });
             }
-            TargetKind::Betwixt => betwixt(tools, launch, port, "auto")?,
-            TargetKind::BetwixtSplice => betwixt(tools, launch, port, "splice")?,
-            TargetKind::BetwixtCopy => betwixt(tools, launch, port, "copy")?,
+            TargetKind::Betwixt => betwixt(tools, launch, port, "auto", false)?,
+            TargetKind::BetwixtSplice => betwixt(tools, launch, port, "splice", false)?,
+            TargetKind::BetwixtCopy => betwixt(tools, launch, port, "copy", false)?,
+            TargetKind::BetwixtAccessLog => betwixt(tools, launch, port, "auto", true)?,
             TargetKind::Haproxy => haproxy(launch, port)?,
             TargetKind::Nginx => nginx(tools, launch, port)?,
         };
@@ -178,13 +180,31 @@ fn write_config(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn betwixt(tools: &Tools, launch: &Launch<'_>, port: u16, mode: &str) -> anyhow::Result<Command> {
+/// betwixt with `forwarding = mode`, and with `access_log` an access log file in the run
+/// directory (truncated first, so its size is this run's).
+fn betwixt(
+    tools: &Tools,
+    launch: &Launch<'_>,
+    port: u16,
+    mode: &str,
+    access_log: bool,
+) -> anyhow::Result<Command> {
+    let (name, access_log) = if access_log {
+        let path = launch.dir.join("access.log");
+        std::fs::write(&path, "").with_context(|| format!("truncating {}", path.display()))?;
+        (
+            "betwixt-access-log.toml".to_owned(),
+            format!("access_log = {:?}\n", path.display().to_string()),
+        )
+    } else {
+        (format!("betwixt-{mode}.toml"), String::new())
+    };
     let text = format!(
         r#"# betwixt under benchmark: one listener, one backend, no checks, warnings only.
 [logging]
 level = "warn"
 output = "stderr"
-
+{access_log}
 [defaults]
 max_connections = 0
 client_idle_timeout = "0"
@@ -208,7 +228,7 @@ balance = "roundrobin"
 "#,
         backend = launch.backend
     );
-    let config = write_config(launch.dir, &format!("betwixt-{mode}.toml"), &text)?;
+    let config = write_config(launch.dir, &name, &text)?;
     let mut command = Command::new(&tools.betwixt);
     command
         .arg("-c")

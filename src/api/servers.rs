@@ -276,6 +276,7 @@ fn effective(config: &Config, name: &str) -> Option<RawServer> {
             &defaults.first_response_timeout,
         );
         inherit(&mut server.replay, &defaults.replay);
+        inherit(&mut server.client_limits, &defaults.client_limits);
     }
     server.protocol.get_or_insert_with(|| "tcp".to_owned());
     secrets::mask_server(&mut server);

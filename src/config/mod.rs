@@ -104,6 +104,32 @@ pub struct LoggingConfig {
     pub output: LogOutput,
     /// Default text.
     pub format: LogFormat,
+    /// betwixt's `access_log` and `access_log_format`; `None` (the default) logs no sessions.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// Where and how the access log writes one line per session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub output: AccessLogOutput,
+    /// `access_log_format`, default text.
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogOutput {
+    /// `access_log = "log"`: into the main log, as info events of target `access`.
+    MainLog,
+    /// Appended to; created when missing, never through a symbolic link.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// Fields in a fixed order, separated by one space.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +271,10 @@ pub struct ServerConfig {
     pub udp: Option<UdpConfig>,
     /// `[access]`; `None` allows everyone.
     pub access: Option<AccessConfig>,
+    /// betwixt's `[client_limits]`; `None` when neither limit is set.
+    pub client_limits: Option<ClientLimits>,
+    /// betwixt's `[accept_proxy]`: clients arrive through a balancer that sends a PROXY header.
+    pub accept_proxy: Option<AcceptProxy>,
     /// `[tls]`: terminate TLS (`protocol = "tls"`, or tcp with the table, as gobetween).
     pub tls: Option<TlsTermination>,
     /// `[sni]`: pick backends by the server name the client asks for.
@@ -371,6 +401,33 @@ pub struct AccessRule {
     pub action: AccessAction,
     /// A single address in the file becomes a /32 or /128 network.
     pub network: IpNet,
+}
+
+/// betwixt's `[client_limits]` (HAProxy's `sc_conn_cur`/`sc_conn_rate` rejects, nginx's
+/// `limit_conn`): what one client address, or one prefix of addresses, may open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// `max_connections`: sessions open at once; `None` when 0 (unlimited).
+    pub max_connections: Option<u32>,
+    /// `max_rate`: new sessions per second, with a burst of as many; `None` when 0.
+    pub max_rate: Option<u32>,
+    /// `ipv4_prefix`, default 32: IPv4 clients in one such network count as one.
+    pub ipv4_prefix: u8,
+    /// `ipv6_prefix`, default 64 (one host's usual allocation).
+    pub ipv6_prefix: u8,
+    /// `table_size`, default 65536: the most client entries tracked at once; past it, idle
+    /// entries are evicted and, when none is idle, new clients are refused.
+    pub table_size: u32,
+}
+
+/// betwixt's `[accept_proxy]` (HAProxy's `accept-proxy`, nginx's `listen ... proxy_protocol`
+/// with `set_real_ip_from`): a PROXY v1 or v2 header is read from every client first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// `trusted`: the only source networks a connection is accepted from.
+    pub trusted: Vec<IpNet>,
+    /// `read_timeout`, default 5s: how long the whole header may take to arrive.
+    pub read_timeout: Duration,
 }
 
 /// One backend from a `static_list` entry: `host:port[ weight=N][ priority=N][ max_connections=N][ sni=NAME]`.

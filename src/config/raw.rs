@@ -135,6 +135,10 @@ raw_table! {
         level: String,
         output: String,
         format: String,
+        /// betwixt: a file path, or "log" for the main log; unset: no access log.
+        access_log: String,
+        /// betwixt: "text" (default) or "json".
+        access_log_format: String,
     }
 }
 
@@ -235,6 +239,8 @@ raw_table! {
         first_response_timeout: String,
         /// betwixt: safe (default) | always | off.
         replay: String,
+        /// betwixt: per-client session limits.
+        client_limits: RawClientLimits,
     }
 }
 
@@ -250,7 +256,7 @@ raw_table! {
 }
 
 raw_table! {
-    /// `[servers.NAME]`: one listener. The first eleven keys are the `[defaults]` ones.
+    /// `[servers.NAME]`: one listener. The first twelve keys are the `[defaults]` ones.
     pub struct RawServer {
         max_connections: i64,
         client_idle_timeout: String,
@@ -263,6 +269,7 @@ raw_table! {
         rebalance: RawRebalance,
         first_response_timeout: String,
         replay: String,
+        client_limits: RawClientLimits,
         bind: String,
         protocol: String,
         balance: String,
@@ -272,6 +279,7 @@ raw_table! {
         udp: RawUdp,
         access: RawAccess,
         proxy_protocol: RawProxyProtocol,
+        accept_proxy: RawAcceptProxy,
         discovery: RawDiscovery,
         healthcheck: RawHealthcheck,
     }
@@ -338,6 +346,25 @@ raw_table! {
     /// `[servers.NAME.proxy_protocol]`.
     pub struct RawProxyProtocol {
         version: String,
+    }
+}
+
+raw_table! {
+    /// betwixt's `[servers.NAME.client_limits]` (and `[defaults.client_limits]`).
+    pub struct RawClientLimits {
+        max_connections: i64,
+        max_rate: i64,
+        ipv4_prefix: i64,
+        ipv6_prefix: i64,
+        table_size: i64,
+    }
+}
+
+raw_table! {
+    /// betwixt's `[servers.NAME.accept_proxy]`: read a PROXY header from trusted sources.
+    pub struct RawAcceptProxy {
+        trusted: Vec<String>,
+        read_timeout: String,
     }
 }
 

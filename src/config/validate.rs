@@ -9,6 +9,7 @@
 //! `[defaults]` are merged into each server; an error in a default value is reported once,
 //! under `defaults.KEY`, however many servers inherit it.
 
+mod admission;
 mod bind;
 mod discovery;
 mod discovery_sources;

@@ -82,7 +82,15 @@ pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonErr
     systemd::spawn_watchdog(watchdog.clone());
     info!(version = env!("CARGO_PKG_VERSION"), "betwixt ready");
     systemd::ready(&status_line(&supervisor));
-    while let Command::Reload = signals.next().await {
+    loop {
+        match signals.next().await {
+            Command::Shutdown => break,
+            Command::ReopenLogs => {
+                reopen_access_log(&supervisor);
+                continue;
+            }
+            Command::Reload => reopen_access_log(&supervisor),
+        }
         systemd::reloading();
         if reload(&supervisor, &options).await {
             endpoints.reconfigure(&supervisor.snapshot().config).await;
@@ -116,6 +124,13 @@ pub async fn run(config: Config, options: DaemonOptions) -> Result<(), DaemonErr
         remove_pidfile(path);
     }
     Ok(())
+}
+
+/// After logrotate moved the access log file: the writer opens a new one.
+fn reopen_access_log(supervisor: &Supervisor) {
+    if let Some(log) = &supervisor.snapshot().access_log {
+        log.reopen();
+    }
 }
 
 /// The one-line state `systemctl status` shows.

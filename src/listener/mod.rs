@@ -1,6 +1,8 @@
 //! Listeners: one task per `[servers.NAME]` that takes clients in and hands them to sessions.
-//! [`tcp`] accepts connections; [`udp`] receives datagrams and keeps the session table.
+//! [`tcp`] accepts connections and lets [`admission`] decide who gets a session; [`udp`]
+//! receives datagrams and keeps the session table.
 
+pub(crate) mod admission;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 

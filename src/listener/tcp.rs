@@ -1,4 +1,5 @@
-//! A TCP listener: accept, check access and limits, then hand the client to a session.
+//! A TCP listener: accept, check access and limits ([`admission`]), then hand the client to a
+//! session.
 //!
 //! Each `[servers.NAME]` has one accept task running [`accept_loop`]. It looks the server up in
 //! the current snapshot for every connection, so a reload changes the pool of new connections at
@@ -16,11 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::Shared;
+use super::{Shared, admission};
+use crate::net;
 use crate::session::tcp::TcpSession;
 use crate::snapshot::Server;
 use crate::stats::Slot;
-use crate::{access, net};
 
 /// Pause after an accept error that is not about the connection itself.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -120,17 +121,18 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-/// Applies `[access]` and `max_connections`, then spawns the session.
+/// Applies `[access]`, `[client_limits]` and `max_connections`, then spawns the session;
+/// with `[accept_proxy]`, checks the source is trusted and leaves the rest to the session's
+/// task, which reads the client's address from the PROXY header first.
 fn admit(server: &Arc<Server>, client: TcpStream, peer: SocketAddr, shared: &Shared) {
-    if let Some(rules) = &server.config.access
-        && !access::allows(rules, peer.ip())
-    {
-        server.stats.denied.fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = server.log_limits.denied.check() {
-            info!(server = server.name(), client = %peer, suppressed, "client denied by access rules");
-        }
-        return;
-    }
+    let admitted = match &server.config.accept_proxy {
+        Some(accept) if !admission::is_trusted(server, accept, peer) => return,
+        Some(_) => None,
+        None => match admission::admit_client(server, peer) {
+            Some(admitted) => Some(admitted),
+            None => return,
+        },
+    };
     let Some(slot) = Slot::try_acquire(&server.stats, server.config.max_connections) else {
         server.stats.over_limit.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = server.log_limits.over_limit.check() {
@@ -144,8 +146,15 @@ fn admit(server: &Arc<Server>, client: TcpStream, peer: SocketAddr, shared: &Sha
         }
         return;
     };
+    let close = shared.close_sessions.clone();
+    let Some(admitted) = admitted else {
+        let session = admission::run_proxied_session(Arc::clone(server), client, peer, slot, close);
+        shared.sessions.spawn(session);
+        return;
+    };
     server.stats.total.fetch_add(1, Ordering::Relaxed);
     let session = TcpSession::new(Arc::clone(server), client, peer, slot);
-    let close = shared.close_sessions.clone();
-    shared.sessions.spawn(session.run(close));
+    shared
+        .sessions
+        .spawn(admission::run_session(session, admitted, close));
 }

@@ -1,6 +1,8 @@
 //! `[logging]`: where log lines go and how they look, plus a limiter for events that can
-//! repeat thousands of times a second (accept errors, connect failures under a storm).
+//! repeat thousands of times a second (accept errors, connect failures under a storm), and
+//! the `access` log of sessions.
 
+pub(crate) mod access;
 mod gobetween;
 
 use std::fs::{File, OpenOptions};
@@ -216,6 +218,7 @@ mod tests {
             level: LogLevel::Info,
             output: LogOutput::File(link.clone()),
             format: LogFormat::Text,
+            access_log: None,
         };
         let error = init(&config).expect_err("a symbolic link");
         assert!(

@@ -297,6 +297,12 @@ fn process(out: &mut Exposition, supervisor: &Supervisor) {
     )
     .sample(&[], supervisor.open_sessions());
     forwarding_memory(out, &supervisor.snapshot().forwarding_budget);
+    out.family(
+        "betwixt_access_log_dropped_total",
+        Kind::Counter,
+        "Access log lines dropped: the writer's queue was full, or the file could not be written.",
+    )
+    .sample(&[], load(&supervisor.snapshot().access_log_dropped));
 }
 
 /// `[betwixt] forwarding_memory`: what the pipes and grown copy buffers hold now, the cap, and
@@ -365,7 +371,7 @@ fn server_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {
     let mut family = out.family(
         "betwixt_server_clients_rejected_total",
         Kind::Counter,
-        "Clients closed without a session: denied by [access], over max_connections, or unserved (no backend could be connected).",
+        "Clients closed without a session: denied by [access], over max_connections, unserved (no backend could be connected), refused by [client_limits] (client_connections, client_rate, client_table_full) or by [accept_proxy] (proxy_untrusted, proxy_header).",
     );
     for server in servers {
         let stats = &server.stats;
@@ -373,6 +379,11 @@ fn server_counters(out: &mut Exposition, servers: &[&Arc<Server>]) {
             ("denied", &stats.denied),
             ("over_limit", &stats.over_limit),
             ("unserved", &stats.unserved),
+            ("client_connections", &stats.client_over_connections),
+            ("client_rate", &stats.client_over_rate),
+            ("client_table_full", &stats.client_table_full),
+            ("proxy_untrusted", &stats.proxy_untrusted),
+            ("proxy_header", &stats.proxy_header_failed),
         ] {
             family.sample(
                 &[("server", server.name()), ("reason", reason)],

@@ -29,6 +29,8 @@ pub(crate) struct Connected {
     pub(crate) backend_closer: CancellationToken,
     /// With `[rebalance]`: the session's place among its backend's, and its own closer.
     ticket: Option<SessionTicket>,
+    /// Connects tried before this one succeeded.
+    pub(crate) retries: u32,
     _slot: Slot<BackendState>,
 }
 
@@ -148,6 +150,7 @@ impl<'a> Walk<'a> {
                         backend: Arc::clone(backend),
                         backend_closer,
                         ticket,
+                        retries: self.made - 1,
                         _slot: slot,
                     });
                 }

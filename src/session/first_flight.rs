@@ -24,7 +24,7 @@ use crate::config::ReplayMode;
 use crate::forward::{Direction, Meter, Stream};
 use crate::health::monitor;
 use crate::snapshot::Server;
-use crate::stats::{SessionEnd, SessionMeter};
+use crate::stats::{SessionBytes, SessionEnd, SessionMeter};
 use crate::tls::client_hello::{self, MAX_CLIENT_HELLO, Parsed};
 
 /// The most client bytes kept for a replay: the ClientHello bound of SNI passthrough (32 KiB,
@@ -110,7 +110,9 @@ enum Watched {
 /// For that reason a session whose last candidate is silent stays on it (the relay goes on);
 /// one whose last candidate closed or failed is closed.
 ///
-/// Returns the backend to relay with; `None` when the session ended here (counted).
+/// Returns the backend to relay with, or the last one tried and how the session ended there
+/// (for the caller to count and log). Bytes moved are counted in `bytes` too.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn first_response(
     server: &Server,
     peer: SocketAddr,
@@ -119,11 +121,12 @@ pub(crate) async fn first_response(
     client: &mut Stream,
     header: &[u8],
     first_flight: Vec<u8>,
-) -> Option<Connected> {
+    bytes: &SessionBytes,
+) -> Result<Connected, (Connected, SessionEnd)> {
     let Some(timeout) = server.config.replay.timeout() else {
-        return match send(&mut connected, server, header, &first_flight).await {
-            Ok(()) => Some(connected),
-            Err(error) => ended_sending(server, peer, &connected, &error),
+        return match send(&mut connected, server, header, &first_flight, bytes).await {
+            Ok(()) => Ok(connected),
+            Err(error) => Err(ended_sending(server, peer, connected, &error)),
         };
     };
     let mut flight = Flight {
@@ -132,9 +135,9 @@ pub(crate) async fn first_response(
     };
     let mut replayed = false;
     loop {
-        let sending = send(&mut connected, server, header, &flight.kept);
+        let sending = send(&mut connected, server, header, &flight.kept, bytes);
         let watched = match tokio::time::timeout(timeout, sending).await {
-            Ok(Ok(())) => watch(&mut flight, client, &mut connected, server, timeout).await,
+            Ok(Ok(())) => watch(&mut flight, client, &mut connected, server, timeout, bytes).await,
             Ok(Err(error)) => Watched::Unanswered(Unanswered::Failed(error)),
             Err(_) => Watched::Unanswered(Unanswered::Silent(timeout)),
         };
@@ -148,17 +151,13 @@ pub(crate) async fn first_response(
                         .succeeded
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                return Some(connected);
+                return Ok(connected);
             }
             Watched::ClientFailed(error) => {
                 debug!(server = server.name(), client = %peer, backend = %connected.backend.target, %error, "client failed before the backend's first response");
-                server.stats.ended.record(SessionEnd::Error);
-                return None;
+                return Err((connected, SessionEnd::Error));
             }
-            Watched::Closed(end) => {
-                server.stats.ended.record(end);
-                return None;
-            }
+            Watched::Closed(end) => return Err((connected, end)),
             Watched::Unanswered(unanswered) => unanswered,
         };
         let blamed = !(flight.kept.is_empty() && matches!(unanswered, Unanswered::Silent(_)));
@@ -184,10 +183,12 @@ async fn watch(
     connected: &mut Connected,
     server: &Server,
     timeout: Duration,
+    bytes: &SessionBytes,
 ) -> Watched {
     let meter = SessionMeter {
         backend: &connected.backend.state.stats.traffic,
         server: &server.stats.traffic,
+        session: Some(bytes),
     };
     // The backend's closer, or with `[rebalance]` the session's own.
     let closer = connected.closer().clone();
@@ -262,6 +263,7 @@ async fn send(
     server: &Server,
     header: &[u8],
     first_flight: &[u8],
+    bytes: &SessionBytes,
 ) -> io::Result<()> {
     if !header.is_empty() {
         connected.stream.write_all(header).await?;
@@ -271,6 +273,7 @@ async fn send(
         let meter = SessionMeter {
             backend: &connected.backend.state.stats.traffic,
             server: &server.stats.traffic,
+            session: Some(bytes),
         };
         meter.record(Direction::ToBackend, first_flight.len() as u64);
     }
@@ -283,12 +286,11 @@ async fn send(
 fn ended_sending(
     server: &Server,
     peer: SocketAddr,
-    connected: &Connected,
+    connected: Connected,
     error: &io::Error,
-) -> Option<Connected> {
+) -> (Connected, SessionEnd) {
     debug!(server = server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header or the ClientHello");
-    server.stats.ended.record(SessionEnd::Error);
-    None
+    (connected, SessionEnd::Error)
 }
 
 /// Counts a blamed backend's failure against its passive health, and says so.
@@ -326,7 +328,7 @@ fn exhausted(
     connected: Connected,
     unanswered: &Unanswered,
     blamed: bool,
-) -> Option<Connected> {
+) -> Result<Connected, (Connected, SessionEnd)> {
     if blamed {
         server
             .stats
@@ -345,10 +347,9 @@ fn exhausted(
         }
     }
     if matches!(unanswered, Unanswered::Silent(_)) {
-        return Some(connected);
+        return Ok(connected);
     }
-    server.stats.ended.record(SessionEnd::Error);
-    None
+    Err((connected, SessionEnd::Error))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +20,10 @@ use super::first_flight;
 use super::opening::{self, Opened};
 use crate::config::ProxyProtocolVersion;
 use crate::forward::{self, ForwardError, Stream};
+use crate::logging::access::{Entry, Started};
 use crate::proxy_protocol::{self, Transport};
 use crate::snapshot::Server;
-use crate::stats::{ServerStats, SessionEnd, SessionMeter, Slot};
+use crate::stats::{ServerStats, SessionBytes, SessionEnd, SessionMeter, Slot};
 
 /// One admitted client, from connect to close.
 pub(crate) struct TcpSession {
@@ -53,6 +55,7 @@ impl TcpSession {
             peer,
             _slot: slot,
         } = self;
+        let started = Started::now();
         let local = client.local_addr();
         // Boxed: the opening is brief, and inline its state would stay in every idle session.
         let opened = tokio::select! {
@@ -90,12 +93,16 @@ impl TcpSession {
             Ok(header) => header,
             Err(error) => {
                 debug!(server = session.server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header");
-                session.server.stats.ended.record(SessionEnd::Error);
+                let bytes = SessionBytes::default();
+                let connect_time = started.elapsed();
+                session.finish(&connected, SessionEnd::Error, &bytes, started, connect_time);
                 return;
             }
         };
         // From here the backend's closer, a child of `close`, ends the session.
         drop(close);
+        let connect_time = started.elapsed();
+        let bytes = SessionBytes::default();
         let first_flight = std::mem::take(&mut opened.replay);
         // Boxed for the same reason as the opening.
         let answered = Box::pin(first_flight::first_response(
@@ -106,13 +113,19 @@ impl TcpSession {
             &mut opened.client,
             &header,
             first_flight,
+            &bytes,
         ))
         .await;
-        let Some(mut connected) = answered else {
-            return;
+        let (connected, end) = match answered {
+            Ok(mut connected) => {
+                let end = session
+                    .relay(&mut opened.client, &mut connected, &bytes)
+                    .await;
+                (connected, end)
+            }
+            Err(ended) => ended,
         };
-        let end = session.relay(&mut opened.client, &mut connected).await;
-        session.server.stats.ended.record(end);
+        session.finish(&connected, end, &bytes, started, connect_time);
     }
 }
 
@@ -164,6 +177,33 @@ impl Session {
         })
     }
 
+    /// Counts how the session ended and writes its access log line.
+    fn finish(
+        &self,
+        connected: &Connected,
+        end: SessionEnd,
+        bytes: &SessionBytes,
+        started: Started,
+        connect: Duration,
+    ) {
+        self.server.stats.ended.record(end);
+        if let Some(log) = &self.server.access_log {
+            let (to_backend, to_client) = bytes.moved();
+            log.record(&Entry {
+                start: started.at,
+                client: self.peer,
+                server: self.server.name(),
+                backend: &connected.backend.target,
+                connect,
+                duration: started.elapsed(),
+                to_backend,
+                to_client,
+                end: end.as_str(),
+                retries: connected.retries,
+            });
+        }
+    }
+
     fn report_unserved(&self) {
         let server = &self.server;
         server.stats.unserved.fetch_add(1, Ordering::Relaxed);
@@ -180,10 +220,16 @@ impl Session {
 
     /// Forwards until the session ends by itself or is closed (shutdown, backend closed): the
     /// backend's closer is a child of the shutdown token, so one future waits for both.
-    async fn relay(&self, client: &mut Stream, connected: &mut Connected) -> SessionEnd {
+    async fn relay(
+        &self,
+        client: &mut Stream,
+        connected: &mut Connected,
+        bytes: &SessionBytes,
+    ) -> SessionEnd {
         let meter = SessionMeter {
             backend: &connected.backend.state.stats.traffic,
             server: &self.server.stats.traffic,
+            session: Some(bytes),
         };
         let closer = connected.closer().clone();
         let forwarding =

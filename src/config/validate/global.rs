@@ -8,8 +8,8 @@ use super::value::{self, Given, choice, text};
 use super::{Key, Report};
 use crate::config::raw::{RawApi, RawBetwixt, RawConfig, RawLogging, RawMetrics};
 use crate::config::{
-    ApiConfig, BasicAuth, ForwardingMode, LogFormat, LogLevel, LogOutput, LoggingConfig,
-    MetricsConfig, RuntimeConfig, TlsFiles,
+    AccessLogConfig, AccessLogFormat, AccessLogOutput, ApiConfig, BasicAuth, ForwardingMode,
+    LogFormat, LogLevel, LogOutput, LoggingConfig, MetricsConfig, RuntimeConfig, TlsFiles,
 };
 
 /// `[api] bind` when absent: loopback only. gobetween listens on every interface (`:8888`),
@@ -60,11 +60,49 @@ pub(super) fn logging(report: &mut Report<'_>, raw: Option<&RawLogging>) -> Logg
         LogFormat::Text,
         &formats,
     );
+    let access_log = access_log(report, &key, &raw);
     LoggingConfig {
         level,
         output,
         format,
+        access_log,
     }
+}
+
+/// `access_log` (a path, or "log" for the main log) and `access_log_format`.
+fn access_log(report: &mut Report<'_>, key: &Key, raw: &RawLogging) -> Option<AccessLogConfig> {
+    let formats = [
+        ("text", AccessLogFormat::Text),
+        ("json", AccessLogFormat::Json),
+    ];
+    let format_key = key.child("access_log_format");
+    let format = choice(
+        report,
+        &format_key,
+        &raw.access_log_format,
+        AccessLogFormat::Text,
+        &formats,
+    );
+    let Some(output) = text(&raw.access_log) else {
+        if text(&raw.access_log_format).is_some() {
+            report.warn(&format_key, "ignored: no access_log is set");
+        }
+        return None;
+    };
+    let output = match output {
+        "log" => AccessLogOutput::MainLog,
+        path if path.ends_with('/') => {
+            report.error(
+                &key.child("access_log"),
+                format!(
+                    "{path:?} names a directory; expected a file path, or \"log\" for the main log"
+                ),
+            );
+            return None;
+        }
+        path => AccessLogOutput::File(PathBuf::from(path)),
+    };
+    Some(AccessLogConfig { output, format })
 }
 
 /// `[api]`: disabled, bound to `127.0.0.1:8888`, no CORS, exec, auth or TLS unless set.

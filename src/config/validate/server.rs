@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::value::{self, Given, choice, text};
-use super::{Key, Report, bind, discovery, healthcheck, rebalance, tls};
+use super::{Key, Report, admission, bind, discovery, healthcheck, rebalance, tls};
 use crate::config::duration::parse_duration;
 use crate::config::raw::{RawAccess, RawAcme, RawDefaults, RawProxyProtocol, RawServer, RawUdp};
 use crate::config::{
@@ -77,6 +77,10 @@ pub(super) fn server(
         .proxy_protocol
         .as_ref()
         .and_then(|proxy| proxy_protocol(report, &key.child("proxy_protocol"), proxy));
+    let client_limits = admission::client_limits(report, &key, raw, defaults);
+    let accept_proxy = raw.accept_proxy.as_ref().and_then(|table| {
+        admission::accept_proxy(report, &key.child("accept_proxy"), table, udp.is_some())
+    });
     let (discovery, backends) = discovery::discovery(report, &key, raw.discovery.as_ref());
     let healthcheck =
         healthcheck::healthcheck(report, &key.child("healthcheck"), raw.healthcheck.as_ref());
@@ -116,6 +120,8 @@ pub(super) fn server(
         proxy_protocol,
         udp,
         access,
+        client_limits,
+        accept_proxy,
         tls: tls_termination,
         sni,
         backends_tls,
@@ -143,12 +149,9 @@ fn check_name(report: &mut Report<'_>, name: &str) -> bool {
 
 /// Validates `[defaults]` on its own, so its errors show even with no server inheriting them.
 pub(super) fn check_defaults(report: &mut Report<'_>, defaults: &RawDefaults) {
-    connection_options(
-        report,
-        &Key::root("defaults"),
-        &RawServer::default(),
-        defaults,
-    );
+    let key = Key::root("defaults");
+    connection_options(report, &key, &RawServer::default(), defaults);
+    admission::client_limits(report, &key, &RawServer::default(), defaults);
 }
 
 /// tcp, tls and udp. Returns the `[udp]` settings when `protocol = "udp"`, and whether the
