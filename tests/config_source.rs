@@ -81,7 +81,18 @@ async fn names(addr: SocketAddr) -> Vec<String> {
     names
 }
 
-/// Waits until both `a` and `b` get clients through `addr`.
+/// Whether both `a` and `b` get clients through `addr` within 10 s.
+async fn serves_both_soon(addr: SocketAddr) -> bool {
+    for _ in 0..100 {
+        if serves_both(addr).await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Whether both `a` and `b` get clients through `addr` now.
 async fn serves_both(addr: SocketAddr) -> bool {
     names(addr).await == ["a", "b"]
 }
@@ -131,15 +142,7 @@ async fn from_url_serves_the_fetched_config_and_sighup_fetches_it_again() {
         &config(port, api_port, &[a.addr, b.addr], "roundrobin"),
     );
     daemon.reload();
-    let mut joined = false;
-    for _ in 0..100 {
-        if serves_both(addr).await {
-            joined = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(joined, "b joined after the reload");
+    assert!(serves_both_soon(addr).await, "b joined after the reload");
 
     // A broken config is refused, naming the URL and the key; the old one keeps serving.
     bodies.set(
@@ -207,15 +210,7 @@ async fn from_consul_reads_a_json_config_from_a_key_and_sighup_reads_it_again() 
 
     consul.set_key("lb/gobetween", &json(&[a.addr, b.addr]));
     daemon.reload();
-    let mut joined = false;
-    for _ in 0..100 {
-        if serves_both(addr).await {
-            joined = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(joined, "b joined after the reload");
+    assert!(serves_both_soon(addr).await, "b joined after the reload");
 
     consul.set_key("lb/gobetween", "{\"servers\": ");
     daemon.reload();
