@@ -192,13 +192,37 @@ async fn watch(
     };
     // The backend's closer, or with `[rebalance]` the session's own.
     let closer = connected.closer().clone();
-    let mut response = vec![0; FIRST_RESPONSE_BUFFER];
+    // Taken once either side has something to read (see below).
+    let mut response = Vec::new();
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
         let verdict = flight.verdict();
         if verdict == Verdict::Refused {
             return Watched::HandOver;
+        }
+        // Two plain sockets: wait until either is readable before taking buffers, so that a
+        // session whose client and backend are both quiet (an idle client, most often) holds
+        // none. (A TLS stream may hold decrypted bytes its socket no longer shows.)
+        if let (Stream::Tcp(client_socket), Stream::Tcp(backend_socket)) =
+            (&*client, &connected.stream)
+        {
+            tokio::select! {
+                () = closer.cancelled() => {
+                    return Watched::Closed(super::connect::close_reason(
+                        &connected.backend_closer,
+                        &connected.backend.state,
+                    ));
+                }
+                _ = client_socket.readable() => {}
+                _ = backend_socket.readable() => {}
+                () = &mut deadline, if verdict == Verdict::Complete => {
+                    return Watched::Unanswered(Unanswered::Silent(timeout));
+                }
+            }
+        }
+        if response.is_empty() {
+            response = vec![0; FIRST_RESPONSE_BUFFER];
         }
         flight.kept.reserve(CLIENT_READ);
         let before = flight.kept.len();
