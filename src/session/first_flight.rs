@@ -162,7 +162,9 @@ pub(crate) async fn first_response(
         };
         let blamed = !(flight.kept.is_empty() && matches!(unanswered, Unanswered::Silent(_)));
         report_unanswered(server, peer, &connected, &unanswered, blamed);
-        match walk.connect().await {
+        // Boxed: a connect (TLS included) is a large state, and inline it would stay in the
+        // future of every session waiting for its first response, idle ones included.
+        match Box::pin(walk.connect()).await {
             Some(next) => {
                 server.stats.replay.replays.fetch_add(1, Ordering::Relaxed);
                 replayed = true;
