@@ -107,6 +107,7 @@ fn rebalance_server(server: &Server, settings: &Rebalance) {
             .enumerate()
             .filter(|&(_, excess)| excess > 0)
             .collect();
+        let group_total: u64 = loads.iter().map(|load| load.active).sum();
         over.sort_by_key(|&(_, excess)| std::cmp::Reverse(excess));
         for (index, excess) in over {
             let backend = members[index];
@@ -124,7 +125,6 @@ fn rebalance_server(server: &Server, settings: &Rebalance) {
                 .stats
                 .rebalanced
                 .fetch_add(closed as u64, Ordering::Relaxed);
-            let group_total: u64 = loads.iter().map(|load| load.active).sum();
             info!(
                 server = server.name(),
                 backend = %backend.target,

@@ -111,7 +111,7 @@ enum Watched {
 /// one whose last candidate closed or failed is closed.
 ///
 /// Returns the backend to relay with, or the last one tried and how the session ended there
-/// (for the caller to count and log). Bytes moved are counted in `bytes` too.
+/// (for the caller to count and log). Bytes moved are counted in `bytes` too, if given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn first_response(
     server: &Server,
@@ -121,7 +121,7 @@ pub(crate) async fn first_response(
     client: &mut Stream,
     header: &[u8],
     first_flight: Vec<u8>,
-    bytes: &SessionBytes,
+    bytes: Option<&SessionBytes>,
 ) -> Result<Connected, (Connected, SessionEnd)> {
     let Some(timeout) = server.config.replay.timeout() else {
         return match send(&mut connected, server, header, &first_flight, bytes).await {
@@ -185,12 +185,12 @@ async fn watch(
     connected: &mut Connected,
     server: &Server,
     timeout: Duration,
-    bytes: &SessionBytes,
+    bytes: Option<&SessionBytes>,
 ) -> Watched {
     let meter = SessionMeter {
         backend: &connected.backend.state.stats.traffic,
         server: &server.stats.traffic,
-        session: Some(bytes),
+        session: bytes,
     };
     // The backend's closer, or with `[rebalance]` the session's own.
     let closer = connected.closer().clone();
@@ -289,7 +289,7 @@ async fn send(
     server: &Server,
     header: &[u8],
     first_flight: &[u8],
-    bytes: &SessionBytes,
+    bytes: Option<&SessionBytes>,
 ) -> io::Result<()> {
     if !header.is_empty() {
         connected.stream.write_all(header).await?;
@@ -299,7 +299,7 @@ async fn send(
         let meter = SessionMeter {
             backend: &connected.backend.state.stats.traffic,
             server: &server.stats.traffic,
-            session: Some(bytes),
+            session: bytes,
         };
         meter.record(Direction::ToBackend, first_flight.len() as u64);
     }

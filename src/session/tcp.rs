@@ -89,20 +89,24 @@ impl TcpSession {
             session.report_unserved();
             return;
         };
+        let connect_time = started.elapsed();
+        // Counted per session only for the access log's line.
+        let bytes = session
+            .server
+            .access_log
+            .as_ref()
+            .map(|_| SessionBytes::default());
+        let bytes = bytes.as_ref();
         let header = match session.proxy_header(&opened, local) {
             Ok(header) => header,
             Err(error) => {
                 debug!(server = session.server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header");
-                let bytes = SessionBytes::default();
-                let connect_time = started.elapsed();
-                session.finish(&connected, SessionEnd::Error, &bytes, started, connect_time);
+                session.finish(&connected, SessionEnd::Error, bytes, started, connect_time);
                 return;
             }
         };
         // From here the backend's closer, a child of `close`, ends the session.
         drop(close);
-        let connect_time = started.elapsed();
-        let bytes = SessionBytes::default();
         let first_flight = std::mem::take(&mut opened.replay);
         // Boxed for the same reason as the opening.
         let answered = Box::pin(first_flight::first_response(
@@ -113,19 +117,19 @@ impl TcpSession {
             &mut opened.client,
             &header,
             first_flight,
-            &bytes,
+            bytes,
         ))
         .await;
         let (connected, end) = match answered {
             Ok(mut connected) => {
                 let end = session
-                    .relay(&mut opened.client, &mut connected, &bytes)
+                    .relay(&mut opened.client, &mut connected, bytes)
                     .await;
                 (connected, end)
             }
             Err(ended) => ended,
         };
-        session.finish(&connected, end, &bytes, started, connect_time);
+        session.finish(&connected, end, bytes, started, connect_time);
     }
 }
 
@@ -182,12 +186,12 @@ impl Session {
         &self,
         connected: &Connected,
         end: SessionEnd,
-        bytes: &SessionBytes,
+        bytes: Option<&SessionBytes>,
         started: Started,
         connect: Duration,
     ) {
         self.server.stats.ended.record(end);
-        if let Some(log) = &self.server.access_log {
+        if let (Some(log), Some(bytes)) = (&self.server.access_log, bytes) {
             let (to_backend, to_client) = bytes.moved();
             log.record(&Entry {
                 start: started.at,
@@ -224,12 +228,12 @@ impl Session {
         &self,
         client: &mut Stream,
         connected: &mut Connected,
-        bytes: &SessionBytes,
+        bytes: Option<&SessionBytes>,
     ) -> SessionEnd {
         let meter = SessionMeter {
             backend: &connected.backend.state.stats.traffic,
             server: &self.server.stats.traffic,
-            session: Some(bytes),
+            session: bytes,
         };
         let closer = connected.closer().clone();
         let forwarding =
