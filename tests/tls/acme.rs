@@ -3,7 +3,7 @@
 //! name): the certificate is issued over HTTP-01 on `http_bind`, cached, served by SNI, and
 //! renewed without a restart; a server added through `POST /servers` gets its own.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,19 +15,9 @@ use tokio_rustls::TlsConnector;
 
 use super::{Ca, echo_round_trip};
 use crate::api::{Balancer, ENDPOINTS};
-use crate::util::{PATIENCE, echo_backend, free_port};
+use crate::util::{KillOnDrop, PATIENCE, echo_backend, free_port};
 
-/// A child process killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(program: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+fn spawn(program: &str, args: &[&str], env: &[(&str, &str)]) -> KillOnDrop {
     let child = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
@@ -35,7 +25,7 @@ fn spawn(program: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|error| panic!("{program} runs (Debian package pebble): {error}"));
-    Process(child)
+    KillOnDrop(child)
 }
 
 /// Waits until something listens on `port`.
