@@ -82,6 +82,15 @@ enum SchemeArg {
     Https,
 }
 
+impl From<SchemeArg> for ConsulScheme {
+    fn from(scheme: SchemeArg) -> Self {
+        match scheme {
+            SchemeArg::Http => ConsulScheme::Http,
+            SchemeArg::Https => ConsulScheme::Https,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start using the configuration in FILE.
@@ -116,6 +125,15 @@ enum Command {
         /// Fetch the configuration from URL, as `from-url` does.
         #[arg(long, value_name = "URL", conflicts_with_all = ["config", "path"])]
         url: Option<String>,
+        /// Read the configuration from Consul's KV store, as `from-consul` does.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["config", "path", "url"])]
+        consul: Option<String>,
+        /// With `--consul`: the key holding the configuration.
+        #[arg(short = 'k', long, default_value = "gobetween", requires = "consul")]
+        key: String,
+        /// With `--consul`: how to reach Consul.
+        #[arg(short = 's', long, value_enum, default_value_t = SchemeArg::Http, requires = "consul")]
+        scheme: SchemeArg,
         /// Treat unknown keys as errors.
         #[arg(long)]
         strict: bool,
@@ -228,23 +246,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => Some(Origin::Consul {
             address,
             key,
-            scheme: match scheme {
-                SchemeArg::Http => ConsulScheme::Http,
-                SchemeArg::Https => ConsulScheme::Https,
-            },
+            scheme: scheme.into(),
         }),
         Some(Command::Check {
             config,
             path,
             url,
+            consul,
+            key,
+            scheme,
             strict,
         }) => {
-            let origin = match (config.or(path), url) {
-                (Some(path), _) => Origin::File(path),
-                (None, Some(url)) => Origin::Url(url),
-                (None, None) => {
-                    bail!("check needs a configuration: betwixt check -c FILE (or --url URL)")
-                }
+            let origin = match (config.or(path), url, consul) {
+                (Some(path), _, _) => Origin::File(path),
+                (None, Some(url), _) => Origin::Url(url),
+                (None, None, Some(address)) => Origin::Consul {
+                    address,
+                    key,
+                    scheme: scheme.into(),
+                },
+                (None, None, None) => bail!(
+                    "check needs a configuration: betwixt check -c FILE (or --url URL, or \
+                     --consul HOST:PORT -k KEY)"
+                ),
             };
             let options = LoadOptions { strict, ..options };
             return cli::check::run(&ConfigSource { origin, options });

@@ -223,6 +223,46 @@ async fn from_consul_reads_a_json_config_from_a_key_and_sighup_reads_it_again() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_a_config_from_consul() {
+    let (consul, responder) = FakeConsul::start().await;
+    consul.set_key(
+        "lb/good",
+        &config(free_port(), free_port(), &[], "roundrobin"),
+    );
+    consul.set_key(
+        "lb/bad",
+        &config(free_port(), free_port(), &[], "roundrobbin"),
+    );
+    let host = responder.authority();
+    let check = |key: &str| {
+        let args = ["check", "--consul", &host, "-k", key].map(str::to_owned);
+        async move {
+            let output = tokio::process::Command::new(BINARY)
+                .args(args)
+                .env_remove("GOBETWEEN")
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            (output.status.code(), text)
+        }
+    };
+    let (code, text) = check("lb/good").await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("configuration is valid"), "{text}");
+    let (code, text) = check("lb/bad").await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "http://{host}/v1/kv/lb/bad: servers.k3s.balance: "
+        )),
+        "{text}"
+    );
+    assert_eq!(responder.requests()[0].target, "/v1/kv/lb/good");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_validates_a_config_from_a_url() {
     let bodies = Bodies::default();
     bodies.set(
