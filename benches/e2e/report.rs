@@ -372,6 +372,13 @@ pub fn document(plan: &Plan, targets: &[TargetKind], results: &Results, run: &Ru
     for (key, value) in crate::system::machine_description() {
         let _ = writeln!(text, "- {key}: {value}");
     }
+    if plan.betwixt != std::path::Path::new(env!("CARGO_BIN_EXE_betwixt")) {
+        let _ = writeln!(
+            text,
+            "- betwixt binary measured: `{}` (`--betwixt`; the revision above is the harness's)",
+            plan.betwixt.display()
+        );
+    }
     let _ = writeln!(text, "{}", settings(plan, run));
     text.push_str(&table(results, targets));
     text.push_str(
