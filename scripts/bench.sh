@@ -18,6 +18,8 @@ command -v nginx >/dev/null || missing+=(nginx)
 command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v openssl >/dev/null || missing+=(openssl)
+# perf counts the balancers' system calls and context switches (connrate, keepalive, dns).
+command -v perf >/dev/null || missing+=(linux-perf)
 if command -v nginx >/dev/null && ! nginx -V 2>&1 | grep -q -- '--with-stream\( \|$\)' \
     && ! ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1; then
     missing+=(libnginx-mod-stream)
