@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of betwixt beside HAProxy and nginx on loopback (BENCHMARKS.md).
 #
-#   scripts/bench.sh                       # everything, 5 repetitions, ~11 minutes
+#   scripts/bench.sh                       # everything, 5 repetitions, ~30 minutes
 #   scripts/bench.sh --quick               # every workload briefly: checks the harness
 #   scripts/bench.sh --workloads bulk,pingpong --targets betwixt-splice,haproxy --reps 5
 #
 # Flags go to the bench binary (`cargo bench --bench e2e -- FLAGS`); BENCH_WORKLOADS,
-# BENCH_TARGETS, BENCH_REPS, BENCH_QUICK work too. As root, missing tools are installed with
+# BENCH_TARGETS, BENCH_REPS, BENCH_QUICK, BENCH_CORES work too. As root, missing tools are installed with
 # apt-get; otherwise the targets and workloads that need them are skipped with a note.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ command -v nginx >/dev/null || missing+=(nginx)
 command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v openssl >/dev/null || missing+=(openssl)
+# perf counts the balancers' system calls and context switches (connrate, keepalive, dns).
+command -v perf >/dev/null || missing+=(linux-perf)
 if command -v nginx >/dev/null && ! nginx -V 2>&1 | grep -q -- '--with-stream\( \|$\)' \
     && ! ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1; then
     missing+=(libnginx-mod-stream)

@@ -1,7 +1,8 @@
 //! Command line: which workloads and targets to run, how long, and the child roles.
 //!
 //! Every flag of the orchestrator also has an environment variable (`BENCH_QUICK`,
-//! `BENCH_WORKLOADS`, `BENCH_TARGETS`, `BENCH_REPS`, `BENCH_WORKERS`, `BENCH_IDLE_CONNS`) for
+//! `BENCH_WORKLOADS`, `BENCH_TARGETS`, `BENCH_REPS`, `BENCH_WORKERS`, `BENCH_IDLE_CONNS`,
+//! `BENCH_CORES`) for
 //! runs through `cargo bench`, where flags must follow `--`.
 
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ pub struct RunArgs {
     /// Worker threads or processes of every balancer (default: the number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Where connrate, keepalive and pingpong run: `pinned` (each process on its CPU),
+    /// `shared` (nothing pinned: balancer, load and backends share the machine) or `both`
+    /// (default).
+    #[arg(long, value_enum)]
+    pub cores: Option<Cores>,
     /// Idle connections to hold open (default: sized to the open-file limit, at most 9000).
     #[arg(long)]
     pub idle_conns: Option<usize>,
@@ -126,6 +132,41 @@ impl TargetKind {
     }
 }
 
+/// The `--cores` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Cores {
+    Pinned,
+    Shared,
+    Both,
+}
+
+/// How the per-connection and per-request workloads place their processes on the CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The layout each workload documents (balancer on a core of its own, or all on one).
+    Pinned,
+    /// Nothing pinned: the balancer, the load generator and the backends share every CPU, as
+    /// on a small LB node where nothing is reserved.
+    Shared,
+}
+
+impl Placement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Pinned => "pinned",
+            Placement::Shared => "shared",
+        }
+    }
+
+    /// `cpus` when pinned, `None` when the CPUs are shared.
+    pub fn cpus(self, cpus: &str) -> Option<&str> {
+        match self {
+            Placement::Pinned => Some(cpus),
+            Placement::Shared => None,
+        }
+    }
+}
+
 /// A child process's part.
 #[derive(Debug, Subcommand)]
 pub enum Role {
@@ -204,6 +245,12 @@ pub struct Plan {
     pub reps: usize,
     /// Worker threads (betwixt, HAProxy) or processes (nginx).
     pub workers: usize,
+    /// The placements connrate, keepalive and pingpong run in, each a full set of measurements.
+    pub placements: Vec<Placement>,
+    /// Seconds of the extra pass, after each timed connrate or keepalive run, that counts the
+    /// balancer's system calls and context switches (counting slows every call a little, so
+    /// it is kept out of the timed run).
+    pub count_secs: f64,
     pub bulk_secs: u32,
     pub connrate_secs: f64,
     pub connrate_concurrency: usize,
@@ -241,6 +288,11 @@ impl Plan {
         }
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = option_or_env(args.workers, "BENCH_WORKERS")?.unwrap_or(cpus);
+        let placements = match cores(args.cores)? {
+            Cores::Pinned => vec![Placement::Pinned],
+            Cores::Shared => vec![Placement::Shared],
+            Cores::Both => vec![Placement::Pinned, Placement::Shared],
+        };
         let by_limit = usize::try_from(nofile_limit.saturating_sub(FD_HEADROOM) / 2)?;
         let idle_default = if quick {
             300
@@ -257,6 +309,8 @@ impl Plan {
             targets,
             reps,
             workers,
+            placements,
+            count_secs: if quick { 0.5 } else { 1.0 },
             bulk_secs: if quick { 1 } else { 3 },
             connrate_secs: if quick { 1.0 } else { 3.0 },
             connrate_concurrency: 64,
@@ -284,6 +338,18 @@ impl Plan {
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false"))
+}
+
+/// The `--cores` flag, else `BENCH_CORES`, else both.
+fn cores(flag: Option<Cores>) -> anyhow::Result<Cores> {
+    if let Some(cores) = flag {
+        return Ok(cores);
+    }
+    match std::env::var("BENCH_CORES") {
+        Ok(text) if !text.is_empty() => Cores::from_str(text.trim(), true)
+            .map_err(|error| anyhow::anyhow!("BENCH_CORES: {error}")),
+        _ => Ok(Cores::Both),
+    }
 }
 
 fn option_or_env(value: Option<usize>, name: &str) -> anyhow::Result<Option<usize>> {

@@ -73,18 +73,40 @@ pub const METRICS: &[Metric] = &[
     metric("bulk1.down.cpu", "balancer CPU, 1 stream ←",           "s/GB",     Lower,  3, Some(HaproxyAtMost(0.8))),
     metric("bulk8.up.cpu",   "balancer CPU, 8 streams →",          "s/GB",     Lower,  3, Some(HaproxyAtMost(0.8))),
     metric("bulk8.down.cpu", "balancer CPU, 8 streams ←",          "s/GB",     Lower,  3, Some(HaproxyAtMost(0.8))),
-    metric("conn.rate",      "new connections",                    "conn/s",   Higher, 0, Some(HaproxyAtLeast(1.2))),
+    metric("conn.rate",      "new connections",                    "conn/s",   Higher, 0, Some(HaproxyAtLeast(1.1))),
     metric("conn.p50",       "connect+first byte p50",             "µs",       Lower,  0, None),
     metric("conn.p99",       "connect+first byte p99",             "µs",       Lower,  0, None),
-    metric("conn.cpu",       "balancer CPU per connection",        "µs",       Lower,  1, None),
-    metric("ka.rate",        "keep-alive requests",                "req/s",    Higher, 0, Some(HaproxyAtLeast(1.0))),
+    metric("conn.cpu",       "balancer CPU per connection",        "µs",       Lower,  1, Some(HaproxyAtMost(0.85))),
+    metric("conn.syscalls",  "balancer system calls per connection", "calls",  Lower,  1, None),
+    metric("conn.switches",  "balancer context switches per connection", "switches", Lower, 2, None),
+    metric("conn.rate.shared",     "new connections, shared cores",      "conn/s",   Higher, 0, Some(HaproxyAtLeast(1.1))),
+    metric("conn.p50.shared",      "connect+first byte p50, shared",     "µs",       Lower,  0, None),
+    metric("conn.p99.shared",      "connect+first byte p99, shared",     "µs",       Lower,  0, None),
+    metric("conn.cpu.shared",      "balancer CPU per connection, shared", "µs",      Lower,  1, Some(HaproxyAtMost(0.85))),
+    metric("conn.syscalls.shared", "system calls per connection, shared", "calls",   Lower,  1, None),
+    metric("conn.switches.shared", "context switches per connection, shared", "switches", Lower, 2, None),
+    metric("ka.rate",        "keep-alive requests",                "req/s",    Higher, 0, Some(HaproxyAtLeast(1.3))),
     metric("ka.p50",         "keep-alive latency p50",             "µs",       Lower,  0, None),
     metric("ka.p99",         "keep-alive latency p99",             "µs",       Lower,  0, None),
-    metric("ka.cpu",         "balancer CPU per request",           "µs",       Lower,  2, None),
+    metric("ka.cpu",         "balancer CPU per request",           "µs",       Lower,  2, Some(HaproxyAtMost(0.5))),
+    metric("ka.syscalls",    "balancer system calls per request",  "calls",    Lower,  2, None),
+    metric("ka.switches",    "balancer context switches per request", "switches", Lower, 2, None),
+    metric("ka.rate.shared",     "keep-alive requests, shared cores",  "req/s",    Higher, 0, Some(HaproxyAtLeast(1.3))),
+    metric("ka.p50.shared",      "keep-alive latency p50, shared",     "µs",       Lower,  0, None),
+    metric("ka.p99.shared",      "keep-alive latency p99, shared",     "µs",       Lower,  0, None),
+    metric("ka.cpu.shared",      "balancer CPU per request, shared",   "µs",       Lower,  2, Some(HaproxyAtMost(0.5))),
+    metric("ka.syscalls.shared", "system calls per request, shared",   "calls",    Lower,  2, None),
+    metric("ka.switches.shared", "context switches per request, shared", "switches", Lower, 2, None),
     metric("pp.mean",        "64 B ping-pong RTT mean",            "µs",       Lower,  1, None),
     metric("pp.p99",         "64 B ping-pong RTT p99",             "µs",       Lower,  1, None),
-    metric("pp.added.mean",  "RTT added by balancer, mean",        "µs",       Lower,  1, Some(HaproxyAtMost(0.7))),
+    metric("pp.added.mean",  "RTT added by balancer, mean",        "µs",       Lower,  1, Some(HaproxyAtMost(0.5))),
     metric("pp.added.p99",   "RTT added by balancer, p99",         "µs",       Lower,  1, None),
+    metric("pp.cpu",         "balancer CPU per round trip",        "µs",       Lower,  1, None),
+    metric("pp.mean.shared",       "64 B ping-pong RTT mean, shared",     "µs", Lower, 1, None),
+    metric("pp.p99.shared",        "64 B ping-pong RTT p99, shared",      "µs", Lower, 1, None),
+    metric("pp.added.mean.shared", "RTT added by balancer, mean, shared", "µs", Lower, 1, Some(HaproxyAtMost(0.5))),
+    metric("pp.added.p99.shared",  "RTT added by balancer, p99, shared",  "µs", Lower, 1, None),
+    metric("pp.cpu.shared",        "balancer CPU per round trip, shared", "µs", Lower, 1, None),
     metric("idle.rss",       "idle conn memory (silent)",          "KiB/conn", Lower,  2, Some(AtMost(2.0))),
     metric("idle.fds",       "idle conn fds (silent)",             "fds/conn", Lower,  2, Some(AtMost(2.0))),
     metric("watch.rss",      "idle conn memory (after 64 B echo)", "KiB/conn", Lower,  2, Some(AtMost(2.0))),
@@ -350,6 +372,13 @@ pub fn document(plan: &Plan, targets: &[TargetKind], results: &Results, run: &Ru
     for (key, value) in crate::system::machine_description() {
         let _ = writeln!(text, "- {key}: {value}");
     }
+    if plan.betwixt != std::path::Path::new(env!("CARGO_BIN_EXE_betwixt")) {
+        let _ = writeln!(
+            text,
+            "- betwixt binary measured: `{}` (`--betwixt`; the revision above is the harness's)",
+            plan.betwixt.display()
+        );
+    }
     let _ = writeln!(text, "{}", settings(plan, run));
     text.push_str(&table(results, targets));
     text.push_str(
@@ -380,7 +409,9 @@ fn settings(plan: &Plan, run: &RunInfo) -> String {
          raised; a proxied connection costs the balancer 2 descriptors (plus pipes while data is \
          in flight), and {headroom} are left for listeners, pollers, pipes and logs: \
          min({max}, ({limit} − {headroom}) / 2)\n\
-         - pinning: bulk, connrate and keepalive: {throughput}; ping-pong: {pinning}\n",
+         - pinning: bulk, connrate and keepalive: {throughput}; ping-pong: {pinning}. \
+         Placements of connrate, keepalive and ping-pong: {placements} (shared: nothing \
+         pinned; its rows say `shared`)\n",
         maxconn = crate::targets::haproxy_maxconn(plan.nofile_limit),
         connections = crate::targets::nginx_worker_connections(plan.nofile_limit),
         reps = plan.reps,
@@ -394,5 +425,11 @@ fn settings(plan: &Plan, run: &RunInfo) -> String {
         max = crate::cli::MAX_IDLE_CONNS,
         throughput = crate::workloads::THROUGHPUT_PINNING,
         pinning = crate::workloads::PINNING,
+        placements = plan
+            .placements
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }

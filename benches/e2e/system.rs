@@ -66,10 +66,18 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     ticks as f64 / clock_ticks()
 }
 
-/// Counts the system calls `pids` make (every thread) with `perf stat`, from `start` to
-/// `finish`.
+/// Counts the system calls `pids` make (every thread) and their context switches (each time
+/// one of their threads leaves a CPU: sleeping until woken, or preempted) with `perf stat`,
+/// from `start` to `finish`.
 pub struct SyscallCounter {
     perf: std::process::Child,
+}
+
+/// What a [`SyscallCounter`] counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    pub syscalls: u64,
+    pub switches: u64,
 }
 
 impl SyscallCounter {
@@ -79,7 +87,14 @@ impl SyscallCounter {
     pub fn start(pids: &[u32]) -> anyhow::Result<Self> {
         let list: Vec<String> = pids.iter().map(u32::to_string).collect();
         let perf = Command::new("perf")
-            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p"])
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "raw_syscalls:sys_enter,context-switches",
+            ])
+            .arg("-p")
             .arg(list.join(","))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -90,21 +105,27 @@ impl SyscallCounter {
         Ok(Self { perf })
     }
 
-    /// Stops counting and returns the number of calls.
+    /// Stops counting and returns the counts.
     ///
     /// # Errors
     /// perf failed or printed no count.
-    pub fn finish(self) -> anyhow::Result<u64> {
+    pub fn finish(self) -> anyhow::Result<Counts> {
         // SIGINT makes perf print its counts and exit.
         let _ = Command::new("kill")
             .args(["-INT", &self.perf.id().to_string()])
             .status();
         let output = self.perf.wait_with_output()?;
         let text = String::from_utf8_lossy(&output.stderr);
-        text.lines()
-            .find(|line| line.contains("raw_syscalls:sys_enter"))
-            .and_then(|line| line.split(',').next()?.trim().parse().ok())
-            .with_context(|| format!("no count in perf's output: {text}"))
+        let count = |event: &str| -> anyhow::Result<u64> {
+            text.lines()
+                .find(|line| line.contains(event))
+                .and_then(|line| line.split(',').next()?.trim().parse().ok())
+                .with_context(|| format!("no {event} count in perf's output: {text}"))
+        };
+        Ok(Counts {
+            syscalls: count("raw_syscalls:sys_enter")?,
+            switches: count("context-switches")?,
+        })
     }
 }
 

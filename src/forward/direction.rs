@@ -53,11 +53,12 @@ impl<'a> Flow<'a> {
     }
 
     /// Drives this direction as far as it can go: `Ready(Ok(()))` once its source ended and
-    /// the EOF was passed on, `Pending` while waiting for a socket.
+    /// the EOF was passed on, `Pending` while waiting for a socket. `other_done`: the opposite
+    /// direction has ended, so this one's end is the session's (see [`Leg::finish`]).
     pub(super) fn poll<M: Meter + Sync>(
         &mut self,
         cx: &mut Context<'_>,
-        leg: Leg<'a>,
+        (leg, other_done): (Leg<'a>, bool),
         options: &'a Options,
         meter: &'a M,
     ) -> Poll<Result<(), ForwardError>> {
@@ -84,7 +85,7 @@ impl<'a> Flow<'a> {
                     }
                     Step::Ended(moved) => {
                         self.total += moved;
-                        leg.finish()?;
+                        leg.finish(other_done)?;
                         self.done = true;
                         return Poll::Ready(Ok(()));
                     }

@@ -86,11 +86,12 @@ impl<M: Meter + Sync> Future for Relay<'_, M> {
             for direction in [Direction::ToBackend, Direction::ToClient] {
                 let leg = this.leg(direction);
                 let (options, meter) = (this.options, this.meter);
-                let flow = match direction {
-                    Direction::ToBackend => &mut this.to_backend,
-                    Direction::ToClient => &mut this.to_client,
+                let (flow, other) = match direction {
+                    Direction::ToBackend => (&mut this.to_backend, &this.to_client),
+                    Direction::ToClient => (&mut this.to_client, &this.to_backend),
                 };
-                if let Poll::Ready(Err(error)) = flow.poll(cx, leg, options, meter) {
+                let other_done = other.finished().is_some();
+                if let Poll::Ready(Err(error)) = flow.poll(cx, (leg, other_done), options, meter) {
                     break 'failed error;
                 }
             }

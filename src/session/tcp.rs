@@ -56,7 +56,12 @@ impl TcpSession {
             _slot: slot,
         } = self;
         let started = Started::now();
-        let local = client.local_addr();
+        // Only a PROXY header carries it: a getsockname per session otherwise.
+        let local = server
+            .config
+            .proxy_protocol
+            .is_some()
+            .then(|| client.local_addr());
         // Boxed: the opening is brief, and inline its state would stay in every idle session.
         let opened = tokio::select! {
             opened = Box::pin(opening::open(&server, client)) => opened,
@@ -165,16 +170,23 @@ impl Session {
     }
 
     /// The PROXY header to send first to every backend tried, if the server asks for one.
-    fn proxy_header(&self, opened: &Opened, local: io::Result<SocketAddr>) -> io::Result<Vec<u8>> {
+    ///
+    /// `local` is the client socket's own address, read only when the server sends a header.
+    fn proxy_header(
+        &self,
+        opened: &Opened,
+        local: Option<io::Result<SocketAddr>>,
+    ) -> io::Result<Vec<u8>> {
+        let local = || local.unwrap_or_else(|| Err(io::ErrorKind::AddrNotAvailable.into()));
         Ok(match self.server.config.proxy_protocol {
             Some(ProxyProtocolVersion::V1) => {
-                proxy_protocol::v1_header(self.peer, local?).into_bytes()
+                proxy_protocol::v1_header(self.peer, local()?).into_bytes()
             }
             // The name the client asked for (SNI) travels as the AUTHORITY TLV.
             Some(ProxyProtocolVersion::V2) => proxy_protocol::v2_header(
                 Transport::Stream,
                 self.peer,
-                local?,
+                local()?,
                 opened.server_name.as_deref(),
             ),
             None => Vec::new(),

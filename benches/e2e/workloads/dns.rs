@@ -112,10 +112,11 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
                 .results
                 .record("dns.cpu_common", target, cpu / completed * 100_000.0);
             match counter.and_then(|counter| counter.finish()) {
-                Ok(calls) => {
+                Ok(counts) => {
+                    let calls = counts.syscalls as f64;
                     bench
                         .results
-                        .record("dns.syscalls", target, calls as f64 / completed);
+                        .record("dns.syscalls", target, calls / completed);
                 }
                 Err(error) => bench
                     .results
