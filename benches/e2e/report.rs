@@ -126,6 +126,8 @@ pub const METRICS: &[Metric] = &[
     metric("tls.resumed.rsa.cpu",    "balancer CPU per resumed hs, RSA",   "µs",       Lower,  0, None),
     metric("tls.bulk",               "TLS bulk, 1 session echoed",         "MiB/s",    Higher, 0, Some(HaproxyAtLeast(1.0))),
     metric("tls.bulk.cpu",           "balancer CPU, TLS bulk",             "s/GB",     Lower,  3, None),
+    metric("tls.bulk.cpu0",          "CPU 0 (client + echo), TLS bulk",    "s/GB",     Lower,  3, None),
+    metric("tls.bulk.record",        "TLS bulk, mean record to client",    "bytes",    Higher, 0, None),
     metric("tls.idle.rss",           "idle TLS session memory",            "KiB/sess", Lower,  2, Some(HaproxyAtMost(1.0))),
 ];
 

@@ -9,7 +9,8 @@
 //!
 //! A session with TLS on either side ([`Stream`]) goes through [`relay`], which hands two TCP
 //! sockets to [`bidirectional`] and anything else to a [`StreamRelay`] (`AsyncRead` and
-//! `AsyncWrite`, no splice: TLS records must be decrypted in user space).
+//! `AsyncWrite`, no splice: TLS records must be decrypted in user space; a 16 KiB buffer per
+//! direction, one record).
 //!
 //! Two strategies move the bytes: [`splice`] (zero copy through a pipe, the default on Linux)
 //! and [`copy`] (user space, a buffer per active direction), which is also the fallback when

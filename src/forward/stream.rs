@@ -4,7 +4,14 @@
 //! goes through [`StreamRelay`], which moves bytes through `AsyncRead`/`AsyncWrite` with the
 //! same rules: per-direction idle timeouts, byte counts as they move, half-close passed on
 //! (for TLS as close_notify), a reset of the peer when one side fails, and buffers that exist
-//! only while data is in flight and grow against the forwarding [`Budget`](super::Budget).
+//! only while data is in flight.
+//!
+//! A direction's buffer holds one TLS record's worth (16 KiB), never more: a bigger one let
+//! rustls hand over up to `copy_buffer_size` of plaintext at once, and writing a megabyte into
+//! a backend socket whose receive window cannot take it leaves the kernel to push the rest out
+//! from the backend's ACKs, on the backend's CPU (BENCHMARKS.md, "TLS termination": the echo
+//! backend spent a third more CPU per MiB that way). The 16 KiB are the buffer every direction
+//! may hold without charge, so a TLS session never draws on the forwarding budget.
 
 use std::future::Future;
 use std::io;
@@ -17,7 +24,7 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::budget::{Grant, UNCHARGED_BUFFER};
+use super::budget::UNCHARGED_BUFFER;
 use super::idle::{self, IdleClock, Watchdog};
 use super::read_ahead::ReadAhead;
 use super::{Direction, ForwardError, Meter, Options, Side, Transferred};
@@ -89,8 +96,8 @@ pub struct StreamRelay<'a, M> {
     meter: &'a M,
     clock: Option<Arc<IdleClock>>,
     watchdog: Option<Watchdog>,
-    to_backend: Pump<'a>,
-    to_client: Pump<'a>,
+    to_backend: Pump,
+    to_client: Pump,
 }
 
 impl<'a, M: Meter + Sync> StreamRelay<'a, M> {
@@ -177,7 +184,7 @@ enum Stage {
 }
 
 /// One direction of a [`StreamRelay`].
-struct Pump<'a> {
+struct Pump {
     direction: Direction,
     stage: Stage,
     /// Held only while data is in flight: between bursts a direction owns no buffer.
@@ -188,11 +195,13 @@ struct Pump<'a> {
     written: usize,
     /// The sink took bytes since its last flush (TLS writes records lazily).
     unflushed: bool,
-    grant: Option<Grant<'a>>,
     total: u64,
 }
 
-impl<'a> Pump<'a> {
+/// The most a [`Pump`] holds: one full TLS record's plaintext.
+const RECORD_BUFFER: usize = UNCHARGED_BUFFER;
+
+impl Pump {
     fn new(direction: Direction) -> Self {
         Self {
             direction,
@@ -201,7 +210,6 @@ impl<'a> Pump<'a> {
             filled: 0,
             written: 0,
             unflushed: false,
-            grant: None,
             total: 0,
         }
     }
@@ -222,7 +230,7 @@ impl<'a> Pump<'a> {
         cx: &mut Context<'_>,
         source: &mut Stream,
         sink: &mut Stream,
-        context: &PumpContext<'a, '_, M>,
+        context: &PumpContext<'_, '_, M>,
     ) -> Poll<Result<(), ForwardError>> {
         let (source_side, sink_side) = self.sides();
         let sink_error = |error| ForwardError::Io {
@@ -285,25 +293,16 @@ impl<'a> Pump<'a> {
         }
     }
 
-    /// Reads into a fresh or grown buffer: `Ok(0)` at the end of the source.
+    /// Reads into a fresh buffer, or the one this burst already holds: `Ok(0)` at the end of
+    /// the source.
     fn read(
         &mut self,
         cx: &mut Context<'_>,
         source: &mut Stream,
-        options: &'a Options,
+        options: &Options,
     ) -> Poll<io::Result<usize>> {
-        let max = options.copy_buffer_size.max(1);
-        let size = self.buffer.len();
-        if size == 0 {
-            self.buffer = vec![0; UNCHARGED_BUFFER.min(max)];
-        } else if self.filled == size && size < max {
-            // The last read filled the buffer: more is waiting, so take more next time, if
-            // the budget has room for the part past the uncharged first buffer.
-            let larger = (size * 4).min(max);
-            let grant = self.grant.get_or_insert_with(|| options.budget.grant());
-            if grant.raise_to(larger.saturating_sub(UNCHARGED_BUFFER)) {
-                self.buffer = vec![0; larger];
-            }
+        if self.buffer.is_empty() {
+            self.buffer = vec![0; RECORD_BUFFER.min(options.copy_buffer_size.max(1))];
         }
         self.filled = 0;
         self.written = 0;
@@ -313,13 +312,12 @@ impl<'a> Pump<'a> {
         Poll::Ready(Ok(self.filled))
     }
 
-    /// Frees the buffer and what it was charged: the direction is between bursts.
+    /// Frees the buffer: the direction is between bursts.
     fn release(&mut self) {
         if self.written >= self.filled {
             self.buffer = Vec::new();
             self.filled = 0;
             self.written = 0;
-            self.grant = None;
         }
     }
 }

@@ -131,3 +131,80 @@ fn a_socket_error_prints_its_cause_once() {
     assert_eq!(chain.matches("reset by peer").count(), 1, "{chain}");
     assert!(chain.starts_with("client socket: "), "{chain}");
 }
+
+/// A TLS server config for `relay.test` with a fresh self-signed certificate, and a client
+/// config that trusts it.
+fn tls_configs() -> (rustls::ServerConfig, rustls::ClientConfig) {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let certified = rcgen::generate_simple_self_signed(vec!["relay.test".to_owned()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], PrivateKeyDer::Pkcs8(key))
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (server, client)
+}
+
+/// A bulk echo through a terminated TLS session: every byte comes back, and neither direction
+/// ever held more than one record's buffer, so none drew on the budget (a buffer grown to
+/// `copy_buffer_size` made the backend push out betwixt's megabyte writes itself).
+#[tokio::test]
+async fn a_tls_session_moves_bulk_through_one_record_sized_buffer_per_direction() {
+    let budget = Arc::new(Budget::new(usize::MAX));
+    let options = options(ForwardingMode::Copy, &budget);
+    let (server, client) = tls_configs();
+    let (client_tcp, relay_client) = connected_pair().await;
+    let (relay_backend, backend) = connected_pair().await;
+    let relay = tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let accepted = acceptor.accept(super::ReadAhead::new(relay_client)).await?;
+        let mut client = super::Stream::TlsServer(Box::new(accepted));
+        let mut backend = super::Stream::Tcp(relay_backend);
+        super::relay(&mut client, &mut backend, &options, &NoMeter)
+            .await
+            .map_err(std::io::Error::other)
+    });
+    let echo = tokio::spawn(async move {
+        let (mut from_relay, mut to_relay) = backend.into_split();
+        tokio::io::copy(&mut from_relay, &mut to_relay).await?;
+        to_relay.shutdown().await
+    });
+    let len = 4 << 20;
+    let mut random = fastrand::Rng::with_seed(7);
+    let sent: Vec<u8> = std::iter::repeat_with(|| random.u8(..)).take(len).collect();
+    let name = rustls::pki_types::ServerName::try_from("relay.test").unwrap();
+    let session = async {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let stream = connector.connect(name, client_tcp).await.unwrap();
+        let (mut from_relay, mut to_relay) = tokio::io::split(stream);
+        let send = async {
+            to_relay.write_all(&sent).await.unwrap();
+            to_relay.shutdown().await.unwrap();
+        };
+        let mut received = Vec::with_capacity(len);
+        let receive = from_relay.read_to_end(&mut received);
+        let ((), read) = tokio::join!(send, receive);
+        read.unwrap();
+        received
+    };
+    let received = tokio::time::timeout(Duration::from_secs(60), session)
+        .await
+        .expect("the echo completes");
+    assert!(received == sent, "the echoed bytes differ");
+    echo.await.unwrap().unwrap();
+    let transferred = relay.await.unwrap().unwrap();
+    assert_eq!(transferred.to_backend, len as u64);
+    assert_eq!(transferred.to_client, len as u64);
+    assert_eq!(budget.peak(), 0, "a direction grew past one record");
+}

@@ -5,6 +5,8 @@
 //! - `tls-resumed`: the same with a session store, so every handshake after the first resumes
 //!   (a ticket or a session ID, whichever the server offers);
 //! - `tls-bulk`: one session, `--mib` MiB written and the echo read back at the same time;
+//!   it also counts the TLS records it receives (their headers, as they pass its socket) and
+//!   reports its own CPU time, so a run shows what each balancer's output costs the client;
 //! - `tls-idle`: opens `--connections` sessions, each with one 64-byte echo, reports, holds
 //!   them until stdin says to close.
 //!
@@ -13,8 +15,12 @@
 //! does not verify the server's certificate or signature: it measures the server, and on the
 //! one CPU it shares with the backend its own verification would cap the rate first.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,7 +29,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
@@ -81,6 +87,101 @@ async fn connect(
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(SERVER_NAME)?;
     Ok(connector.connect(name, tcp).await?)
+}
+
+/// Received TLS records, counted from their 5-byte headers as the bytes leave the socket.
+#[derive(Default)]
+struct RecordCount {
+    records: AtomicU64,
+    /// Records of a full 16 KiB of plaintext (a ciphertext longer than 16,384 bytes).
+    full: AtomicU64,
+    bytes: AtomicU64,
+    reads: AtomicU64,
+}
+
+/// A TCP socket whose reads are parsed into TLS records for [`RecordCount`].
+struct RecordTap {
+    socket: TcpStream,
+    count: Arc<RecordCount>,
+    /// Header bytes seen of the record being read (5 when its length is known)...
+    header: [u8; 5],
+    header_len: usize,
+    /// ...and body bytes still to come.
+    body_left: usize,
+}
+
+impl RecordTap {
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let taken = self.body_left.min(bytes.len());
+                self.body_left -= taken;
+                bytes = &bytes[taken..];
+                continue;
+            }
+            let taken = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + taken].copy_from_slice(&bytes[..taken]);
+            self.header_len += taken;
+            bytes = &bytes[taken..];
+            if self.header_len == 5 {
+                let length = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.count.records.fetch_add(1, Ordering::Relaxed);
+                self.count.bytes.fetch_add(length as u64, Ordering::Relaxed);
+                if length > 16 * 1024 {
+                    self.count.full.fetch_add(1, Ordering::Relaxed);
+                }
+                self.body_left = length;
+                self.header_len = 0;
+            }
+        }
+    }
+}
+
+impl AsyncRead for RecordTap {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.socket).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.count.reads.fetch_add(1, Ordering::Relaxed);
+            this.observe(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for RecordTap {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
+    }
 }
 
 /// One handshake and a one-byte echo; whether the handshake resumed a session.
@@ -168,13 +269,25 @@ async fn handshake_loop(
 /// One session: writes `mib` MiB while reading the echo; the rate is payload bytes one way over
 /// the time from the first write to the last byte read.
 async fn bulk(args: &ClientArgs) -> anyhow::Result<Value> {
-    let stream = connect(&connector(false)?, args.addr).await?;
+    let tcp = TcpStream::connect(args.addr).await?;
+    tcp.set_nodelay(true)?;
+    let count = Arc::new(RecordCount::default());
+    let tap = RecordTap {
+        socket: tcp,
+        count: Arc::clone(&count),
+        header: [0; 5],
+        header_len: 0,
+        body_left: 0,
+    };
+    let name = ServerName::try_from(SERVER_NAME)?;
+    let stream = connector(false)?.connect(name, tap).await?;
     let suite = stream
         .get_ref()
         .1
         .negotiated_cipher_suite()
         .map(|suite| format!("{:?}", suite.suite()))
         .unwrap_or_default();
+    let before = Snapshot::take(&count);
     let total = usize::try_from(args.mib)? * 1024 * 1024;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let start = Instant::now();
@@ -206,14 +319,42 @@ async fn bulk(args: &ClientArgs) -> anyhow::Result<Value> {
         .await
         .context("bulk: no echo of every byte within 120 s")??;
     let elapsed = start.elapsed();
+    let after = Snapshot::take(&count);
     let mut stream = reader.unsplit(writer);
     stream.shutdown().await?;
+    let records = after.records - before.records;
     Ok(json!({
         "bytes": total,
         "secs": elapsed.as_secs_f64(),
         "mib_per_sec": args.mib as f64 / elapsed.as_secs_f64(),
         "suite": suite,
+        "records": records,
+        "record_mean": (after.bytes - before.bytes) as f64 / records.max(1) as f64,
+        "full_records": after.full - before.full,
+        "socket_reads": after.reads - before.reads,
+        "cpu_secs": after.cpu_secs - before.cpu_secs,
     }))
+}
+
+/// The counts and this process's CPU time at one moment.
+struct Snapshot {
+    records: u64,
+    full: u64,
+    bytes: u64,
+    reads: u64,
+    cpu_secs: f64,
+}
+
+impl Snapshot {
+    fn take(count: &RecordCount) -> Self {
+        Self {
+            records: count.records.load(Ordering::Relaxed),
+            full: count.full.load(Ordering::Relaxed),
+            bytes: count.bytes.load(Ordering::Relaxed),
+            reads: count.reads.load(Ordering::Relaxed),
+            cpu_secs: crate::system::cpu_seconds(&[std::process::id()]),
+        }
+    }
 }
 
 /// Opens the sessions one after another, prints how many, holds them until told to close.

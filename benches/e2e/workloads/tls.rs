@@ -144,7 +144,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             handshakes(bench, &balancer, target, certificate, false)?;
             handshakes(bench, &balancer, target, certificate, true)?;
             if certificate.kind == KeyKind::Ecdsa {
-                bulk(bench, &balancer, target)?;
+                bulk(bench, &balancer, target, backend.child.pid())?;
             }
             balancer.child.ensure_running()?;
         }
@@ -226,10 +226,19 @@ fn handshakes(
     Ok(())
 }
 
-fn bulk(bench: &mut Bench, balancer: &Terminator, target: TargetKind) -> anyhow::Result<()> {
+/// The echo of one session, with the balancer's CPU, CPU 0's (the client's and the echo
+/// backend's, which share it and set the rate when the balancer's core has time to spare) and
+/// the size of the records the balancer sends.
+fn bulk(
+    bench: &mut Bench,
+    balancer: &Terminator,
+    target: TargetKind,
+    echo_pid: u32,
+) -> anyhow::Result<()> {
     let mib = if bench.plan.quick { 64 } else { 1024 };
     let pids = balancer.pids();
     let cpu_before = system::cpu_seconds(&pids);
+    let echo_before = system::cpu_seconds(&[echo_pid]);
     let result = bench.client(
         ClientKind::TlsBulk,
         balancer.addr,
@@ -238,13 +247,25 @@ fn bulk(bench: &mut Bench, balancer: &Terminator, target: TargetKind) -> anyhow:
         Duration::from_secs(150),
     )?;
     let cpu = system::cpu_seconds(&pids) - cpu_before;
-    let rate = result["mib_per_sec"].as_f64().context("no mib_per_sec")?;
-    let bytes = result["bytes"].as_f64().context("no bytes")?;
-    let per_gb = cpu / (bytes / 1e9);
+    let echo_cpu = system::cpu_seconds(&[echo_pid]) - echo_before;
+    let number = |key: &str| result[key].as_f64().with_context(|| format!("no {key}"));
+    let (rate, bytes) = (number("mib_per_sec")?, number("bytes")?);
+    let (client_cpu, records) = (number("cpu_secs")?, number("records")?);
+    let (record_mean, full) = (number("record_mean")?, number("full_records")?);
+    let gb = bytes / 1e9;
+    let per_gb = cpu / gb;
+    let load_per_gb = (client_cpu + echo_cpu) / gb;
     bench.results.record("tls.bulk", target, rate);
     bench.results.record("tls.bulk.cpu", target, per_gb);
+    bench.results.record("tls.bulk.cpu0", target, load_per_gb);
+    bench.results.record("tls.bulk.record", target, record_mean);
     eprintln!(
-        "  tls.bulk: {rate:.0} MiB/s each way, {per_gb:.3} CPU s/GB, {}",
+        "  tls.bulk: {rate:.0} MiB/s each way, {per_gb:.3} CPU s/GB, CPU 0 {load_per_gb:.3} s/GB \
+         (client {:.3}, echo {:.3}), {records:.0} records to the client averaging \
+         {record_mean:.0} bytes ({:.0} % full), {}",
+        client_cpu / gb,
+        echo_cpu / gb,
+        full / records.max(1.0) * 100.0,
         result["suite"].as_str().unwrap_or("?")
     );
     Ok(())
