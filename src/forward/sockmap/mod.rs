@@ -1,0 +1,402 @@
+//! `forwarding = "sockmap"`: the kernel moves a session's bytes, and betwixt only watches.
+//!
+//! Both sockets of an established TCP-to-TCP session go into a BPF sockhash whose `sk_skb`
+//! verdict program ([`program`]) sends every buffer arriving on one socket out of the other.
+//! The session's task then waits only for what the kernel cannot handle alone: EOF (passed on
+//! as a half-close once the kernel has handed the peer everything before it), errors and resets
+//! (the peer is reset, as on the splice path), idle timeouts (read from `TCP_INFO` on a timer
+//! instead of stamped per read) and the byte counters (the program counts per socket; the
+//! [`Meter`] gets the deltas on the same timer and at the end).
+//!
+//! The program is loaded once per process, on first use; when the kernel refuses it (no
+//! CAP_BPF and CAP_NET_ADMIN, an old kernel) one warning says why and every session splices.
+//!
+//! Known race: bytes that arrived before a pair was linked sit in the socket's own receive
+//! queue, and the session moves them by hand right after linking. Bytes the kernel redirects
+//! in that window (microseconds) could overtake them. A session reaches this path only after
+//! its first exchange, when a request/response peer has nothing in flight.
+
+mod bpf;
+mod program;
+mod socket;
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use bpf::Kernel;
+
+use super::{Direction, ForwardError, Meter, Options, Side, Transferred};
+
+/// Bytes a direction moves by hand per read (those that arrived before the link).
+const HAND_BUFFER: usize = 16 * 1024;
+/// The counters and idle clocks are read this often while bytes move, and up to
+/// [`QUIET_INTERVAL`] apart while nothing does.
+const BUSY_INTERVAL: Duration = Duration::from_secs(1);
+const QUIET_INTERVAL: Duration = Duration::from_secs(16);
+/// How long an EOF waits for the kernel to hand the peer the bytes before it without any
+/// progress, before the half-close goes out anyway.
+const FLUSH_STALL: Duration = Duration::from_secs(60);
+
+static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
+
+/// Bytes moved by hand by every session of the process: lets tests tell a session the kernel
+/// forwarded from one that only looked like it.
+#[cfg(test)]
+static MOVED_BY_HAND: AtomicU64 = AtomicU64::new(0);
+
+/// The loaded program and maps, loading them on the first call.
+fn kernel() -> Option<&'static Kernel> {
+    KERNEL
+        .get_or_init(|| match Kernel::load() {
+            Ok(kernel) => {
+                info!("sockmap forwarding: the kernel forwards established TCP sessions");
+                Some(kernel)
+            }
+            Err(error) => {
+                warn!(
+                    %error,
+                    "forwarding = \"sockmap\" is unavailable; sessions splice instead"
+                );
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Forwards between `client` and `backend` in the kernel, or returns `None` (nothing moved,
+/// nothing changed) when sockmap cannot take this pair: then the caller splices or copies.
+///
+/// # Errors
+/// As [`bidirectional`](super::bidirectional).
+pub(super) async fn forward<M: Meter + Sync>(
+    client: &TcpStream,
+    backend: &TcpStream,
+    options: &Options,
+    meter: &M,
+) -> Option<Result<Transferred, ForwardError>> {
+    let session = Session::insert(client, backend, meter)?;
+    let result = session.run(options).await;
+    if let Err(failure) = &result {
+        session.abort_peer(failure);
+    }
+    Some(result)
+}
+
+/// One direction's bookkeeping.
+struct Flow {
+    /// Bytes moved by hand (those the kernel left in the source's receive queue).
+    by_hand: AtomicU64,
+    /// Bytes already reported to the meter.
+    reported: AtomicU64,
+    /// The source ended and the half-close was passed on.
+    done: AtomicBool,
+    /// The sink's written-bytes counter when the session started using sockmap.
+    sink_base: u64,
+}
+
+impl Flow {
+    fn new(sink: &TcpStream) -> io::Result<Self> {
+        Ok(Self {
+            by_hand: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+            sink_base: socket::counters(sink)?.written,
+        })
+    }
+}
+
+/// A session whose sockets are in the sockhash; dropping it (the session ended or was
+/// closed) takes them out, so the sockets close like any others.
+struct Session<'a, M: Meter> {
+    kernel: &'static Kernel,
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    client_cookie: u64,
+    backend_cookie: u64,
+    meter: &'a M,
+    to_backend: Flow,
+    to_client: Flow,
+}
+
+impl<'a, M: Meter + Sync> Session<'a, M> {
+    /// Puts both sockets into the sockhash, not yet linked: their bytes still reach user space.
+    fn insert(client: &'a TcpStream, backend: &'a TcpStream, meter: &'a M) -> Option<Self> {
+        let kernel = kernel()?;
+        let refused = |error: io::Error| {
+            // A socket that is no longer established (the client already half-closed), or a
+            // full map: this one session splices.
+            debug!(%error, "sockmap cannot take this session; it splices");
+        };
+        let (client_cookie, backend_cookie) =
+            match (socket::cookie(client), socket::cookie(backend)) {
+                (Ok(client), Ok(backend)) => (client, backend),
+                (Err(error), _) | (_, Err(error)) => {
+                    refused(error);
+                    return None;
+                }
+            };
+        let (to_backend, to_client) = match (Flow::new(backend), Flow::new(client)) {
+            (Ok(to_backend), Ok(to_client)) => (to_backend, to_client),
+            (Err(error), _) | (_, Err(error)) => {
+                refused(error);
+                return None;
+            }
+        };
+        if let Err(error) = kernel.insert_socket(client_cookie, client.as_raw_fd()) {
+            refused(error);
+            return None;
+        }
+        if let Err(error) = kernel.insert_socket(backend_cookie, backend.as_raw_fd()) {
+            let _ = kernel.remove_socket(client_cookie);
+            refused(error);
+            return None;
+        }
+        Some(Self {
+            kernel,
+            client,
+            backend,
+            client_cookie,
+            backend_cookie,
+            meter,
+            to_backend,
+            to_client,
+        })
+    }
+
+    async fn run(&self, options: &Options) -> Result<Transferred, ForwardError> {
+        // Both sockets are in the sockhash: from here each redirect finds its peer.
+        self.kernel
+            .link(self.client_cookie, self.backend_cookie)
+            .and_then(|()| self.kernel.link(self.backend_cookie, self.client_cookie))
+            .map_err(|error| ForwardError::Io {
+                side: Side::Client,
+                error,
+            })?;
+        let directions = async {
+            tokio::try_join!(
+                self.direction(Direction::ToBackend),
+                self.direction(Direction::ToClient)
+            )
+        };
+        tokio::select! {
+            result = directions => {
+                let (to_backend, to_client) = result?;
+                Ok(Transferred { to_backend, to_client })
+            }
+            idle = self.watch(options) => Err(idle),
+        }
+    }
+
+    /// Waits for the source's EOF or error, moving by hand whatever the kernel left readable,
+    /// then passes the EOF on. Resolves with the bytes moved.
+    async fn direction(&self, direction: Direction) -> Result<u64, ForwardError> {
+        let (source, sink, _, source_side, sink_side) = self.ends(direction);
+        let source_error = |error| ForwardError::Io {
+            side: source_side,
+            error,
+        };
+        let mut buffer = Vec::new();
+        loop {
+            source
+                .ready(Interest::READABLE)
+                .await
+                .map_err(source_error)?;
+            buffer.resize(HAND_BUFFER, 0);
+            loop {
+                match source.try_read(&mut buffer) {
+                    Ok(0) => {
+                        self.finish(direction).await?;
+                        return Ok(self.flow(direction).reported.load(Ordering::Relaxed));
+                    }
+                    Ok(read) => {
+                        super::write_all(sink, &buffer[..read])
+                            .await
+                            .map_err(|error| ForwardError::Io {
+                                side: sink_side,
+                                error,
+                            })?;
+                        let flow = self.flow(direction);
+                        flow.by_hand.fetch_add(read as u64, Ordering::Relaxed);
+                        #[cfg(test)]
+                        MOVED_BY_HAND.fetch_add(read as u64, Ordering::Relaxed);
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(source_error(error)),
+                }
+            }
+            buffer = Vec::new();
+        }
+    }
+
+    /// The source ended: once the sink has been handed every byte before the EOF (the kernel
+    /// sends redirected bytes from a worker, after the source saw them), half-close the sink.
+    async fn finish(&self, direction: Direction) -> Result<(), ForwardError> {
+        let (_, sink, _, _, sink_side) = self.ends(direction);
+        let flow = self.flow(direction);
+        let expected = self.moved(direction);
+        let mut pause = Duration::from_millis(1);
+        let mut last_written = None;
+        let mut stalled = Duration::ZERO;
+        loop {
+            let written = socket::counters(sink)
+                .map(|counters| counters.written.saturating_sub(flow.sink_base))
+                .map_err(|error| ForwardError::Io {
+                    side: sink_side,
+                    error,
+                })?;
+            if written >= expected {
+                break;
+            }
+            if last_written == Some(written) {
+                stalled += pause;
+                if stalled >= FLUSH_STALL {
+                    warn!(
+                        expected,
+                        written,
+                        "sockmap: the kernel stopped handing bytes to the {sink_side}; \
+                         half-closing anyway"
+                    );
+                    break;
+                }
+            } else {
+                stalled = Duration::ZERO;
+            }
+            last_written = Some(written);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        self.report(direction);
+        flow.done.store(true, Ordering::Relaxed);
+        match SockRef::from(sink).shutdown(Shutdown::Write) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(error) => Err(ForwardError::Io {
+                side: sink_side,
+                error,
+            }),
+        }
+    }
+
+    /// Reports the counters on a timer and resolves when a direction has been idle too long.
+    async fn watch(&self, options: &Options) -> ForwardError {
+        let timeouts = [
+            (Direction::ToBackend, options.client_idle_timeout),
+            (Direction::ToClient, options.backend_idle_timeout),
+        ];
+        let mut interval = BUSY_INTERVAL;
+        loop {
+            let mut next = interval;
+            for (direction, timeout) in timeouts {
+                let Some(timeout) = timeout else { continue };
+                if self.flow(direction).done.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let (source, _, _, side, _) = self.ends(direction);
+                let quiet = socket::counters(source)
+                    .map(|counters| counters.since_last_receive)
+                    .unwrap_or_default();
+                if quiet >= timeout {
+                    return ForwardError::Idle { side, timeout };
+                }
+                next = next.min(timeout - quiet);
+            }
+            tokio::time::sleep(next).await;
+            let moved = [Direction::ToBackend, Direction::ToClient]
+                .map(|direction| self.report(direction))
+                .contains(&true);
+            interval = if moved {
+                BUSY_INTERVAL
+            } else {
+                (interval * 2).min(QUIET_INTERVAL)
+            };
+        }
+    }
+
+    /// Resets the peer of the side that failed, so a truncated stream never looks complete.
+    fn abort_peer(&self, failure: &ForwardError) {
+        let peer = match failure.peer() {
+            Side::Client => self.client,
+            Side::Backend => self.backend,
+        };
+        // Best effort: the socket may already be gone.
+        let _ = SockRef::from(peer).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl<'a, M: Meter> Session<'a, M> {
+    fn flow(&self, direction: Direction) -> &Flow {
+        match direction {
+            Direction::ToBackend => &self.to_backend,
+            Direction::ToClient => &self.to_client,
+        }
+    }
+
+    /// (source, sink, source cookie, source side, sink side) of a direction.
+    fn ends(&self, direction: Direction) -> (&'a TcpStream, &'a TcpStream, u64, Side, Side) {
+        match direction {
+            Direction::ToBackend => (
+                self.client,
+                self.backend,
+                self.client_cookie,
+                Side::Client,
+                Side::Backend,
+            ),
+            Direction::ToClient => (
+                self.backend,
+                self.client,
+                self.backend_cookie,
+                Side::Backend,
+                Side::Client,
+            ),
+        }
+    }
+
+    /// Everything this direction has moved: by hand plus what the kernel redirected.
+    fn moved(&self, direction: Direction) -> u64 {
+        let (_, _, cookie, ..) = self.ends(direction);
+        let redirected = self.kernel.redirected_bytes(cookie).unwrap_or(0);
+        self.flow(direction).by_hand.load(Ordering::Relaxed) + redirected
+    }
+
+    /// Hands the meter what moved since the last report; returns whether anything did.
+    fn report(&self, direction: Direction) -> bool {
+        let moved = self.moved(direction);
+        let flow = self.flow(direction);
+        let reported = flow.reported.swap(moved, Ordering::Relaxed);
+        let delta = moved.saturating_sub(reported);
+        if delta > 0 {
+            self.meter.record(direction, delta);
+        }
+        delta > 0
+    }
+}
+
+impl<M: Meter> Drop for Session<'_, M> {
+    fn drop(&mut self) {
+        for direction in [Direction::ToBackend, Direction::ToClient] {
+            self.report(direction);
+        }
+        // Unlinked first: a buffer arriving meanwhile stays in its socket instead of being
+        // redirected to a peer about to leave the sockhash (which would drop it). Errors mean
+        // the kernel already took the socket out (it closed).
+        for cookie in [self.client_cookie, self.backend_cookie] {
+            let _ = self.kernel.unlink(cookie);
+        }
+        for cookie in [self.client_cookie, self.backend_cookie] {
+            let _ = self.kernel.remove_socket(cookie);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

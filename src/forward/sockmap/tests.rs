@@ -1,0 +1,137 @@
+//! Sessions through the kernel over loopback: the program loads (tests run as root), bytes
+//! arrive intact both ways, and the counters match what moved.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::ForwardingMode;
+use crate::forward::{Budget, Direction, Meter, Options, Stream, Transferred};
+
+#[derive(Default)]
+struct Counted {
+    to_backend: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Meter for Counted {
+    fn record(&self, direction: Direction, bytes: u64) {
+        match direction {
+            Direction::ToBackend => self.to_backend.fetch_add(bytes, Ordering::Relaxed),
+            Direction::ToClient => self.to_client.fetch_add(bytes, Ordering::Relaxed),
+        };
+    }
+}
+
+async fn connected_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (connected.unwrap(), accepted.unwrap().0)
+}
+
+fn options() -> Options {
+    Options {
+        client_idle_timeout: None,
+        backend_idle_timeout: None,
+        mode: ForwardingMode::Sockmap,
+        pipe_size: 64 * 1024,
+        copy_buffer_size: 1 << 20,
+        budget: Arc::new(Budget::new(1 << 20)),
+    }
+}
+
+#[test]
+fn the_verdict_program_loads_as_root() {
+    if !nix_is_root() {
+        return;
+    }
+    if let Err(error) = super::Kernel::load() {
+        panic!("{error}");
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `prefix` bytes are sent before the relay starts (they sit in the receive queue and must
+/// be moved by hand), the rest through the kernel; the backend echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoes_every_byte_and_counts_them() {
+    assert!(
+        super::kernel().is_some(),
+        "tests run as root: the program loads"
+    );
+    let len = 8 << 20;
+    let prefix = 1000;
+    let (client, relay_client) = connected_pair().await;
+    let (relay_backend, backend) = connected_pair().await;
+    let mut random = fastrand::Rng::with_seed(7);
+    let sent: Vec<u8> = std::iter::repeat_with(|| random.u8(..)).take(len).collect();
+    let (mut from_relay, mut to_relay) = client.into_split();
+    to_relay.write_all(&sent[..prefix]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let meter = Arc::new(Counted::default());
+    let relay_meter = Arc::clone(&meter);
+    let relay = tokio::spawn(async move {
+        let (mut client, mut backend) = (Stream::Tcp(relay_client), Stream::Tcp(relay_backend));
+        crate::forward::relay(&mut client, &mut backend, &options(), &*relay_meter).await
+    });
+    let echo = tokio::spawn(async move {
+        let (mut from_relay, mut to_relay) = backend.into_split();
+        tokio::io::copy(&mut from_relay, &mut to_relay).await?;
+        to_relay.shutdown().await
+    });
+    let send = async {
+        to_relay.write_all(&sent[prefix..]).await.unwrap();
+        to_relay.shutdown().await.unwrap();
+    };
+    let mut received = Vec::with_capacity(len);
+    let receive = from_relay.read_to_end(&mut received);
+    let run = async { tokio::join!(send, receive) };
+    let ((), read) = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the echo completes");
+    read.unwrap();
+    echo.await.unwrap().unwrap();
+    let transferred = relay.await.unwrap().unwrap();
+    assert!(received == sent, "the echoed bytes differ");
+    let expected = Transferred {
+        to_backend: len as u64,
+        to_client: len as u64,
+    };
+    assert_eq!(transferred, expected);
+    assert_eq!(meter.to_backend.load(Ordering::Relaxed), len as u64);
+    assert_eq!(meter.to_client.load(Ordering::Relaxed), len as u64);
+    let by_hand = super::MOVED_BY_HAND.load(Ordering::Relaxed);
+    assert!(
+        by_hand <= prefix as u64,
+        "{by_hand} bytes moved by hand: at most the queued prefix, the kernel moved the rest"
+    );
+}
+
+/// Bytes queued before the relay started, with nothing after them, still arrive: a request
+/// the first flight did not consume must not wait for the next one.
+#[tokio::test]
+async fn queued_bytes_arrive_without_more_traffic() {
+    let (mut client, relay_client) = connected_pair().await;
+    let (relay_backend, mut backend) = connected_pair().await;
+    client.write_all(b"queued before the relay").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let relay = tokio::spawn(async move {
+        let (mut client, mut backend) = (Stream::Tcp(relay_client), Stream::Tcp(relay_backend));
+        crate::forward::relay(&mut client, &mut backend, &options(), &Counted::default()).await
+    });
+    let mut got = [0u8; 23];
+    tokio::time::timeout(Duration::from_secs(5), backend.read_exact(&mut got))
+        .await
+        .expect("the queued bytes arrive")
+        .unwrap();
+    assert_eq!(&got, b"queued before the relay");
+    relay.abort();
+}
