@@ -11,10 +11,16 @@
 //! The program is loaded once per process, on first use; when the kernel refuses it (no
 //! CAP_BPF and CAP_NET_ADMIN, an old kernel) one warning says why and every session splices.
 //!
-//! Known race: bytes that arrived before a pair was linked sit in the socket's own receive
-//! queue, and the session moves them by hand right after linking. Bytes the kernel redirects
-//! in that window (microseconds) could overtake them. A session reaches this path only after
-//! its first exchange, when a request/response peer has nothing in flight.
+//! The kernel (6.18 checked) sends each buffer of a receive queue whole, ignoring what user
+//! space already read of it: a session that read part of one (its first flight, a PROXY
+//! header) would send those bytes twice. So the session first moves by hand everything
+//! queued, then inserts the sockets.
+//!
+//! Known race: bytes arriving between that drain and the link sit in the socket's own queue
+//! (or are passed up by the program), and the session moves them by hand once linked. Bytes
+//! the kernel redirects in that window (microseconds) could overtake them. A session reaches
+//! this path only after its first exchange, when a request/response peer has nothing in
+//! flight.
 
 mod bpf;
 mod program;
@@ -36,8 +42,9 @@ use bpf::Kernel;
 
 use super::{Direction, ForwardError, Meter, Options, Side, Transferred};
 
-/// Bytes a direction moves by hand per read (those that arrived before the link).
-const HAND_BUFFER: usize = 16 * 1024;
+/// The buffer of a direction moving bytes by hand: what its source has queued, within these.
+const MIN_HAND_BUFFER: usize = 4 * 1024;
+const MAX_HAND_BUFFER: usize = 4 * 1024 * 1024;
 /// The counters and idle clocks are read this often while bytes move, and up to
 /// [`QUIET_INTERVAL`] apart while nothing does.
 const BUSY_INTERVAL: Duration = Duration::from_secs(1);
@@ -83,7 +90,21 @@ pub(super) async fn forward<M: Meter + Sync>(
     options: &Options,
     meter: &M,
 ) -> Option<Result<Transferred, ForwardError>> {
-    let session = Session::insert(client, backend, meter)?;
+    let session = Session::new(client, backend, meter)?;
+    // The kernel sends every buffer of the receive queue whole, even one user space has
+    // read part of: so nothing may be left half-read when the sockets go in.
+    match session.drain().await {
+        Ok(true) => {}
+        // A side already ended: the ordinary path passes the EOF on (it reads it again).
+        Ok(false) => return None,
+        Err(failure) => {
+            session.abort_peer(&failure);
+            return Some(Err(failure));
+        }
+    }
+    if !session.insert() {
+        return None;
+    }
     let result = session.run(options).await;
     if let Err(failure) = &result {
         session.abort_peer(failure);
@@ -128,38 +149,24 @@ struct Session<'a, M: Meter> {
 }
 
 impl<'a, M: Meter + Sync> Session<'a, M> {
-    /// Puts both sockets into the sockhash, not yet linked: their bytes still reach user space.
-    fn insert(client: &'a TcpStream, backend: &'a TcpStream, meter: &'a M) -> Option<Self> {
+    /// The session's cookies and counters; nothing is in the kernel's maps yet.
+    fn new(client: &'a TcpStream, backend: &'a TcpStream, meter: &'a M) -> Option<Self> {
         let kernel = kernel()?;
-        let refused = |error: io::Error| {
-            // A socket that is no longer established (the client already half-closed), or a
-            // full map: this one session splices.
-            debug!(%error, "sockmap cannot take this session; it splices");
-        };
-        let (client_cookie, backend_cookie) =
-            match (socket::cookie(client), socket::cookie(backend)) {
-                (Ok(client), Ok(backend)) => (client, backend),
-                (Err(error), _) | (_, Err(error)) => {
-                    refused(error);
-                    return None;
-                }
-            };
-        let (to_backend, to_client) = match (Flow::new(backend), Flow::new(client)) {
-            (Ok(to_backend), Ok(to_client)) => (to_backend, to_client),
-            (Err(error), _) | (_, Err(error)) => {
-                refused(error);
+        let started = (|| {
+            Ok::<_, io::Error>((
+                socket::cookie(client)?,
+                socket::cookie(backend)?,
+                Flow::new(backend)?,
+                Flow::new(client)?,
+            ))
+        })();
+        let (client_cookie, backend_cookie, to_backend, to_client) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                debug!(%error, "sockmap cannot take this session; it splices");
                 return None;
             }
         };
-        if let Err(error) = kernel.insert_socket(client_cookie, client.as_raw_fd()) {
-            refused(error);
-            return None;
-        }
-        if let Err(error) = kernel.insert_socket(backend_cookie, backend.as_raw_fd()) {
-            let _ = kernel.remove_socket(client_cookie);
-            refused(error);
-            return None;
-        }
         Some(Self {
             kernel,
             client,
@@ -170,6 +177,41 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
             to_backend,
             to_client,
         })
+    }
+
+    /// Moves by hand whatever sits in either receive queue; `false` when a side already
+    /// sent EOF.
+    async fn drain(&self) -> Result<bool, ForwardError> {
+        let mut buffer = Vec::new();
+        for direction in [Direction::ToBackend, Direction::ToClient] {
+            if !self.move_by_hand(direction, &mut buffer).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Puts both sockets into the sockhash, not yet linked: their bytes still reach user
+    /// space. `false` when the kernel refuses (a socket no longer established, a full map).
+    fn insert(&self) -> bool {
+        let refused = |error: io::Error| {
+            debug!(%error, "sockmap cannot take this session; it splices");
+            false
+        };
+        if let Err(error) = self
+            .kernel
+            .insert_socket(self.client_cookie, self.client.as_raw_fd())
+        {
+            return refused(error);
+        }
+        if let Err(error) = self
+            .kernel
+            .insert_socket(self.backend_cookie, self.backend.as_raw_fd())
+        {
+            let _ = self.kernel.remove_socket(self.client_cookie);
+            return refused(error);
+        }
+        true
     }
 
     async fn run(&self, options: &Options) -> Result<Transferred, ForwardError> {
@@ -199,43 +241,61 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
     /// Waits for the source's EOF or error, moving by hand whatever the kernel left readable,
     /// then passes the EOF on. Resolves with the bytes moved.
     async fn direction(&self, direction: Direction) -> Result<u64, ForwardError> {
-        let (source, sink, _, source_side, sink_side) = self.ends(direction);
-        let source_error = |error| ForwardError::Io {
-            side: source_side,
-            error,
-        };
+        let (source, _, _, source_side, _) = self.ends(direction);
         let mut buffer = Vec::new();
         loop {
             source
                 .ready(Interest::READABLE)
                 .await
-                .map_err(source_error)?;
-            buffer.resize(HAND_BUFFER, 0);
-            loop {
-                match source.try_read(&mut buffer) {
-                    Ok(0) => {
-                        self.finish(direction).await?;
-                        return Ok(self.flow(direction).reported.load(Ordering::Relaxed));
+                .map_err(|error| ForwardError::Io {
+                    side: source_side,
+                    error,
+                })?;
+            if !self.move_by_hand(direction, &mut buffer).await? {
+                self.finish(direction).await?;
+                return Ok(self.flow(direction).reported.load(Ordering::Relaxed));
+            }
+        }
+    }
+
+    /// Reads the source until it would block and writes what it read to the sink; `false`
+    /// once the source has sent EOF. The buffer is freed before returning.
+    async fn move_by_hand(
+        &self,
+        direction: Direction,
+        buffer: &mut Vec<u8>,
+    ) -> Result<bool, ForwardError> {
+        let (source, sink, _, source_side, sink_side) = self.ends(direction);
+        // Sized to what is queued, so a read takes whole socket buffers.
+        let queued = socket::queued(source).unwrap_or(0);
+        buffer.resize(queued.clamp(MIN_HAND_BUFFER, MAX_HAND_BUFFER), 0);
+        let result = loop {
+            match source.try_read(buffer) {
+                Ok(0) => break Ok(false),
+                Ok(read) => {
+                    if let Err(error) = super::write_all(sink, &buffer[..read]).await {
+                        break Err(ForwardError::Io {
+                            side: sink_side,
+                            error,
+                        });
                     }
-                    Ok(read) => {
-                        super::write_all(sink, &buffer[..read])
-                            .await
-                            .map_err(|error| ForwardError::Io {
-                                side: sink_side,
-                                error,
-                            })?;
-                        let flow = self.flow(direction);
-                        flow.by_hand.fetch_add(read as u64, Ordering::Relaxed);
-                        #[cfg(test)]
-                        MOVED_BY_HAND.fetch_add(read as u64, Ordering::Relaxed);
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                    Err(error) => return Err(source_error(error)),
+                    let flow = self.flow(direction);
+                    flow.by_hand.fetch_add(read as u64, Ordering::Relaxed);
+                    #[cfg(test)]
+                    MOVED_BY_HAND.fetch_add(read as u64, Ordering::Relaxed);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break Ok(true),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    break Err(ForwardError::Io {
+                        side: source_side,
+                        error,
+                    });
                 }
             }
-            buffer = Vec::new();
-        }
+        };
+        *buffer = Vec::new();
+        result
     }
 
     /// The source ended: once the sink has been handed every byte before the EOF (the kernel

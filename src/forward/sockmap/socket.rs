@@ -97,3 +97,14 @@ fn read_u32(bytes: &[u8], offset: usize) -> u32 {
     field.copy_from_slice(&bytes[offset..offset + 4]);
     u32::from_ne_bytes(field)
 }
+
+/// Bytes waiting in the receive queue (`SIOCINQ`).
+pub(super) fn queued(socket: &impl AsRawFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCINQ (FIONREAD) writes one int through the pointer, which is live.
+    let result = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &raw mut queued) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
