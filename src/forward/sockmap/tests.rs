@@ -59,8 +59,9 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `prefix` bytes are sent before the relay starts (they sit in the receive queue and must
-/// be moved by hand), the rest through the kernel; the backend echoes.
+/// `prefix` bytes are sent before the relay starts (they sit in the receive queue and are
+/// moved by hand, with whatever else arrives before the queue is empty), the rest goes
+/// through the kernel; the backend echoes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoes_every_byte_and_counts_them() {
     assert!(
@@ -110,8 +111,8 @@ async fn echoes_every_byte_and_counts_them() {
     assert_eq!(meter.to_client.load(Ordering::Relaxed), len as u64);
     let by_hand = super::MOVED_BY_HAND.load(Ordering::Relaxed);
     assert!(
-        by_hand <= prefix as u64,
-        "{by_hand} bytes moved by hand: at most the queued prefix, the kernel moved the rest"
+        by_hand < len as u64 / 4,
+        "{by_hand} bytes moved by hand: the kernel should have moved most of {len}"
     );
 }
 
