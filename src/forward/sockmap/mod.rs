@@ -184,7 +184,13 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
     async fn drain(&self) -> Result<bool, ForwardError> {
         let mut buffer = Vec::new();
         for direction in [Direction::ToBackend, Direction::ToClient] {
-            if !self.move_by_hand(direction, &mut buffer).await? {
+            // Until the queue is empty: TCP appends new bytes to the last queued buffer, so
+            // stopping at a count could leave one half-read. A peer sending without pause
+            // keeps this going, forwarding as the copy path would, until it lets up.
+            if !self
+                .move_by_hand(direction, &mut buffer, usize::MAX)
+                .await?
+            {
                 return Ok(false);
             }
         }
@@ -251,26 +257,35 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
                     side: source_side,
                     error,
                 })?;
-            if !self.move_by_hand(direction, &mut buffer).await? {
+            if !self
+                .move_by_hand(direction, &mut buffer, usize::MAX)
+                .await?
+            {
                 self.finish(direction).await?;
                 return Ok(self.flow(direction).reported.load(Ordering::Relaxed));
             }
         }
     }
 
-    /// Reads the source until it would block and writes what it read to the sink; `false`
-    /// once the source has sent EOF. The buffer is freed before returning.
+    /// Reads the source until it would block (or `limit` bytes were read) and writes what it
+    /// read to the sink; `false` once the source has sent EOF. The buffer is freed before
+    /// returning.
     async fn move_by_hand(
         &self,
         direction: Direction,
         buffer: &mut Vec<u8>,
+        mut limit: usize,
     ) -> Result<bool, ForwardError> {
         let (source, sink, _, source_side, sink_side) = self.ends(direction);
         // Sized to what is queued, so a read takes whole socket buffers.
         let queued = socket::queued(source).unwrap_or(0);
         buffer.resize(queued.clamp(MIN_HAND_BUFFER, MAX_HAND_BUFFER), 0);
         let result = loop {
-            match source.try_read(buffer) {
+            if limit == 0 {
+                break Ok(true);
+            }
+            let room = buffer.len().min(limit);
+            match source.try_read(&mut buffer[..room]) {
                 Ok(0) => break Ok(false),
                 Ok(read) => {
                     if let Err(error) = super::write_all(sink, &buffer[..read]).await {
@@ -279,6 +294,7 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
                             error,
                         });
                     }
+                    limit -= read;
                     let flow = self.flow(direction);
                     flow.by_hand.fetch_add(read as u64, Ordering::Relaxed);
                     #[cfg(test)]

@@ -60,8 +60,7 @@ fn nix_is_root() -> bool {
 }
 
 /// `prefix` bytes are sent before the relay starts (they sit in the receive queue and are
-/// moved by hand, with whatever else arrives before the queue is empty), the rest goes
-/// through the kernel; the backend echoes.
+/// moved by hand), the rest goes through the kernel; the backend echoes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoes_every_byte_and_counts_them() {
     assert!(
@@ -88,11 +87,14 @@ async fn echoes_every_byte_and_counts_them() {
         tokio::io::copy(&mut from_relay, &mut to_relay).await?;
         to_relay.shutdown().await
     });
+    // The prefix comes back first: the session is in the kernel before the rest is sent.
+    let mut echoed_prefix = vec![0u8; prefix];
+    from_relay.read_exact(&mut echoed_prefix).await.unwrap();
     let send = async {
         to_relay.write_all(&sent[prefix..]).await.unwrap();
         to_relay.shutdown().await.unwrap();
     };
-    let mut received = Vec::with_capacity(len);
+    let mut received = echoed_prefix;
     let receive = from_relay.read_to_end(&mut received);
     let run = async { tokio::join!(send, receive) };
     let ((), read) = tokio::time::timeout(Duration::from_secs(30), run)
@@ -111,8 +113,8 @@ async fn echoes_every_byte_and_counts_them() {
     assert_eq!(meter.to_client.load(Ordering::Relaxed), len as u64);
     let by_hand = super::MOVED_BY_HAND.load(Ordering::Relaxed);
     assert!(
-        by_hand < len as u64 / 4,
-        "{by_hand} bytes moved by hand: the kernel should have moved most of {len}"
+        by_hand <= 2 * prefix as u64,
+        "{by_hand} bytes moved by hand: only the queued prefix (both ways), the kernel moved the rest"
     );
 }
 
