@@ -8,6 +8,10 @@
 //! instead of stamped per read) and the byte counters (the program counts per socket; the
 //! [`Meter`] gets the deltas on the same timer and at the end).
 //!
+//! Known limit: the sockets stay registered with tokio's reactor (readable and writable,
+//! edge-triggered), so the kernel's write-space callbacks on a busy session still wake the
+//! reactor, though no task and no data system call follows.
+//!
 //! The program is loaded once per process, on first use; when the kernel refuses it (no
 //! CAP_BPF and CAP_NET_ADMIN, an old kernel) one warning says why and every session splices.
 //!
