@@ -27,12 +27,17 @@ const MAX_SESSIONS: u32 = 65_536;
 /// Verifier log size: enough for this program's full trace.
 const LOG_SIZE: usize = 64 * 1024;
 
-/// The value of the peers map: which socket a socket's bytes go to, and how many went.
+/// The value of the peers map: which socket a socket's bytes go to, and how many went which
+/// way. User space writes it once, before the socket enters the sockhash; after that only the
+/// program writes it (see [`program`] for the gate the two counters make).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub(super) struct PeerEntry {
     pub(super) peer_cookie: u64,
+    /// Bytes sent to the peer by the kernel.
     pub(super) redirected_bytes: u64,
+    /// Bytes left to user space while the gate was closed.
+    pub(super) passed_bytes: u64,
 }
 
 /// The loaded program and its maps; closing the descriptors unloads everything, and the
@@ -43,6 +48,9 @@ pub(super) struct Kernel {
     sockhash: OwnedFd,
     /// Socket cookie -> [`PeerEntry`].
     peers: OwnedFd,
+    /// Socket cookie -> bytes user space has forwarded by hand since the socket entered the
+    /// sockhash; written only by user space, it opens the program's gate.
+    handed: OwnedFd,
     /// Kept open so the program stays loaded even if it were detached.
     _program: OwnedFd,
 }
@@ -168,7 +176,18 @@ impl Kernel {
                 error,
             },
         )?;
-        let program = load_program(&program::verdict(peers.as_raw_fd(), sockhash.as_raw_fd()))?;
+        let handed =
+            create_map(MAP_TYPE_HASH, size_of::<u64>(), MAP_NO_PREALLOC).map_err(|error| {
+                LoadError::Map {
+                    map: "handed",
+                    error,
+                }
+            })?;
+        let program = load_program(&program::verdict(
+            peers.as_raw_fd(),
+            handed.as_raw_fd(),
+            sockhash.as_raw_fd(),
+        ))?;
         let mut attach = ProgAttach {
             target_fd: descriptor(&sockhash),
             attach_bpf_fd: descriptor(&program),
@@ -179,6 +198,7 @@ impl Kernel {
         Ok(Self {
             sockhash,
             peers,
+            handed,
             _program: program,
         })
     }
@@ -193,17 +213,27 @@ impl Kernel {
         delete(&self.sockhash, cookie)
     }
 
-    /// Starts redirecting the bytes of socket `cookie` to socket `peer_cookie`.
+    /// Names socket `cookie`'s peer, with the gate closed: written before the socket enters
+    /// the sockhash, so every buffer it receives there is counted.
     pub(super) fn link(&self, cookie: u64, peer_cookie: u64) -> io::Result<()> {
         let entry = PeerEntry {
             peer_cookie,
-            redirected_bytes: 0,
+            ..PeerEntry::default()
         };
         update(&self.peers, cookie, &entry)
     }
 
-    pub(super) fn unlink(&self, cookie: u64) -> io::Result<()> {
-        delete(&self.peers, cookie)
+    /// Publishes how many bytes of socket `cookie` user space has forwarded by hand since it
+    /// entered the sockhash: once that matches what the program passed, the kernel forwards.
+    pub(super) fn hand_over(&self, cookie: u64, handed: u64) -> io::Result<()> {
+        update(&self.handed, cookie, &handed)
+    }
+
+    /// Forgets socket `cookie`'s session: its buffers stay with it from now on.
+    pub(super) fn unlink(&self, cookie: u64) {
+        // Errors mean there was no entry (never linked, or already gone).
+        let _ = delete(&self.peers, cookie);
+        let _ = delete(&self.handed, cookie);
     }
 
     /// The bytes the kernel has redirected from socket `cookie` since it was linked.

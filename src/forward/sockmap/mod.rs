@@ -20,11 +20,10 @@
 //! header) would send those bytes twice. So the session first moves by hand everything
 //! queued, then inserts the sockets.
 //!
-//! Known race: bytes arriving between that drain and the link sit in the socket's own queue
-//! (or are passed up by the program), and the session moves them by hand once linked. Bytes
-//! the kernel redirects in that window (microseconds) could overtake them. A session reaches
-//! this path only after its first exchange, when a request/response peer has nothing in
-//! flight.
+//! Bytes that arrive while the session switches over (between that drain and the insertion,
+//! or later while user space still moves some by hand) are handed to user space by the
+//! program's gate ([`program`]) until user space has written every one of them to the peer;
+//! only then does the kernel redirect, so a redirected byte never overtakes a byte in hand.
 
 mod bpf;
 mod program;
@@ -45,6 +44,7 @@ use tracing::{debug, info, warn};
 use bpf::Kernel;
 
 use super::{Direction, ForwardError, Meter, Options, Side, Transferred};
+use crate::config::ForwardingMode;
 
 /// The buffer of a direction moving bytes by hand: what its source has queued, within these.
 const MIN_HAND_BUFFER: usize = 4 * 1024;
@@ -106,8 +106,19 @@ pub(super) async fn forward<M: Meter + Sync>(
             return Some(Err(failure));
         }
     }
-    if !session.insert() {
-        return None;
+    match session.insert() {
+        Inserted::Both => {}
+        Inserted::Neither => return None,
+        // The first socket is in the sockhash and may already hold bytes the program left in
+        // its own queue, which taking it out would discard: it stays until the session ends,
+        // and the pair is copied through user space (which reads that queue).
+        Inserted::One => {
+            let copy = Options {
+                mode: ForwardingMode::Copy,
+                ..options.clone()
+            };
+            return Some(super::bidirectional(client, backend, &copy, meter).await);
+        }
     }
     let result = session.run(options).await;
     if let Err(failure) = &result {
@@ -116,10 +127,20 @@ pub(super) async fn forward<M: Meter + Sync>(
     Some(result)
 }
 
+/// How far [`Session::insert`] got.
+enum Inserted {
+    Both,
+    Neither,
+    One,
+}
+
 /// One direction's bookkeeping.
 struct Flow {
     /// Bytes moved by hand (those the kernel left in the source's receive queue).
     by_hand: AtomicU64,
+    /// `by_hand` when the source entered the sockhash: what the program's gate compares
+    /// against is the bytes moved by hand since then.
+    by_hand_at_insert: AtomicU64,
     /// Bytes already reported to the meter.
     reported: AtomicU64,
     /// The source ended and the half-close was passed on.
@@ -132,6 +153,7 @@ impl Flow {
     fn new(sink: &TcpStream) -> io::Result<Self> {
         Ok(Self {
             by_hand: AtomicU64::new(0),
+            by_hand_at_insert: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             done: AtomicBool::new(false),
             sink_base: socket::counters(sink)?.written,
@@ -201,38 +223,48 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
         Ok(true)
     }
 
-    /// Puts both sockets into the sockhash, not yet linked: their bytes still reach user
-    /// space. `false` when the kernel refuses (a socket no longer established, a full map).
-    fn insert(&self) -> bool {
+    /// Names each socket's peer (the program's gate closed), then puts both sockets into the
+    /// sockhash: from then on every buffer either socket receives goes through the program.
+    fn insert(&self) -> Inserted {
         let refused = |error: io::Error| {
             debug!(%error, "sockmap cannot take this session; it splices");
-            false
         };
+        for direction in [Direction::ToBackend, Direction::ToClient] {
+            let flow = self.flow(direction);
+            flow.by_hand_at_insert
+                .store(flow.by_hand.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let linked = self
+            .kernel
+            .link(self.client_cookie, self.backend_cookie)
+            .and_then(|()| self.kernel.link(self.backend_cookie, self.client_cookie));
+        if let Err(error) = linked {
+            refused(error);
+            return Inserted::Neither;
+        }
         if let Err(error) = self
             .kernel
             .insert_socket(self.client_cookie, self.client.as_raw_fd())
         {
-            return refused(error);
+            refused(error);
+            return Inserted::Neither;
         }
         if let Err(error) = self
             .kernel
             .insert_socket(self.backend_cookie, self.backend.as_raw_fd())
         {
-            let _ = self.kernel.remove_socket(self.client_cookie);
-            return refused(error);
+            refused(error);
+            return Inserted::One;
         }
-        true
+        Inserted::Both
     }
 
     async fn run(&self, options: &Options) -> Result<Transferred, ForwardError> {
-        // Both sockets are in the sockhash: from here each redirect finds its peer.
-        self.kernel
-            .link(self.client_cookie, self.backend_cookie)
-            .and_then(|()| self.kernel.link(self.backend_cookie, self.client_cookie))
-            .map_err(|error| ForwardError::Io {
-                side: Side::Client,
-                error,
-            })?;
+        // Both sockets are in the sockhash, so each redirect finds its peer: open the gates
+        // (each stays shut while the program has passed bytes that user space has not moved).
+        for direction in [Direction::ToBackend, Direction::ToClient] {
+            self.hand_over(direction)?;
+        }
         let directions = async {
             tokio::try_join!(
                 self.direction(Direction::ToBackend),
@@ -261,6 +293,7 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
                     side: source_side,
                     error,
                 })?;
+            let before = self.flow(direction).by_hand.load(Ordering::Relaxed);
             if !self
                 .move_by_hand(direction, &mut buffer, usize::MAX)
                 .await?
@@ -268,7 +301,25 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
                 self.finish(direction).await?;
                 return Ok(self.flow(direction).reported.load(Ordering::Relaxed));
             }
+            if self.flow(direction).by_hand.load(Ordering::Relaxed) != before {
+                self.hand_over(direction)?;
+            }
         }
+    }
+
+    /// Tells the program how much of the source's stream user space has written to the sink
+    /// since the source entered the sockhash (so after those bytes).
+    fn hand_over(&self, direction: Direction) -> Result<(), ForwardError> {
+        let (_, _, cookie, source_side, _) = self.ends(direction);
+        let flow = self.flow(direction);
+        let handed =
+            flow.by_hand.load(Ordering::Relaxed) - flow.by_hand_at_insert.load(Ordering::Relaxed);
+        self.kernel
+            .hand_over(cookie, handed)
+            .map_err(|error| ForwardError::Io {
+                side: source_side,
+                error,
+            })
     }
 
     /// Reads the source until it would block (or `limit` bytes were read) and writes what it
@@ -470,7 +521,7 @@ impl<M: Meter> Drop for Session<'_, M> {
         // redirected to a peer about to leave the sockhash (which would drop it). Errors mean
         // the kernel already took the socket out (it closed).
         for cookie in [self.client_cookie, self.backend_cookie] {
-            let _ = self.kernel.unlink(cookie);
+            self.kernel.unlink(cookie);
         }
         for cookie in [self.client_cookie, self.backend_cookie] {
             let _ = self.kernel.remove_socket(cookie);

@@ -1,13 +1,24 @@
 //! The `sk_skb` stream verdict program, assembled here so the build needs no clang or BPF
-//! toolchain: eBPF is a fixed 8-byte instruction format, and the program is 23 instructions.
+//! toolchain: eBPF is a fixed 8-byte instruction format, and the program is 36 instructions.
 //!
-//! What it does, per socket buffer the kernel hands it (`ctx` is a `struct __sk_buff`):
-//! look the receiving socket's cookie up in the peers map (cookie -> `PeerEntry`), add the
-//! buffer's length to the entry's byte counter, and redirect the buffer out of the peer socket
-//! (`bpf_sk_redirect_hash(skb, sockhash, &peer_cookie, 0)`). A socket without a peers entry
-//! (a pair being linked or unlinked) gets `SK_PASS`: its bytes stay readable by user space,
-//! which forwards them by hand. The redirect itself drops the buffer when the peer is not in
-//! the sockhash, so the peers entries are only written once both sockets are in it.
+//! What it does, per socket buffer the kernel hands it (`ctx` is a `struct __sk_buff`): look
+//! the receiving socket's cookie up in the peers map (cookie -> `PeerEntry`); a socket without
+//! an entry gets `SK_PASS` (its bytes stay readable by user space). Otherwise the buffer goes
+//! through a gate:
+//!
+//! - **closed** while user space has not yet forwarded by hand every byte the program passed
+//!   to it (`handed[cookie]`, written by user space, differs from `PeerEntry.passed_bytes`, or
+//!   is absent): the buffer is counted as passed and stays in the socket's own queue, behind
+//!   the ones before it;
+//! - **open** once the two counts match: the buffer is counted as redirected and sent out of
+//!   the peer socket (`bpf_sk_redirect_hash(skb, sockhash, &peer_cookie, 0)`), behind
+//!   everything user space already wrote there.
+//!
+//! So no byte can overtake one that user space still holds, whenever it arrived: the switch
+//! from forwarding by hand to forwarding in the kernel is decided per buffer, in the kernel,
+//! where it cannot race with arrivals. The count of passed bytes only grows while the gate is
+//! closed, so once open it stays open. Both sockets are in the sockhash before user space
+//! writes any `handed` entry, so a redirect always finds its peer.
 
 /// One eBPF instruction, `struct bpf_insn` (linux/bpf.h): opcode, then the destination
 /// register in the low nibble and the source register in the high nibble of one byte
@@ -37,6 +48,7 @@ const SOURCE_X: u8 = 0x08;
 const OP_ADD: u8 = 0x00;
 const OP_MOV: u8 = 0xb0;
 const JUMP_EQ: u8 = 0x10;
+const JUMP_NE: u8 = 0x50;
 const JUMP_CALL: u8 = 0x80;
 const JUMP_EXIT: u8 = 0x90;
 /// `ld_imm64` with this source register loads a map file descriptor, which the verifier
@@ -61,10 +73,16 @@ const R2: u8 = 2;
 const R3: u8 = 3;
 const R4: u8 = 4;
 const R6: u8 = 6;
+const R7: u8 = 7;
 const R10: u8 = 10;
 
 /// The stack slot holding the receiving socket's cookie (the peers map key).
 const COOKIE_SLOT: i16 = -8;
+// Field offsets of `bpf::PeerEntry`.
+const PEER_OFFSET: i16 = 0;
+const REDIRECTED_OFFSET: i16 = 8;
+const PASSED_OFFSET: i16 = 16;
+
 /// The stack slot holding the peer's cookie (the sockhash key).
 const PEER_SLOT: i16 = -16;
 
@@ -131,6 +149,11 @@ fn jump_if_equal(dst: u8, immediate: i32, offset: i16) -> Instruction {
     instruction(CLASS_JMP | JUMP_EQ | SOURCE_K, dst, 0, offset, immediate)
 }
 
+/// `if dst != src goto +offset` (counted from the next instruction).
+fn jump_if_not_equal_reg(dst: u8, src: u8, offset: i16) -> Instruction {
+    instruction(CLASS_JMP | JUMP_NE | SOURCE_X, dst, src, offset, 0)
+}
+
 fn call(helper: i32) -> Instruction {
     instruction(CLASS_JMP | JUMP_CALL, 0, 0, 0, helper)
 }
@@ -139,9 +162,10 @@ fn exit() -> Instruction {
     instruction(CLASS_JMP | JUMP_EXIT, 0, 0, 0, 0)
 }
 
-/// The verdict program for the given peers map and sockhash descriptors.
-pub(super) fn verdict(peers_fd: i32, sockhash_fd: i32) -> Vec<Instruction> {
+/// The verdict program for the given peers map, handed map and sockhash descriptors.
+pub(super) fn verdict(peers_fd: i32, handed_fd: i32, sockhash_fd: i32) -> Vec<Instruction> {
     let [peers_lo, peers_hi] = load_map(R1, peers_fd);
+    let [handed_lo, handed_hi] = load_map(R1, handed_fd);
     let [hash_lo, hash_hi] = load_map(R2, sockhash_fd);
     vec![
         // 0: keep ctx (the skb) across calls.
@@ -158,31 +182,54 @@ pub(super) fn verdict(peers_fd: i32, sockhash_fd: i32) -> Vec<Instruction> {
         add_imm(R2, i32::from(COOKIE_SLOT)),
         // 7: r0 = &peers[cookie], or null.
         call(HELPER_MAP_LOOKUP_ELEM),
-        // 8: no peer (pair not linked): pass, to instruction 21.
-        jump_if_equal(R0, 0, 12),
-        // 9-10: the peer's cookie (PeerEntry.peer_cookie) on the stack.
-        load_u64(R1, R0, 0),
-        store_u64(R10, PEER_SLOT, R1),
-        // 11: r2 = skb->len (offset 0 of struct __sk_buff).
+        // 8: not part of a session (being set up or torn down): pass, to instruction 34.
+        jump_if_equal(R0, 0, 25),
+        // 9: r7 = the entry, kept across the next call.
+        mov_reg(R7, R0),
+        // 10-11: r1 = handed map.
+        handed_lo,
+        handed_hi,
+        // 12-13: r2 = &cookie.
+        mov_reg(R2, R10),
+        add_imm(R2, i32::from(COOKIE_SLOT)),
+        // 14: r0 = &handed[cookie], or null.
+        call(HELPER_MAP_LOOKUP_ELEM),
+        // 15: r2 = skb->len (offset 0 of struct __sk_buff).
         load_u32(R2, R6, 0),
-        // 12: PeerEntry.redirected_bytes += len, atomically: user space reads the counter
+        // 16: user space has not published a count yet: the gate is closed, to 31.
+        jump_if_equal(R0, 0, 14),
+        // 17-18: r1 = bytes user space has forwarded by hand, r3 = bytes passed to it.
+        load_u64(R1, R0, 0),
+        load_u64(R3, R7, PASSED_OFFSET),
+        // 19: some passed bytes are still on their way through user space: closed, to 31.
+        jump_if_not_equal_reg(R1, R3, 11),
+        // 20: PeerEntry.redirected_bytes += len, atomically: user space reads the counter
         // while softirqs on any CPU add to it.
-        atomic_add_u64(R0, 8, R2),
-        // 13: r1 = skb.
+        atomic_add_u64(R7, REDIRECTED_OFFSET, R2),
+        // 21-22: the peer's cookie (PeerEntry.peer_cookie) on the stack.
+        load_u64(R1, R7, PEER_OFFSET),
+        store_u64(R10, PEER_SLOT, R1),
+        // 23: r1 = skb.
         mov_reg(R1, R6),
-        // 14-15: r2 = sockhash.
+        // 24-25: r2 = sockhash.
         hash_lo,
         hash_hi,
-        // 16-17: r3 = &peer_cookie.
+        // 26-27: r3 = &peer_cookie.
         mov_reg(R3, R10),
         add_imm(R3, i32::from(PEER_SLOT)),
-        // 18: flags 0: send out of the peer socket (not into its receive queue).
+        // 28: flags 0: send out of the peer socket (not into its receive queue).
         mov_imm(R4, 0),
-        // 19: r0 = SK_PASS after queueing the skb on the peer, SK_DROP if it is not in the map.
+        // 29: r0 = SK_PASS after queueing the skb on the peer, SK_DROP if it is not in the map.
         call(HELPER_SK_REDIRECT_HASH),
-        // 20
+        // 30
         exit(),
-        // 21-22: unlinked socket: its bytes stay in its own receive queue.
+        // 31: closed: PeerEntry.passed_bytes += len. Only this socket's own (serialized)
+        // verdicts write it, but user space may read it meanwhile.
+        atomic_add_u64(R7, PASSED_OFFSET, R2),
+        // 32-33: the buffer goes to the socket's own receive queue, for user space.
+        mov_imm(R0, SK_PASS),
+        exit(),
+        // 34-35: no session: the bytes stay with the socket.
         mov_imm(R0, SK_PASS),
         exit(),
     ]
@@ -201,14 +248,30 @@ mod tests {
         assert_eq!(zero, instruction(0, 0, 0, 0, 0));
     }
 
+    /// Where the conditional jump at `at` goes.
+    fn target(program: &[Instruction], at: usize) -> usize {
+        at + 1 + usize::try_from(program[at].offset).unwrap()
+    }
+
     #[test]
-    fn the_no_peer_jump_lands_on_the_pass_exit() {
-        let program = verdict(3, 4);
-        let jump = 8;
-        assert_eq!(program[jump].code, 0x15);
-        let target = jump + 1 + usize::try_from(program[jump].offset).unwrap();
-        assert_eq!(program[target], mov_imm(R0, SK_PASS));
-        assert_eq!(program[target + 1], exit());
-        assert_eq!(program.len(), 23);
+    fn the_jumps_land_on_their_exits() {
+        let program = verdict(3, 4, 5);
+        assert_eq!(program.len(), 36);
+        // No session: plain pass.
+        let no_session = target(&program, 8);
+        assert_eq!(program[8].code, 0x15);
+        assert_eq!(program[no_session], mov_imm(R0, SK_PASS));
+        assert_eq!(program[no_session + 1], exit());
+        // Both closed-gate jumps count the buffer as passed, then pass it.
+        for at in [16, 19] {
+            let closed = target(&program, at);
+            assert_eq!(program[closed], atomic_add_u64(R7, PASSED_OFFSET, R2));
+            assert_eq!(program[closed + 1], mov_imm(R0, SK_PASS));
+            assert_eq!(program[closed + 2], exit());
+        }
+        assert_eq!(program[19].code, 0x5d);
+        // The open gate falls through to the redirect.
+        assert_eq!(program[29], call(HELPER_SK_REDIRECT_HASH));
+        assert_eq!(program[30], exit());
     }
 }

@@ -138,3 +138,67 @@ async fn queued_bytes_arrive_without_more_traffic() {
     assert_eq!(&got, b"queued before the relay");
     relay.abort();
 }
+
+/// A client that never pauses: its bytes keep arriving while the session drains, inserts and
+/// hands over, so some are moved by hand and the rest by the kernel, and the order must hold
+/// across that switch. Many sessions at once make the switch land mid-burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_pauses_stays_in_order_across_the_switch() {
+    const SESSIONS: usize = 24;
+    const WORDS: u32 = 256 * 1024; // 1 MiB of counting u32s per session
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        let (client, relay_client) = connected_pair().await;
+        let (relay_backend, backend) = connected_pair().await;
+        let send = tokio::spawn(async move {
+            let mut client = client;
+            let mut next = 0u32;
+            while next < WORDS {
+                let chunk: Vec<u8> = (next..(next + 256).min(WORDS))
+                    .flat_map(u32::to_le_bytes)
+                    .collect();
+                client.write_all(&chunk).await.unwrap();
+                next += 256;
+            }
+            client.shutdown().await.unwrap();
+            client
+        });
+        let check = tokio::spawn(async move {
+            let mut backend = backend;
+            let mut received = Vec::with_capacity(WORDS as usize * 4);
+            backend.read_to_end(&mut received).await.unwrap();
+            received
+                .chunks(4)
+                .enumerate()
+                .find(|(at, word)| word != &(*at as u32).to_le_bytes())
+                .map(|(at, _)| at)
+                .or((received.len() != WORDS as usize * 4).then_some(received.len()))
+        });
+        // The relay starts once the sender is well under way.
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        let relay = tokio::spawn(async move {
+            let (mut client, mut backend) = (Stream::Tcp(relay_client), Stream::Tcp(relay_backend));
+            crate::forward::relay(&mut client, &mut backend, &options(), &Counted::default()).await
+        });
+        sessions.push((send, check, relay));
+    }
+    let by_hand_before = super::MOVED_BY_HAND.load(Ordering::Relaxed);
+    for (index, (send, check, relay)) in sessions.into_iter().enumerate() {
+        let client = tokio::time::timeout(Duration::from_secs(30), send)
+            .await
+            .expect("the sender finishes")
+            .unwrap();
+        let first_wrong = tokio::time::timeout(Duration::from_secs(30), check)
+            .await
+            .expect("the backend gets EOF")
+            .unwrap();
+        assert_eq!(first_wrong, None, "session {index}: first misplaced word");
+        drop(client);
+        relay.abort();
+    }
+    let moved_by_hand = super::MOVED_BY_HAND.load(Ordering::Relaxed) - by_hand_before;
+    assert!(
+        moved_by_hand < SESSIONS as u64 * u64::from(WORDS) * 2,
+        "the kernel moved most of the streams ({moved_by_hand} bytes by hand)"
+    );
+}
