@@ -57,6 +57,9 @@ const QUIET_INTERVAL: Duration = Duration::from_secs(16);
 /// progress, before the half-close goes out anyway.
 const FLUSH_STALL: Duration = Duration::from_secs(60);
 
+/// The longest kernel clock tick (`CONFIG_HZ=100`), the resolution of `TCP_INFO`'s times.
+const JIFFY: Duration = Duration::from_millis(10);
+
 static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
 
 /// Bytes moved by hand by every session of the process: lets tests tell a session the kernel
@@ -433,8 +436,10 @@ impl<'a, M: Meter + Sync> Session<'a, M> {
                     continue;
                 }
                 let (source, _, _, side, _) = self.ends(direction);
+                // TCP_INFO counts in jiffies (up to 10 ms each): a reading may be one jiffy
+                // ahead of the truth, and a session is never cut before its timeout.
                 let quiet = socket::counters(source)
-                    .map(|counters| counters.since_last_receive)
+                    .map(|counters| counters.since_last_receive.saturating_sub(JIFFY))
                     .unwrap_or_default();
                 if quiet >= timeout {
                     return ForwardError::Idle { side, timeout };
