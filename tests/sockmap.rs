@@ -1,14 +1,22 @@
 //! `forwarding = "sockmap"` end to end (tests run as root, so the kernel takes the sessions):
-//! counters, resets both ways, idle timeouts, and the fallback to splice without capabilities.
+//! counters, resets both ways, idle timeouts, a backend marked down or removed, reload and
+//! drain, and the fallback to splice without capabilities.
 //! Integrity, half-close both ways and a slow reader run on this path in `forwarding`.
 
 use std::time::Duration;
 
 use betwixt::SessionEnd;
+use betwixt::config::{self, Config, LoadOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::util::*;
+
+fn parse(toml: &str) -> Config {
+    config::load_str("test.toml", toml, &LoadOptions::default())
+        .unwrap_or_else(|errors| panic!("{errors}"))
+        .config
+}
 
 fn sockmap(config: &str) -> String {
     format!("[betwixt]\nforwarding = \"sockmap\"\n{config}")
@@ -219,4 +227,170 @@ async fn without_capabilities_sessions_splice_after_one_warning() {
         output.contains("CAP_BPF"),
         "the warning names the cause:\n{output}"
     );
+}
+
+/// An echo backend whose listener can be closed while the sessions it accepted go on: a ping
+/// check then fails although no session noticed anything.
+struct DetachedEcho {
+    addr: std::net::SocketAddr,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl DetachedEcho {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                // Not owned by the accept task: the session outlives the listener.
+                tokio::spawn(async move {
+                    let (mut from, mut to) = stream.into_split();
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                });
+            }
+        });
+        Self { addr, listener }
+    }
+
+    fn close_listener(&self) {
+        self.listener.abort();
+    }
+}
+
+impl Drop for DetachedEcho {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// One echoed exchange, so the session is past its first flight (and in the kernel).
+async fn exchange(stream: &mut TcpStream, message: &[u8]) -> bool {
+    let round = async {
+        stream.write_all(message).await?;
+        let mut reply = vec![0u8; message.len()];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply == message)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), round).await,
+        Ok(Ok(true))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_in_the_kernel_close_when_their_backend_is_marked_down() {
+    let doomed = DetachedEcho::start().await;
+    let steady = DetachedEcho::start().await;
+    let config = server_config(
+        "api",
+        "balance = \"roundrobin\"",
+        &[doomed.addr, steady.addr],
+        "[servers.api.healthcheck]\nkind = \"ping\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nfails = 1\npasses = 1",
+    );
+    let balancer = start_balancer(&sockmap(&config)).await;
+    let addr = balancer.local_addr("api").unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        assert!(exchange(&mut stream, b"first").await);
+        sessions.push(stream);
+    }
+    assert_eq!(backend_report(&balancer, "api", doomed.addr).total, 3);
+    doomed.close_listener();
+    eventually("the doomed backend is marked down", || {
+        backend_report(&balancer, "api", doomed.addr).health == betwixt::Health::Down
+    })
+    .await;
+    // The kernel forwards without waking the session, so an exchange could beat the close:
+    // wait for the closes to be counted first.
+    eventually("the closes are counted", || {
+        server_report(&balancer, "api").ended(SessionEnd::BackendDown) == 3
+    })
+    .await;
+    let mut closed = 0;
+    for stream in &mut sessions {
+        if exchange(stream, b"again").await {
+            continue;
+        }
+        assert!(closed_by_peer(stream).await, "a session hangs");
+        closed += 1;
+    }
+    assert_eq!(closed, 3, "exactly the doomed backend's sessions close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_in_the_kernel_survive_a_reload_or_close_with_their_removed_backend() {
+    let (a, b) = (DetachedEcho::start().await, DetachedEcho::start().await);
+    let extra = "balance = \"roundrobin\"\nclose_sessions_on_backend_removal = true";
+    let balancer = start_balancer(&sockmap(&server_config(
+        "k3s",
+        extra,
+        &[a.addr, b.addr],
+        "",
+    )))
+    .await;
+    let addr = balancer.local_addr("k3s").unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        assert!(exchange(&mut stream, b"first").await);
+        sessions.push(stream);
+    }
+    // A reload that changes something else: every session goes on.
+    let other = server_config("other", "", &[a.addr], "");
+    let both = sockmap(&format!(
+        "{}\n{other}",
+        server_config("k3s", extra, &[a.addr, b.addr], "")
+    ));
+    balancer.reload(parse(&both)).await.unwrap();
+    for stream in &mut sessions {
+        assert!(exchange(stream, b"after the reload").await);
+    }
+    // A reload that removes `b`: its sessions close, `a`'s go on.
+    let only_a = sockmap(&format!(
+        "{}\n{other}",
+        server_config("k3s", extra, &[a.addr], "")
+    ));
+    balancer.reload(parse(&only_a)).await.unwrap();
+    eventually("the closes are counted", || {
+        server_report(&balancer, "k3s").ended(SessionEnd::BackendRemoved) == 2
+    })
+    .await;
+    let (mut alive, mut closed) = (0, 0);
+    for stream in &mut sessions {
+        if exchange(stream, b"after the removal").await {
+            alive += 1;
+        } else {
+            assert!(closed_by_peer(stream).await, "a session hangs");
+            closed += 1;
+        }
+    }
+    assert_eq!((alive, closed), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_drains_sessions_in_the_kernel_then_closes_what_is_left() {
+    let backend = DetachedEcho::start().await;
+    let balancer = start_balancer(&sockmap(&server_config("k3s", "", &[backend.addr], ""))).await;
+    let addr = balancer.local_addr("k3s").unwrap();
+    let mut quick = TcpStream::connect(addr).await.unwrap();
+    let mut stubborn = TcpStream::connect(addr).await.unwrap();
+    assert!(exchange(&mut quick, b"first").await);
+    assert!(exchange(&mut stubborn, b"first").await);
+    let closer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Still served while the balancer drains.
+        assert!(exchange(&mut quick, b"during the drain").await);
+        quick.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        quick.read_to_end(&mut rest).await.unwrap();
+        rest
+    });
+    let summary = balancer.stop(Duration::from_millis(1500)).await;
+    assert_eq!(
+        summary.closed_by_force, 1,
+        "only the stubborn session outlived the grace period"
+    );
+    assert!(closer.await.unwrap().is_empty());
+    assert!(closed_by_peer(&mut stubborn).await);
 }
