@@ -186,13 +186,6 @@ pub(super) fn runtime(report: &mut Report<'_>, raw: Option<&RawBetwixt>) -> Runt
         ForwardingMode::Auto,
         &modes,
     );
-    if forwarding == ForwardingMode::Sockmap {
-        report.warn(
-            &key.child("forwarding"),
-            "sockmap is experimental: bytes that arrive in the moment a session switches to \
-             the kernel path could be reordered (README, Forwarding); use splice in production",
-        );
-    }
     let pipe_size = value::bounded(report, &key.child("pipe_size"), raw.pipe_size, PIPE_SIZE);
     let copy_buffer_size = value::bounded(
         report,

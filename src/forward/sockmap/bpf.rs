@@ -22,7 +22,8 @@ const ATTACH_SK_SKB_STREAM_VERDICT: u32 = 5;
 /// Allocate hash entries as they are added rather than all at map creation.
 const MAP_NO_PREALLOC: u32 = 1;
 const UPDATE_ANY: u64 = 0;
-/// How many sessions can forward through sockmap at once; past it, sessions splice.
+/// Map entries: one per socket, so half as many sessions can forward through sockmap at once;
+/// past that, sessions splice.
 const MAX_SESSIONS: u32 = 65_536;
 /// Verifier log size: enough for this program's full trace.
 const LOG_SIZE: usize = 64 * 1024;
