@@ -1,5 +1,5 @@
 //! The `sk_skb` stream verdict program, assembled here so the build needs no clang or BPF
-//! toolchain: eBPF is a fixed 8-byte instruction format, and the program is 36 instructions.
+//! toolchain: eBPF is a fixed 8-byte instruction format, and the program is 40 instructions.
 //!
 //! What it does, per socket buffer the kernel hands it (`ctx` is a `struct __sk_buff`): look
 //! the receiving socket's cookie up in the peers map (cookie -> `PeerEntry`); a socket without
@@ -63,6 +63,7 @@ const HELPER_GET_SOCKET_COOKIE: i32 = 46;
 const HELPER_SK_REDIRECT_HASH: i32 = 72;
 
 /// `enum sk_action`.
+const SK_DROP: i32 = 0;
 const SK_PASS: i32 = 1;
 
 // Registers: r0 return value, r1-r5 arguments (clobbered by calls), r6-r9 callee saved,
@@ -170,67 +171,76 @@ pub(super) fn verdict(peers_fd: i32, handed_fd: i32, sockhash_fd: i32) -> Vec<In
     vec![
         // 0: keep ctx (the skb) across calls.
         mov_reg(R6, R1),
-        // 1: r0 = cookie of the socket this skb arrived on (r1 is still ctx).
+        // 1: r2 = skb->len (offset 0 of struct __sk_buff).
+        load_u32(R2, R1, 0),
+        // 2: an empty buffer (a bare FIN) carries nothing: drop it, to 38. Redirected, the
+        // kernel's worker would "send" zero bytes, take that for a broken pipe, set EPIPE on
+        // the peer and stop sending to it. The FIN itself is already seen by TCP.
+        jump_if_equal(R2, 0, 35),
+        // 3: r0 = cookie of the socket this skb arrived on (r1 is still ctx).
         call(HELPER_GET_SOCKET_COOKIE),
-        // 2: the cookie goes on the stack: map helpers take keys by pointer.
+        // 4: the cookie goes on the stack: map helpers take keys by pointer.
         store_u64(R10, COOKIE_SLOT, R0),
-        // 3-4: r1 = peers map.
+        // 5-6: r1 = peers map.
         peers_lo,
         peers_hi,
-        // 5-6: r2 = &cookie.
+        // 7-8: r2 = &cookie.
         mov_reg(R2, R10),
         add_imm(R2, i32::from(COOKIE_SLOT)),
-        // 7: r0 = &peers[cookie], or null.
+        // 9: r0 = &peers[cookie], or null.
         call(HELPER_MAP_LOOKUP_ELEM),
-        // 8: not part of a session (being set up or torn down): pass, to instruction 34.
+        // 10: not part of a session (being set up or torn down): pass, to instruction 36.
         jump_if_equal(R0, 0, 25),
-        // 9: r7 = the entry, kept across the next call.
+        // 11: r7 = the entry, kept across the next call.
         mov_reg(R7, R0),
-        // 10-11: r1 = handed map.
+        // 12-13: r1 = handed map.
         handed_lo,
         handed_hi,
-        // 12-13: r2 = &cookie.
+        // 14-15: r2 = &cookie.
         mov_reg(R2, R10),
         add_imm(R2, i32::from(COOKIE_SLOT)),
-        // 14: r0 = &handed[cookie], or null.
+        // 16: r0 = &handed[cookie], or null.
         call(HELPER_MAP_LOOKUP_ELEM),
-        // 15: r2 = skb->len (offset 0 of struct __sk_buff).
+        // 17: r2 = skb->len (offset 0 of struct __sk_buff).
         load_u32(R2, R6, 0),
-        // 16: user space has not published a count yet: the gate is closed, to 31.
+        // 18: user space has not published a count yet: the gate is closed, to 33.
         jump_if_equal(R0, 0, 14),
-        // 17-18: r1 = bytes user space has forwarded by hand, r3 = bytes passed to it.
+        // 19-20: r1 = bytes user space has forwarded by hand, r3 = bytes passed to it.
         load_u64(R1, R0, 0),
         load_u64(R3, R7, PASSED_OFFSET),
-        // 19: some passed bytes are still on their way through user space: closed, to 31.
+        // 21: some passed bytes are still on their way through user space: closed, to 33.
         jump_if_not_equal_reg(R1, R3, 11),
-        // 20: PeerEntry.redirected_bytes += len, atomically: user space reads the counter
+        // 22: PeerEntry.redirected_bytes += len, atomically: user space reads the counter
         // while softirqs on any CPU add to it.
         atomic_add_u64(R7, REDIRECTED_OFFSET, R2),
-        // 21-22: the peer's cookie (PeerEntry.peer_cookie) on the stack.
+        // 23-24: the peer's cookie (PeerEntry.peer_cookie) on the stack.
         load_u64(R1, R7, PEER_OFFSET),
         store_u64(R10, PEER_SLOT, R1),
-        // 23: r1 = skb.
+        // 25: r1 = skb.
         mov_reg(R1, R6),
-        // 24-25: r2 = sockhash.
+        // 26-27: r2 = sockhash.
         hash_lo,
         hash_hi,
-        // 26-27: r3 = &peer_cookie.
+        // 28-29: r3 = &peer_cookie.
         mov_reg(R3, R10),
         add_imm(R3, i32::from(PEER_SLOT)),
-        // 28: flags 0: send out of the peer socket (not into its receive queue).
+        // 30: flags 0: send out of the peer socket (not into its receive queue).
         mov_imm(R4, 0),
-        // 29: r0 = SK_PASS after queueing the skb on the peer, SK_DROP if it is not in the map.
+        // 31: r0 = SK_PASS after queueing the skb on the peer, SK_DROP if it is not in the map.
         call(HELPER_SK_REDIRECT_HASH),
-        // 30
+        // 32
         exit(),
-        // 31: closed: PeerEntry.passed_bytes += len. Only this socket's own (serialized)
+        // 33: closed: PeerEntry.passed_bytes += len. Only this socket's own (serialized)
         // verdicts write it, but user space may read it meanwhile.
         atomic_add_u64(R7, PASSED_OFFSET, R2),
-        // 32-33: the buffer goes to the socket's own receive queue, for user space.
+        // 34-35: the buffer goes to the socket's own receive queue, for user space.
         mov_imm(R0, SK_PASS),
         exit(),
-        // 34-35: no session: the bytes stay with the socket.
+        // 36-37: no session: the bytes stay with the socket.
         mov_imm(R0, SK_PASS),
+        exit(),
+        // 38-39: nothing to deliver.
+        mov_imm(R0, SK_DROP),
         exit(),
     ]
 }
@@ -256,22 +266,27 @@ mod tests {
     #[test]
     fn the_jumps_land_on_their_exits() {
         let program = verdict(3, 4, 5);
-        assert_eq!(program.len(), 36);
+        assert_eq!(program.len(), 40);
+        // An empty buffer is dropped before anything else.
+        let empty = target(&program, 2);
+        assert_eq!(program[2], jump_if_equal(R2, 0, 35));
+        assert_eq!(program[empty], mov_imm(R0, SK_DROP));
+        assert_eq!(program[empty + 1], exit());
         // No session: plain pass.
-        let no_session = target(&program, 8);
-        assert_eq!(program[8].code, 0x15);
+        let no_session = target(&program, 10);
+        assert_eq!(program[10].code, 0x15);
         assert_eq!(program[no_session], mov_imm(R0, SK_PASS));
         assert_eq!(program[no_session + 1], exit());
         // Both closed-gate jumps count the buffer as passed, then pass it.
-        for at in [16, 19] {
+        for at in [18, 21] {
             let closed = target(&program, at);
             assert_eq!(program[closed], atomic_add_u64(R7, PASSED_OFFSET, R2));
             assert_eq!(program[closed + 1], mov_imm(R0, SK_PASS));
             assert_eq!(program[closed + 2], exit());
         }
-        assert_eq!(program[19].code, 0x5d);
+        assert_eq!(program[21].code, 0x5d);
         // The open gate falls through to the redirect.
-        assert_eq!(program[29], call(HELPER_SK_REDIRECT_HASH));
-        assert_eq!(program[30], exit());
+        assert_eq!(program[31], call(HELPER_SK_REDIRECT_HASH));
+        assert_eq!(program[32], exit());
     }
 }

@@ -26,6 +26,10 @@ impl Meter for Counted {
     }
 }
 
+/// Held by the tests that read the process-wide count of bytes moved by hand, so none counts
+/// another's.
+static BY_HAND_COUNT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn connected_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -63,6 +67,8 @@ fn nix_is_root() -> bool {
 /// moved by hand), the rest goes through the kernel; the backend echoes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoes_every_byte_and_counts_them() {
+    let _counting = BY_HAND_COUNT.lock().await;
+    let by_hand_before = super::MOVED_BY_HAND.load(Ordering::Relaxed);
     assert!(
         super::kernel().is_some(),
         "tests run as root: the program loads"
@@ -100,7 +106,10 @@ async fn echoes_every_byte_and_counts_them() {
     let ((), read) = tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("the echo completes");
-    read.unwrap();
+    if let Err(error) = read {
+        let relay = relay.await.unwrap();
+        panic!("the client's read failed: {error}; the relay: {relay:?}");
+    }
     echo.await.unwrap().unwrap();
     let transferred = relay.await.unwrap().unwrap();
     assert!(received == sent, "the echoed bytes differ");
@@ -111,10 +120,12 @@ async fn echoes_every_byte_and_counts_them() {
     assert_eq!(transferred, expected);
     assert_eq!(meter.to_backend.load(Ordering::Relaxed), len as u64);
     assert_eq!(meter.to_client.load(Ordering::Relaxed), len as u64);
-    let by_hand = super::MOVED_BY_HAND.load(Ordering::Relaxed);
+    let by_hand = super::MOVED_BY_HAND.load(Ordering::Relaxed) - by_hand_before;
+    // The queued prefix goes by hand, and so does whatever the client sent while the session
+    // switched over (more on a busy machine); the kernel moves the rest.
     assert!(
-        by_hand <= 2 * prefix as u64,
-        "{by_hand} bytes moved by hand: only the queued prefix (both ways), the kernel moved the rest"
+        by_hand < len as u64,
+        "{by_hand} bytes moved by hand: the kernel moved most of both ways"
     );
 }
 
@@ -122,6 +133,7 @@ async fn echoes_every_byte_and_counts_them() {
 /// the first flight did not consume must not wait for the next one.
 #[tokio::test]
 async fn queued_bytes_arrive_without_more_traffic() {
+    let _counting = BY_HAND_COUNT.lock().await;
     let (mut client, relay_client) = connected_pair().await;
     let (relay_backend, mut backend) = connected_pair().await;
     client.write_all(b"queued before the relay").await.unwrap();
@@ -144,6 +156,7 @@ async fn queued_bytes_arrive_without_more_traffic() {
 /// across that switch. Many sessions at once make the switch land mid-burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_never_pauses_stays_in_order_across_the_switch() {
+    let _counting = BY_HAND_COUNT.lock().await;
     const SESSIONS: usize = 24;
     const WORDS: u32 = 256 * 1024; // 1 MiB of counting u32s per session
     let mut sessions = Vec::new();
