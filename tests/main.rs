@@ -29,6 +29,7 @@ mod rebalance;
 mod reload;
 mod replay;
 mod resources;
+mod sockmap;
 // The stand-in for Consul's HTTP API that the unit tests use, shared as is.
 #[path = "../src/discovery/responder.rs"]
 #[allow(dead_code)]

@@ -91,6 +91,8 @@ pub enum TargetKind {
     Betwixt,
     BetwixtSplice,
     BetwixtCopy,
+    /// betwixt with `forwarding = "sockmap"`: the kernel moves established sessions' bytes.
+    BetwixtSockmap,
     /// betwixt (`auto`) writing an access log file: opt-in (`--targets`), to price the log.
     BetwixtAccessLog,
     Haproxy,
@@ -100,11 +102,12 @@ pub enum TargetKind {
 impl TargetKind {
     /// In table order; `direct` first so each repetition has its reference before the others.
     /// `betwixt-access-log` runs only when named.
-    pub const ALL: [TargetKind; 6] = [
+    pub const ALL: [TargetKind; 7] = [
         TargetKind::Direct,
         TargetKind::Betwixt,
         TargetKind::BetwixtSplice,
         TargetKind::BetwixtCopy,
+        TargetKind::BetwixtSockmap,
         TargetKind::Haproxy,
         TargetKind::Nginx,
     ];
@@ -115,6 +118,7 @@ impl TargetKind {
             TargetKind::Betwixt => "betwixt",
             TargetKind::BetwixtSplice => "betwixt-splice",
             TargetKind::BetwixtCopy => "betwixt-copy",
+            TargetKind::BetwixtSockmap => "betwixt-sockmap",
             TargetKind::BetwixtAccessLog => "betwixt-access-log",
             TargetKind::Haproxy => "haproxy",
             TargetKind::Nginx => "nginx",
@@ -127,6 +131,7 @@ impl TargetKind {
             TargetKind::Betwixt
                 | TargetKind::BetwixtSplice
                 | TargetKind::BetwixtCopy
+                | TargetKind::BetwixtSockmap
                 | TargetKind::BetwixtAccessLog
         )
     }

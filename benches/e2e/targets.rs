@@ -59,6 +59,7 @@ impl Tools {
             TargetKind::Betwixt
             | TargetKind::BetwixtSplice
             | TargetKind::BetwixtCopy
+            | TargetKind::BetwixtSockmap
             | TargetKind::BetwixtAccessLog => (!self.betwixt.is_file())
                 .then(|| format!("betwixt binary {} not found", self.betwixt.display())),
             TargetKind::Haproxy => (!self.haproxy).then(|| "haproxy is not installed".into()),
@@ -123,6 +124,7 @@ impl Endpoint {
             TargetKind::Betwixt => betwixt(tools, launch, port, "auto", false)?,
             TargetKind::BetwixtSplice => betwixt(tools, launch, port, "splice", false)?,
             TargetKind::BetwixtCopy => betwixt(tools, launch, port, "copy", false)?,
+            TargetKind::BetwixtSockmap => betwixt(tools, launch, port, "sockmap", false)?,
             TargetKind::BetwixtAccessLog => betwixt(tools, launch, port, "auto", true)?,
             TargetKind::Haproxy => haproxy(launch, port)?,
             TargetKind::Nginx => nginx(tools, launch, port)?,

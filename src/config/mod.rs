@@ -227,6 +227,9 @@ pub enum ForwardingMode {
     Auto,
     Splice,
     Copy,
+    /// Established TCP sessions forwarded by a BPF program in the kernel; splice where the
+    /// kernel refuses it.
+    Sockmap,
 }
 
 /// One `[servers.NAME]` listener with `[defaults]` merged in.

@@ -119,7 +119,9 @@ impl Flow<'_> {
         let copy_only = self.splice_unsupported || self.copy_next;
         match (self.mode, copy_only, self.escalated) {
             (ForwardingMode::Copy, ..) | (_, true, _) => Strategy::Copy,
-            (ForwardingMode::Splice, ..) | (ForwardingMode::Auto, _, true) => Strategy::Splice,
+            // A session sockmap could not take splices.
+            (ForwardingMode::Splice | ForwardingMode::Sockmap, ..)
+            | (ForwardingMode::Auto, _, true) => Strategy::Splice,
             (ForwardingMode::Auto, _, false) => Strategy::CopyThenSplice,
         }
     }

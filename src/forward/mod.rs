@@ -12,6 +12,10 @@
 //! `AsyncWrite`, no splice: TLS records must be decrypted in user space; a 16 KiB buffer per
 //! direction, one record).
 //!
+//! With `forwarding = "sockmap"`, two TCP sockets are instead handed to the kernel
+//! ([`sockmap`]): a BPF program moves the bytes and the session only watches for EOF, errors
+//! and idleness; where the kernel refuses, sessions splice.
+//!
 //! Two strategies move the bytes: [`splice`] (zero copy through a pipe, the default on Linux)
 //! and [`copy`] (user space, a buffer per active direction), which is also the fallback when
 //! splice cannot be used. Either holds its pipe or buffer only while data is in flight, and
@@ -25,6 +29,8 @@ mod idle;
 mod leg;
 mod read_ahead;
 mod relay;
+#[allow(unsafe_code)]
+mod sockmap;
 #[allow(unsafe_code)]
 mod splice;
 mod stream;
@@ -136,8 +142,8 @@ pub fn bidirectional<'a, M: Meter + Sync>(
     Relay::new(client, backend, options, meter)
 }
 
-/// Forwards between two streams of any kind: two TCP sockets through [`bidirectional`]
-/// (splice or copy), anything with TLS through a [`StreamRelay`], under the same rules.
+/// Forwards between two streams of any kind: two TCP sockets through [`sockmap`] (in the
+/// kernel, when configured and available) or [`bidirectional`] (splice or copy), anything with TLS through a [`StreamRelay`], under the same rules.
 ///
 /// # Errors
 /// As [`bidirectional`].
@@ -149,6 +155,11 @@ pub async fn relay<M: Meter + Sync>(
 ) -> Result<Transferred, ForwardError> {
     match (client, backend) {
         (Stream::Tcp(client), Stream::Tcp(backend)) => {
+            if options.mode == ForwardingMode::Sockmap
+                && let Some(result) = sockmap::forward(client, backend, options, meter).await
+            {
+                return result;
+            }
             bidirectional(client, backend, options, meter).await
         }
         (client, backend) => StreamRelay::new(client, backend, options, meter).await,

@@ -340,7 +340,7 @@ fn rows() -> Vec<(String, &'static str)> {
         ),
         (
             "[betwixt]\nforwarding = \"zerocopy\"\n".to_owned(),
-            "gobetween.toml: betwixt.forwarding: unknown value \"zerocopy\"; expected auto, splice or copy",
+            "gobetween.toml: betwixt.forwarding: unknown value \"zerocopy\"; expected auto, splice, copy or sockmap",
         ),
         (
             "[betwixt]\nshutdown_timeout = \"30\"\n".to_owned(),

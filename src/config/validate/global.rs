@@ -177,6 +177,7 @@ pub(super) fn runtime(report: &mut Report<'_>, raw: Option<&RawBetwixt>) -> Runt
         ("auto", ForwardingMode::Auto),
         ("splice", ForwardingMode::Splice),
         ("copy", ForwardingMode::Copy),
+        ("sockmap", ForwardingMode::Sockmap),
     ];
     let forwarding = choice(
         report,
