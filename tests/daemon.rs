@@ -256,7 +256,10 @@ fn install_units(dir: &Path, drop_ins: &[&str]) {
 fn the_unit_files_pass_systemd_analyze_verify() {
     let scratch = Scratch::new("unit");
     let dir = &scratch.0;
-    install_units(dir, &["low-ports.conf", "api-credentials.conf"]);
+    install_units(
+        dir,
+        &["low-ports.conf", "api-credentials.conf", "sockmap.conf"],
+    );
     let output = Command::new("systemd-analyze")
         .arg("verify")
         .arg(dir.join("betwixt.service"))
@@ -291,6 +294,67 @@ fn port_privileges(dir: &Path) -> Vec<String> {
 
 /// The documented way to listen below port 1024 (the low-ports drop-in) grants
 /// CAP_NET_BIND_SERVICE, which the unit alone does not.
+/// `systemd-analyze security --offline`'s verdict lines, with the given drop-ins installed.
+fn security_verdicts(dir: &Path, drop_ins: &[&str]) -> Vec<String> {
+    let _ = std::fs::remove_dir_all(dir.join("betwixt.service.d"));
+    install_units(dir, drop_ins);
+    let output = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(dir.join("betwixt.service"))
+        .output()
+        .expect("systemd-analyze is installed (package systemd)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The sockmap drop-in grants what loading the BPF program needs (CAP_BPF, CAP_NET_ADMIN, the
+/// bpf system call) and nothing else the unit denies.
+#[test]
+fn the_sockmap_drop_in_grants_bpf_and_nothing_more() {
+    let scratch = Scratch::new("unit-sockmap");
+    let without = security_verdicts(&scratch.0, &[]);
+    let with = security_verdicts(&scratch.0, &["sockmap.conf"]);
+    let has = |lines: &[String], text: &str| lines.iter().any(|line| line.contains(text));
+    for (granted, denied) in [
+        (
+            "Service may load BPF programs",
+            "Service may not load BPF programs",
+        ),
+        (
+            "Service has network configuration privileges",
+            "Service has no network configuration privileges",
+        ),
+        ("(e.g. bpf is allowed)", "@privileged is not included"),
+    ] {
+        assert!(has(&without, denied), "{denied}: {without:#?}");
+        assert!(has(&with, granted), "{granted}: {with:#?}");
+    }
+    // Every other verdict is unchanged.
+    let changed = |line: &String| {
+        [
+            "CAP_BPF",
+            "CAP_NET_ADMIN",
+            "@privileged",
+            "AmbientCapabilities",
+            "Overall",
+            "NAME",
+        ]
+        .iter()
+        .any(|name| line.contains(name))
+    };
+    let squeeze = |line: &String| line.split_whitespace().collect::<Vec<_>>().join(" ");
+    let rest = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|line| !changed(line))
+            .map(squeeze)
+            .collect()
+    };
+    assert_eq!(rest(&without), rest(&with));
+}
+
 #[test]
 fn the_low_ports_drop_in_grants_binding_privileged_ports() {
     let scratch = Scratch::new("unit-caps");
