@@ -230,15 +230,7 @@ async fn backend_reset_resets_the_client() {
 async fn client_idle_timeout_counts_only_client_bytes() {
     // The backend talks every 50 ms; the client says nothing: gobetween's per-direction
     // semantics cut the session after client_idle_timeout anyway.
-    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), |mut stream| async move {
-        for _ in 0..400 {
-            if stream.write_all(b".").await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let backend = ticking_backend().await;
     let config = server_config(
         "idle",
         "client_idle_timeout = \"400ms\"",

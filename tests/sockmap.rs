@@ -122,15 +122,7 @@ async fn a_backend_reset_resets_the_client() {
 
 #[tokio::test]
 async fn the_client_idle_timeout_cuts_a_quiet_client_while_the_backend_talks() {
-    let backend = spawn_backend_on("127.0.0.1:0".parse().unwrap(), |mut stream| async move {
-        for _ in 0..400 {
-            if stream.write_all(b".").await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let backend = ticking_backend().await;
     let config = server_config(
         "idle",
         "client_idle_timeout = \"600ms\"",

@@ -141,6 +141,20 @@ pub async fn echo_backend() -> TestBackend {
     .await
 }
 
+/// Sends a byte every 50 ms (for 20 s) and never reads: a backend that keeps talking to a
+/// client that says nothing.
+pub async fn ticking_backend() -> TestBackend {
+    spawn_backend(|mut stream| async move {
+        for _ in 0..400 {
+            if stream.write_all(b".").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 /// Holds connections open and never sends anything.
 pub async fn silent_backend() -> TestBackend {
     spawn_backend(|mut stream| async move {
