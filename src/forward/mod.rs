@@ -155,8 +155,11 @@ pub async fn relay<M: Meter + Sync>(
 ) -> Result<Transferred, ForwardError> {
     match (client, backend) {
         (Stream::Tcp(client), Stream::Tcp(backend)) => {
+            // Boxed: its state is large, and unboxed it would size every session's future,
+            // on every forwarding path.
             if options.mode == ForwardingMode::Sockmap
-                && let Some(result) = sockmap::forward(client, backend, options, meter).await
+                && let Some(result) =
+                    Box::pin(sockmap::forward(client, backend, options, meter)).await
             {
                 return result;
             }
