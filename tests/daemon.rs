@@ -276,19 +276,19 @@ fn the_unit_files_pass_systemd_analyze_verify() {
     assert!(output.status.success() && problems.is_empty(), "{stderr}");
 }
 
-/// `systemd-analyze security --offline`'s verdict lines about binding privileged ports.
-fn port_privileges(dir: &Path) -> Vec<String> {
-    let output = Command::new("systemd-analyze")
-        .args(["security", "--offline=true", "--no-pager"])
-        .arg(dir.join("betwixt.service"))
-        .output()
-        .expect("systemd-analyze is installed (package systemd)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("CapabilityBoundingSet="), "{stdout}");
-    stdout
-        .lines()
+/// `systemd-analyze security --offline`'s verdict lines about binding privileged ports, with
+/// the given drop-ins installed.
+fn port_privileges(dir: &Path, drop_ins: &[&str]) -> Vec<String> {
+    let verdicts = security_verdicts(dir, drop_ins);
+    assert!(
+        verdicts
+            .iter()
+            .any(|line| line.contains("CapabilityBoundingSet=")),
+        "{verdicts:#?}"
+    );
+    verdicts
+        .into_iter()
         .filter(|line| line.contains("AmbientCapabilities=") || line.contains("CAP_NET_(BIND"))
-        .map(str::to_owned)
         .collect()
 }
 
@@ -358,8 +358,7 @@ fn the_sockmap_drop_in_grants_bpf_and_nothing_more() {
 #[test]
 fn the_low_ports_drop_in_grants_binding_privileged_ports() {
     let scratch = Scratch::new("unit-caps");
-    install_units(&scratch.0, &[]);
-    let without = port_privileges(&scratch.0);
+    let without = port_privileges(&scratch.0, &[]);
     assert!(
         without
             .iter()
@@ -373,8 +372,7 @@ fn the_low_ports_drop_in_grants_binding_privileged_ports() {
         "{without:#?}"
     );
 
-    install_units(&scratch.0, &["low-ports.conf"]);
-    let with = port_privileges(&scratch.0);
+    let with = port_privileges(&scratch.0, &["low-ports.conf"]);
     assert!(
         with.iter()
             .any(|line| line.contains("has elevated networking")),

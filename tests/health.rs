@@ -212,16 +212,7 @@ impl FreezableBackend {
 }
 
 async fn echo_once(stream: &mut TcpStream) -> bool {
-    let exchange = async {
-        stream.write_all(b"ping").await?;
-        let mut reply = [0u8; 4];
-        stream.read_exact(&mut reply).await?;
-        Ok::<_, std::io::Error>(&reply == b"ping")
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), exchange).await,
-        Ok(Ok(true))
-    )
+    echo_round(stream, b"ping").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,17 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use betwixt::config::{self, Config, LoadOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::util::*;
-
-fn parse(toml: &str) -> Config {
-    config::load_str("test.toml", toml, &LoadOptions::default())
-        .unwrap_or_else(|errors| panic!("{errors}"))
-        .config
-}
 
 fn pool_config(backends: &[SocketAddr]) -> String {
     server_config("k3s", "balance = \"leastconn\"", backends, "")
@@ -95,7 +88,7 @@ async fn reload_under_load_adds_and_removes_backends_without_losing_anyone() {
 
     // Add c, remove b.
     let summary = balancer
-        .reload(parse(&pool_config(&[a.addr, c.addr])))
+        .reload(parse_config(&pool_config(&[a.addr, c.addr])))
         .await
         .unwrap();
     assert_eq!(summary.backends_added.len(), 1, "{summary}");
@@ -137,14 +130,14 @@ async fn an_unchanged_config_rebinds_nothing_and_a_changed_bind_moves_the_listen
     let balancer = start_balancer(&text).await;
     let before = balancer.local_addr("k3s").unwrap();
 
-    let summary = balancer.reload(parse(&text)).await.unwrap();
+    let summary = balancer.reload(parse_config(&text)).await.unwrap();
     assert!(summary.is_empty(), "{summary}");
     assert_eq!(balancer.local_addr("k3s").unwrap(), before);
 
     // Held through the old listener, it must survive the move.
     let mut old_session = TcpStream::connect(before).await.unwrap();
     let moved = text.replace("127.0.0.1:0", "127.0.0.2:0");
-    let summary = balancer.reload(parse(&moved)).await.unwrap();
+    let summary = balancer.reload(parse_config(&moved)).await.unwrap();
     assert_eq!(summary.servers_rebound, ["k3s"]);
     let after = balancer.local_addr("k3s").unwrap();
     assert_eq!(after.ip().to_string(), "127.0.0.2");
@@ -171,7 +164,7 @@ async fn servers_come_and_go_and_backend_state_carries_over() {
     assert_eq!(fetch_name(one_addr).await.unwrap(), "a");
 
     let summary = balancer
-        .reload(parse(&format!("{one}\n{two}")))
+        .reload(parse_config(&format!("{one}\n{two}")))
         .await
         .unwrap();
     assert_eq!(summary.servers_added, ["two"]);
@@ -186,7 +179,7 @@ async fn servers_come_and_go_and_backend_state_carries_over() {
     assert_eq!(backend_report(&balancer, "one", a.addr).total, 1);
     assert_eq!(server_report(&balancer, "one").total, 1);
 
-    let summary = balancer.reload(parse(&two)).await.unwrap();
+    let summary = balancer.reload(parse_config(&two)).await.unwrap();
     assert_eq!(summary.servers_removed, ["one"]);
     assert!(balancer.local_addr("one").is_none());
     eventually("the removed server stops listening", || {
@@ -210,7 +203,7 @@ async fn removed_backend_sessions_can_be_closed_instead_of_drained() {
     })
     .await;
     balancer
-        .reload(parse(&server_config("k3s", extra, &[a.addr], "")))
+        .reload(parse_config(&server_config("k3s", extra, &[a.addr], "")))
         .await
         .unwrap();
     let (mut closed, mut alive) = (0, 0);
@@ -269,7 +262,7 @@ async fn a_reload_may_rebind_a_port_this_process_holds_but_not_a_foreign_one() {
     let balancer = start_balancer(&text).await;
     // Widened to the wildcard on the same port while the old listener still holds it.
     let widened = text.replace(&format!("127.0.0.1:{port}"), &format!("0.0.0.0:{port}"));
-    let summary = balancer.reload(parse(&widened)).await.unwrap();
+    let summary = balancer.reload(parse_config(&widened)).await.unwrap();
     assert_eq!(summary.servers_rebound, ["k3s"]);
 
     let foreign = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -280,7 +273,7 @@ async fn a_reload_may_rebind_a_port_this_process_holds_but_not_a_foreign_one() {
             .replace("127.0.0.1:0", &format!("127.0.0.1:{taken}"))
     );
     let error = balancer
-        .reload(parse(&clash))
+        .reload(parse_config(&clash))
         .await
         .unwrap_err()
         .to_string();

@@ -6,17 +6,10 @@
 use std::time::Duration;
 
 use betwixt::SessionEnd;
-use betwixt::config::{self, Config, LoadOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::util::*;
-
-fn parse(toml: &str) -> Config {
-    config::load_str("test.toml", toml, &LoadOptions::default())
-        .unwrap_or_else(|errors| panic!("{errors}"))
-        .config
-}
 
 fn sockmap(config: &str) -> String {
     format!("[betwixt]\nforwarding = \"sockmap\"\n{config}")
@@ -255,20 +248,6 @@ impl Drop for DetachedEcho {
     }
 }
 
-/// One echoed exchange, so the session is past its first flight (and in the kernel).
-async fn exchange(stream: &mut TcpStream, message: &[u8]) -> bool {
-    let round = async {
-        stream.write_all(message).await?;
-        let mut reply = vec![0u8; message.len()];
-        stream.read_exact(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply == message)
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), round).await,
-        Ok(Ok(true))
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_in_the_kernel_close_when_their_backend_is_marked_down() {
     let doomed = DetachedEcho::start().await;
@@ -284,7 +263,7 @@ async fn sessions_in_the_kernel_close_when_their_backend_is_marked_down() {
     let mut sessions = Vec::new();
     for _ in 0..6 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        assert!(exchange(&mut stream, b"first").await);
+        assert!(echo_round(&mut stream, b"first").await);
         sessions.push(stream);
     }
     assert_eq!(backend_report(&balancer, "api", doomed.addr).total, 3);
@@ -301,7 +280,7 @@ async fn sessions_in_the_kernel_close_when_their_backend_is_marked_down() {
     .await;
     let mut closed = 0;
     for stream in &mut sessions {
-        if exchange(stream, b"again").await {
+        if echo_round(stream, b"again").await {
             continue;
         }
         assert!(closed_by_peer(stream).await, "a session hangs");
@@ -325,7 +304,7 @@ async fn sessions_in_the_kernel_survive_a_reload_or_close_with_their_removed_bac
     let mut sessions = Vec::new();
     for _ in 0..4 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        assert!(exchange(&mut stream, b"first").await);
+        assert!(echo_round(&mut stream, b"first").await);
         sessions.push(stream);
     }
     // A reload that changes something else: every session goes on.
@@ -334,23 +313,23 @@ async fn sessions_in_the_kernel_survive_a_reload_or_close_with_their_removed_bac
         "{}\n{other}",
         server_config("k3s", extra, &[a.addr, b.addr], "")
     ));
-    balancer.reload(parse(&both)).await.unwrap();
+    balancer.reload(parse_config(&both)).await.unwrap();
     for stream in &mut sessions {
-        assert!(exchange(stream, b"after the reload").await);
+        assert!(echo_round(stream, b"after the reload").await);
     }
     // A reload that removes `b`: its sessions close, `a`'s go on.
     let only_a = sockmap(&format!(
         "{}\n{other}",
         server_config("k3s", extra, &[a.addr], "")
     ));
-    balancer.reload(parse(&only_a)).await.unwrap();
+    balancer.reload(parse_config(&only_a)).await.unwrap();
     eventually("the closes are counted", || {
         server_report(&balancer, "k3s").ended(SessionEnd::BackendRemoved) == 2
     })
     .await;
     let (mut alive, mut closed) = (0, 0);
     for stream in &mut sessions {
-        if exchange(stream, b"after the removal").await {
+        if echo_round(stream, b"after the removal").await {
             alive += 1;
         } else {
             assert!(closed_by_peer(stream).await, "a session hangs");
@@ -367,12 +346,12 @@ async fn a_shutdown_drains_sessions_in_the_kernel_then_closes_what_is_left() {
     let addr = balancer.local_addr("k3s").unwrap();
     let mut quick = TcpStream::connect(addr).await.unwrap();
     let mut stubborn = TcpStream::connect(addr).await.unwrap();
-    assert!(exchange(&mut quick, b"first").await);
-    assert!(exchange(&mut stubborn, b"first").await);
+    assert!(echo_round(&mut quick, b"first").await);
+    assert!(echo_round(&mut stubborn, b"first").await);
     let closer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Still served while the balancer drains.
-        assert!(exchange(&mut quick, b"during the drain").await);
+        assert!(echo_round(&mut quick, b"during the drain").await);
         quick.shutdown().await.unwrap();
         let mut rest = Vec::new();
         quick.read_to_end(&mut rest).await.unwrap();

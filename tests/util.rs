@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use betwixt::config::{self, LoadOptions};
+use betwixt::config::{self, Config, LoadOptions};
 use betwixt::{BackendReport, LoadBalancer, ServerReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -56,6 +56,28 @@ pub fn server_config(name: &str, extra: &str, backends: &[SocketAddr], tail: &st
         "[servers.{name}]\nbind = \"127.0.0.1:0\"\n{extra}\n\
          [servers.{name}.discovery]\nkind = \"static\"\nstatic_list = [{}]\n{tail}\n",
         list.join(", ")
+    )
+}
+
+/// A config for `reload`: valid, or the test fails naming its errors.
+pub fn parse_config(toml: &str) -> Config {
+    config::load_str("test.toml", toml, &LoadOptions::default())
+        .unwrap_or_else(|errors| panic!("{errors}"))
+        .config
+}
+
+/// Writes `message` and reads it back from an echoing peer within 2 s; `false` on a close, a
+/// reset, different bytes or silence.
+pub async fn echo_round(stream: &mut TcpStream, message: &[u8]) -> bool {
+    let round = async {
+        stream.write_all(message).await?;
+        let mut reply = vec![0u8; message.len()];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply == message)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), round).await,
+        Ok(Ok(true))
     )
 }
 

@@ -1,17 +1,10 @@
 //! Reloads that change `[api]` and `[metrics]`: listeners move, stop, start, change settings;
 //! a bind or TLS failure keeps the listener that was running.
 
-use betwixt::config::Config;
 use hyper::header::HeaderMap;
 use hyper::{Method, StatusCode};
 
 use super::*;
-
-fn parse(text: &str) -> Config {
-    config::load_str("test.toml", text, &LoadOptions::default())
-        .unwrap_or_else(|errors| panic!("{errors}"))
-        .config
-}
 
 async fn ping(addr: SocketAddr) -> bool {
     match TcpStream::connect(addr).await {
@@ -33,7 +26,7 @@ async fn api_and_metrics_follow_reloads() {
 
     // Settings change in place: the new password applies, the address stays.
     let changed = format!("{ENDPOINTS}{servers}").replace("s3cret", "changed");
-    lb.endpoints.reconfigure(&parse(&changed)).await;
+    lb.endpoints.reconfigure(&parse_config(&changed)).await;
     assert_eq!(lb.api(), api);
     assert_eq!(lb.get("/servers").await.status, StatusCode::UNAUTHORIZED);
 
@@ -41,7 +34,7 @@ async fn api_and_metrics_follow_reloads() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let clash = changed.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
-    lb.endpoints.reconfigure(&parse(&clash)).await;
+    lb.endpoints.reconfigure(&parse_config(&clash)).await;
     assert_eq!(lb.api(), api, "port {port} taken");
     assert!(ping(api).await);
 
@@ -49,7 +42,7 @@ async fn api_and_metrics_follow_reloads() {
     let tls =
         "[api.tls]\ncert_path = \"/nonexistent/cert.pem\"\nkey_path = \"/nonexistent/key.pem\"\n";
     lb.endpoints
-        .reconfigure(&parse(&format!("{changed}{tls}")))
+        .reconfigure(&parse_config(&format!("{changed}{tls}")))
         .await;
     assert!(ping(api).await, "still plain HTTP");
 
@@ -57,7 +50,7 @@ async fn api_and_metrics_follow_reloads() {
     let moved = changed
         .replacen("127.0.0.1:0", "127.0.0.2:0", 1)
         .replace("[metrics]\nenabled = true", "[metrics]\nenabled = false");
-    lb.endpoints.reconfigure(&parse(&moved)).await;
+    lb.endpoints.reconfigure(&parse_config(&moved)).await;
     let new_api = lb.api();
     assert_eq!(new_api.ip().to_string(), "127.0.0.2");
     assert!(ping(new_api).await);
@@ -67,7 +60,7 @@ async fn api_and_metrics_follow_reloads() {
 
     // Metrics back, API off.
     let api_off = changed.replace("[api]\nenabled = true", "[api]\nenabled = false");
-    lb.endpoints.reconfigure(&parse(&api_off)).await;
+    lb.endpoints.reconfigure(&parse_config(&api_off)).await;
     assert_eq!(lb.endpoints.api_addr(), None);
     assert!(lb.endpoints.metrics_addr().is_some());
     assert!(!ping(new_api).await);
