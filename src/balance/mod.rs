@@ -146,15 +146,16 @@ impl LeastLoaded {
 /// The backends one client connection already tried: each is tried at most once.
 #[derive(Debug, Clone)]
 pub enum Tried {
-    /// Pools of up to 128 backends: one bit each, no allocation.
-    Small(u128),
+    /// Pools of up to 128 backends: one bit each, no allocation. Two words rather than a
+    /// `u128`, whose 16-byte alignment would pad every session's future around it.
+    Small([u64; 2]),
     Large(Vec<bool>),
 }
 
 impl Tried {
     pub fn new(pool_len: usize) -> Self {
         if pool_len <= 128 {
-            Self::Small(0)
+            Self::Small([0; 2])
         } else {
             Self::Large(vec![false; pool_len])
         }
@@ -162,14 +163,14 @@ impl Tried {
 
     pub fn contains(&self, index: usize) -> bool {
         match self {
-            Self::Small(bits) => index < 128 && bits & (1 << index) != 0,
+            Self::Small(words) => index < 128 && words[index / 64] & (1 << (index % 64)) != 0,
             Self::Large(flags) => flags.get(index).copied().unwrap_or(false),
         }
     }
 
     pub fn insert(&mut self, index: usize) {
         match self {
-            Self::Small(bits) if index < 128 => *bits |= 1 << index,
+            Self::Small(words) if index < 128 => words[index / 64] |= 1 << (index % 64),
             Self::Small(_) => {}
             Self::Large(flags) => {
                 if let Some(flag) = flags.get_mut(index) {
@@ -226,6 +227,12 @@ pub(crate) mod tests {
             tried.insert(0);
             assert!(tried.contains(len - 1) && tried.contains(0) && !tried.contains(1));
         }
+        // Either side of the word boundary of a small set.
+        let mut tried = Tried::new(128);
+        tried.insert(64);
+        assert!(tried.contains(64) && !tried.contains(63) && !tried.contains(0));
+        tried.insert(63);
+        assert!(tried.contains(63) && !tried.contains(65));
     }
 
     #[test]

@@ -18,9 +18,10 @@ use crate::session::tcp::TcpSession;
 use crate::snapshot::Server;
 use crate::stats::{ServerStats, Slot};
 
-/// A client let in, holding its `[client_limits]` slot (if the server has limits) until dropped.
+/// A client let in, with its `[client_limits]` slot (if the server has limits), for its
+/// session to hold to the end.
 pub(super) struct Admitted {
-    _client_slot: Option<ClientGuard>,
+    pub(super) client_slot: Option<ClientGuard>,
 }
 
 /// Applies `[access]` and `[client_limits]` to `client`, the address the session is for.
@@ -36,11 +37,11 @@ pub(super) fn admit_client(server: &Server, client: SocketAddr) -> Option<Admitt
         return None;
     }
     let Some(table) = &server.clients else {
-        return Some(Admitted { _client_slot: None });
+        return Some(Admitted { client_slot: None });
     };
     match table.admit(client.ip()) {
         Ok(guard) => Some(Admitted {
-            _client_slot: Some(guard),
+            client_slot: Some(guard),
         }),
         Err(refusal) => {
             let counter = match refusal {
@@ -68,12 +69,6 @@ pub(super) fn is_trusted(server: &Server, accept: &AcceptProxy, peer: SocketAddr
         warn!(server = server.name(), peer = %peer, suppressed, "connection closed: not from an accept_proxy trusted source");
     }
     false
-}
-
-/// The session of a client admitted by `admit_client`: it keeps its slot to the end.
-pub(super) async fn run_session(session: TcpSession, admitted: Admitted, close: CancellationToken) {
-    session.run(close).await;
-    drop(admitted);
 }
 
 /// A connection from a trusted balancer: reads its PROXY header, admits the client it names
@@ -109,6 +104,12 @@ pub(super) async fn run_proxied_session(
         return;
     };
     server.stats.total.fetch_add(1, Ordering::Relaxed);
-    let session = TcpSession::new(Arc::clone(&server), client, real, slot);
-    run_session(session, admitted, close).await;
+    let session = TcpSession::new(
+        Arc::clone(&server),
+        client,
+        real,
+        slot,
+        admitted.client_slot,
+    );
+    session.run(close).await;
 }

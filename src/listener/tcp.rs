@@ -153,8 +153,6 @@ fn admit(server: &Arc<Server>, client: TcpStream, peer: SocketAddr, shared: &Sha
         return;
     };
     server.stats.total.fetch_add(1, Ordering::Relaxed);
-    let session = TcpSession::new(Arc::clone(server), client, peer, slot);
-    shared
-        .sessions
-        .spawn(admission::run_session(session, admitted, close));
+    let session = TcpSession::new(Arc::clone(server), client, peer, slot, admitted.client_slot);
+    shared.sessions.spawn(session.run(close));
 }

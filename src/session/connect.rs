@@ -82,7 +82,7 @@ fn attempt_timeout(
 /// session whose backend accepted but never answered can go on to the next candidate.
 pub(crate) struct Walk<'a> {
     server: &'a Server,
-    client: SocketAddr,
+    client: &'a SocketAddr,
     attempts: Attempts<'a>,
     started: tokio::time::Instant,
     made: u32,
@@ -90,7 +90,11 @@ pub(crate) struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    pub(crate) fn new(server: &'a Server, client: SocketAddr, eligible: Option<&[bool]>) -> Self {
+    pub(crate) fn new(
+        server: &'a Server,
+        client: &'a SocketAddr,
+        eligible: Option<&[bool]>,
+    ) -> Self {
         let attempts = match eligible {
             Some(eligible) => server.pool.attempts_among(client.ip(), eligible),
             None => server.pool.attempts(client.ip()),
@@ -154,7 +158,7 @@ impl<'a> Walk<'a> {
                         _slot: slot,
                     });
                 }
-                Err(error) => match connect_failed(server, backend, self.client, &error) {
+                Err(error) => match connect_failed(server, backend, *self.client, &error) {
                     AfterFailure::TryNext => {}
                     AfterFailure::GiveUp => return None,
                 },
@@ -220,19 +224,12 @@ async fn connect_backend(
     let attempt = async {
         let tcp =
             net::connect_host(backend.resolved, &backend.spec.host, backend.spec.port).await?;
-        let Some(config) = &server.backend_tls else {
-            return Ok(Stream::Tcp(tcp));
-        };
-        let name = tls::backend_server_name(&backend.spec.host, backend.spec.sni.as_deref())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{:?} is not a valid TLS server name", backend.spec.host),
-                )
-            })?;
-        let connector = TlsConnector::from(Arc::clone(config));
-        let stream = connector.connect(name, ReadAhead::new(tcp)).await?;
-        Ok(Stream::TlsClient(Box::new(stream)))
+        match &server.backend_tls {
+            None => Ok(Stream::Tcp(tcp)),
+            // Boxed: a TLS handshake is a large state, and inline it would size the connect
+            // of every session, plain ones included.
+            Some(config) => Box::pin(handshake(config, backend, tcp)).await,
+        }
     };
     match timeout {
         None => attempt.await,
@@ -245,6 +242,24 @@ async fn connect_backend(
                 ))
             }),
     }
+}
+
+/// The TLS handshake with a backend (`[backends_tls]`) over its connected socket.
+async fn handshake(
+    config: &Arc<rustls::ClientConfig>,
+    backend: &Backend,
+    tcp: tokio::net::TcpStream,
+) -> io::Result<Stream> {
+    let name = tls::backend_server_name(&backend.spec.host, backend.spec.sni.as_deref())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{:?} is not a valid TLS server name", backend.spec.host),
+            )
+        })?;
+    let connector = TlsConnector::from(Arc::clone(config));
+    let stream = connector.connect(name, ReadAhead::new(tcp)).await?;
+    Ok(Stream::TlsClient(Box::new(stream)))
 }
 
 #[cfg(test)]

@@ -14,9 +14,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tracing::{debug, error, warn};
 
 use super::connect::{Connected, Walk};
@@ -32,15 +34,13 @@ use crate::tls::client_hello::{self, MAX_CLIENT_HELLO, Parsed};
 /// ClientHello betwixt accepts can be replayed. Past it the session is handed over.
 pub(crate) const BOUND: usize = MAX_CLIENT_HELLO;
 
-/// How much of the backend's first response is read before the relay takes over.
-const FIRST_RESPONSE_BUFFER: usize = 4096;
-
-/// How much room each client read gets in the kept bytes.
-const CLIENT_READ: usize = 4096;
+/// How much one read takes while watching, from either side: the client's bytes go on to the
+/// backend (and are kept), the backend's first response to the client.
+const READ_CHUNK: usize = 4096;
 
 /// The client bytes sent so far, and whether they may go to another backend.
-struct Flight {
-    kept: Vec<u8>,
+struct Flight<'a> {
+    kept: &'a mut Vec<u8>,
     mode: ReplayMode,
 }
 
@@ -55,7 +55,7 @@ enum Verdict {
     Refused,
 }
 
-impl Flight {
+impl Flight<'_> {
     fn verdict(&self) -> Verdict {
         if self.kept.len() > BOUND {
             return Verdict::Refused;
@@ -64,9 +64,9 @@ impl Flight {
             ReplayMode::Off => Verdict::Refused,
             ReplayMode::Always => Verdict::Complete,
             ReplayMode::Safe if self.kept.is_empty() => Verdict::Complete,
-            ReplayMode::Safe => match client_hello::parse(&self.kept) {
+            ReplayMode::Safe => match client_hello::parse(self.kept) {
                 Ok(Parsed::NeedMore) => Verdict::Incomplete,
-                Ok(Parsed::Hello(_)) if client_hello::is_exactly_one_hello(&self.kept) => {
+                Ok(Parsed::Hello(_)) if client_hello::is_exactly_one_hello(self.kept) => {
                     Verdict::Complete
                 }
                 _ => Verdict::Refused,
@@ -103,183 +103,294 @@ enum Watched {
 /// replays, waits for the backend's first response, moving to the next candidate of `walk`
 /// while a backend stays silent past `first_response_timeout`, closes or fails before that.
 /// `first_flight` is what the opening already read from the client (a passthrough
-/// ClientHello).
+/// ClientHello); it holds the client bytes kept for a replay as it goes.
 ///
 /// A backend that fails so counts as a passive failure, except one that is silent while the
 /// client has sent nothing: an idle client of a client-speaks-first protocol looks the same.
 /// For that reason a session whose last candidate is silent stays on it (the relay goes on);
 /// one whose last candidate closed or failed is closed.
 ///
-/// Returns the backend to relay with, or the last one tried and how the session ended there
-/// (for the caller to count and log). Bytes moved are counted in `bytes` too, if given.
+/// `connected` is the backend to relay with when this returns `Ok`, or the last one tried
+/// when it returns how the session ended there (for the caller to count and log). Bytes
+/// moved are counted in `bytes` too, if given.
+///
+/// An `async` block rather than an `async fn`, here and in [`watch`], so that the arguments
+/// are kept once in the session's future and not copied into it a second time.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn first_response(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block keeps its arguments once; an async fn copies them into its future a second time"
+)]
+pub(crate) fn first_response(
     server: &Server,
-    peer: SocketAddr,
+    peer: &SocketAddr,
     walk: &mut Walk<'_>,
-    mut connected: Connected,
+    connected: &mut Connected,
     client: &mut Stream,
     header: &[u8],
-    first_flight: Vec<u8>,
+    first_flight: &mut Vec<u8>,
     bytes: Option<&SessionBytes>,
-) -> Result<Connected, (Connected, SessionEnd)> {
-    let Some(timeout) = server.config.replay.timeout() else {
-        return match send(&mut connected, server, header, &first_flight, bytes).await {
-            Ok(()) => Ok(connected),
-            Err(error) => Err(ended_sending(server, peer, connected, &error)),
+) -> impl Future<Output = Result<(), SessionEnd>> + Send {
+    async move {
+        let Some(timeout) = server.config.replay.timeout() else {
+            return match send(connected, server, header, first_flight, bytes).await {
+                Ok(()) => Ok(()),
+                Err(error) => Err(ended_sending(server, *peer, connected, &error)),
+            };
         };
-    };
-    let mut flight = Flight {
-        kept: first_flight,
-        mode: server.config.replay.mode,
-    };
-    let mut replayed = false;
-    loop {
-        let sending = send(&mut connected, server, header, &flight.kept, bytes);
-        let watched = match tokio::time::timeout(timeout, sending).await {
-            Ok(Ok(())) => watch(&mut flight, client, &mut connected, server, timeout, bytes).await,
-            Ok(Err(error)) => Watched::Unanswered(Unanswered::Failed(error)),
-            Err(_) => Watched::Unanswered(Unanswered::Silent(timeout)),
+        let mut flight = Flight {
+            kept: first_flight,
+            mode: server.config.replay.mode,
         };
-        let unanswered = match watched {
-            Watched::Answered | Watched::HandOver => {
-                monitor::observe_connect(server, &connected.backend, None);
-                if replayed && matches!(watched, Watched::Answered) {
-                    server
-                        .stats
-                        .replay
-                        .succeeded
-                        .fetch_add(1, Ordering::Relaxed);
+        let mut replayed = false;
+        loop {
+            let watched = watch(
+                &mut flight,
+                client,
+                connected,
+                server,
+                header,
+                timeout,
+                bytes,
+            )
+            .await;
+            let unanswered = match watched {
+                Watched::Answered | Watched::HandOver => {
+                    monitor::observe_connect(server, &connected.backend, None);
+                    if replayed && matches!(watched, Watched::Answered) {
+                        server
+                            .stats
+                            .replay
+                            .succeeded
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(());
                 }
-                return Ok(connected);
+                Watched::ClientFailed(error) => {
+                    debug!(server = server.name(), client = %peer, backend = %connected.backend.target, %error, "client failed before the backend's first response");
+                    return Err(SessionEnd::Error);
+                }
+                Watched::Closed(end) => return Err(end),
+                Watched::Unanswered(unanswered) => unanswered,
+            };
+            let blamed = !(flight.kept.is_empty() && matches!(unanswered, Unanswered::Silent(_)));
+            report_unanswered(server, *peer, connected, &unanswered, blamed);
+            // Boxed: a connect is a large state, and inline it would size the future of every
+            // session waiting for its first response, idle ones included.
+            match Box::pin(walk.connect()).await {
+                Some(next) => {
+                    server.stats.replay.replays.fetch_add(1, Ordering::Relaxed);
+                    replayed = true;
+                    *connected = next;
+                }
+                None => return exhausted(server, *peer, connected, &unanswered, blamed),
             }
-            Watched::ClientFailed(error) => {
-                debug!(server = server.name(), client = %peer, backend = %connected.backend.target, %error, "client failed before the backend's first response");
-                return Err((connected, SessionEnd::Error));
-            }
-            Watched::Closed(end) => return Err((connected, end)),
-            Watched::Unanswered(unanswered) => unanswered,
-        };
-        let blamed = !(flight.kept.is_empty() && matches!(unanswered, Unanswered::Silent(_)));
-        report_unanswered(server, peer, &connected, &unanswered, blamed);
-        // Boxed: a connect (TLS included) is a large state, and inline it would stay in the
-        // future of every session waiting for its first response, idle ones included.
-        match Box::pin(walk.connect()).await {
-            Some(next) => {
-                server.stats.replay.replays.fetch_add(1, Ordering::Relaxed);
-                replayed = true;
-                connected = next;
-            }
-            None => return exhausted(server, peer, connected, &unanswered, blamed),
         }
     }
 }
 
-/// Reads the client and the backend until the backend's first byte, which is written to the
-/// client. Client bytes go to the backend as they come and are kept while replayable. The
-/// backend is timed only while the kept bytes are a complete replayable first flight, from
-/// the later of its connect and the client's latest byte.
-async fn watch(
+/// Sends the PROXY `header` and the kept bytes to the backend, then reads the client and the
+/// backend until the backend's first byte, which is written to the client. Client bytes go to
+/// the backend as they come and are kept while replayable. Each write to the backend must be
+/// done within `timeout`; the backend's answer is timed only while the kept bytes are a
+/// complete replayable first flight, from the later of its connect and the client's latest
+/// byte.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block keeps its arguments once; an async fn copies them into its future a second time"
+)]
+fn watch(
     flight: &mut Flight,
     client: &mut Stream,
     connected: &mut Connected,
     server: &Server,
+    header: &[u8],
     timeout: Duration,
     bytes: Option<&SessionBytes>,
-) -> Watched {
+) -> impl Future<Output = Watched> + Send {
+    async move {
+        // One timer for every wait: each write, then the answer.
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        if !header.is_empty() || !flight.kept.is_empty() {
+            tokio::select! {
+                // Boxed: only a PROXY header or a ClientHello read ahead needs it.
+                sent = Box::pin(send(connected, server, header, flight.kept, bytes)) => {
+                    if let Err(error) = sent {
+                        return Watched::Unanswered(Unanswered::Failed(error));
+                    }
+                }
+                () = &mut deadline => return Watched::Unanswered(Unanswered::Silent(timeout)),
+            }
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timeout);
+        }
+        // The backend's closer, or with `[rebalance]` the session's own.
+        let closer = connected.closer().clone();
+        let closed = closer.cancelled();
+        tokio::pin!(closed);
+        loop {
+            let verdict = flight.verdict();
+            if verdict == Verdict::Refused {
+                return Watched::HandOver;
+            }
+            let timed = verdict == Verdict::Complete;
+            let before = flight.kept.len();
+            let input = if let (Stream::Tcp(client_socket), Stream::Tcp(backend_socket)) =
+                (&*client, &connected.stream)
+            {
+                // Two plain sockets: wait on their own waker slots until either is readable, then
+                // read what it has without waiting, so that a session whose client and backend
+                // are both quiet (an idle client, most often) holds no buffer and no readiness
+                // future. Readiness can be spurious (every new client shows it once): then nothing
+                // is read and nothing is kept.
+                let woken = std::future::poll_fn(|cx| {
+                    if closed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woken::Closed);
+                    }
+                    if client_socket.poll_read_ready(cx).is_ready() {
+                        return Poll::Ready(Woken::Client);
+                    }
+                    if backend_socket.poll_read_ready(cx).is_ready() {
+                        return Poll::Ready(Woken::Backend);
+                    }
+                    if timed && deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woken::Deadline);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                let input = match woken {
+                    Woken::Closed => return closed_by_balancer(connected),
+                    Woken::Deadline => return Watched::Unanswered(Unanswered::Silent(timeout)),
+                    Woken::Client => read_ready(client_socket, flight.kept).map(Input::Client),
+                    Woken::Backend => {
+                        let mut response = Vec::new();
+                        read_ready(backend_socket, &mut response)
+                            .map(|read| Input::Backend(read, response))
+                    }
+                };
+                match input {
+                    Some(input) => input,
+                    None => continue,
+                }
+            } else {
+                // A TLS stream may hold decrypted bytes its socket no longer shows: read it.
+                let mut response = vec![0; READ_CHUNK];
+                flight.kept.reserve(READ_CHUNK);
+                tokio::select! {
+                    () = &mut closed => return closed_by_balancer(connected),
+                    read = connected.stream.read(&mut response) => Input::Backend(read, response),
+                    read = client.read_buf(flight.kept) => Input::Client(read),
+                    () = &mut deadline, if timed => {
+                        return Watched::Unanswered(Unanswered::Silent(timeout));
+                    }
+                }
+            };
+            match input {
+                Input::Backend(Ok(0), _) => return Watched::Unanswered(Unanswered::Closed),
+                Input::Backend(Ok(read), response) => {
+                    return match pass_on(client, &response[..read]).await {
+                        Ok(()) => {
+                            record(server, connected, bytes, Direction::ToClient, read);
+                            Watched::Answered
+                        }
+                        Err(error) => Watched::ClientFailed(error),
+                    };
+                }
+                Input::Backend(Err(error), _) => {
+                    return Watched::Unanswered(Unanswered::Failed(error));
+                }
+                Input::Client(Ok(0)) => return Watched::HandOver,
+                Input::Client(Ok(read)) => {
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + timeout);
+                    tokio::select! {
+                        sent = pass_on(&mut connected.stream, &flight.kept[before..]) => match sent {
+                            Ok(()) => record(server, connected, bytes, Direction::ToBackend, read),
+                            Err(error) => return Watched::Unanswered(Unanswered::Failed(error)),
+                        },
+                        () = &mut deadline => return Watched::Unanswered(Unanswered::Silent(timeout)),
+                    }
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + timeout);
+                }
+                Input::Client(Err(error)) => return Watched::ClientFailed(error),
+            }
+        }
+    }
+}
+
+/// What woke a session waiting on two plain sockets.
+enum Woken {
+    Closed,
+    Client,
+    Backend,
+    Deadline,
+}
+
+/// What one read while watching returned, and from which side (with the backend's, the
+/// buffer read into).
+enum Input {
+    Client(io::Result<usize>),
+    Backend(io::Result<usize>, Vec<u8>),
+}
+
+/// Counts `moved` bytes against the backend, the server and the session.
+fn record(
+    server: &Server,
+    connected: &Connected,
+    bytes: Option<&SessionBytes>,
+    direction: Direction,
+    moved: usize,
+) {
     let meter = SessionMeter {
         backend: &connected.backend.state.stats.traffic,
         server: &server.stats.traffic,
         session: bytes,
     };
-    // The backend's closer, or with `[rebalance]` the session's own.
-    let closer = connected.closer().clone();
-    // Taken once either side has something to read (see below).
-    let mut response = Vec::new();
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    loop {
-        let verdict = flight.verdict();
-        if verdict == Verdict::Refused {
-            return Watched::HandOver;
-        }
-        // Two plain sockets: wait until either is readable before taking buffers, so that a
-        // session whose client and backend are both quiet (an idle client, most often) holds
-        // none. (A TLS stream may hold decrypted bytes its socket no longer shows.)
-        if let (Stream::Tcp(client_socket), Stream::Tcp(backend_socket)) =
-            (&*client, &connected.stream)
-        {
-            tokio::select! {
-                () = closer.cancelled() => {
-                    return Watched::Closed(super::connect::close_reason(
-                        &connected.backend_closer,
-                        &connected.backend.state,
-                    ));
-                }
-                _ = client_socket.readable() => {}
-                _ = backend_socket.readable() => {}
-                () = &mut deadline, if verdict == Verdict::Complete => {
-                    return Watched::Unanswered(Unanswered::Silent(timeout));
-                }
-            }
-        }
-        if response.is_empty() {
-            response = vec![0; FIRST_RESPONSE_BUFFER];
-        }
-        flight.kept.reserve(CLIENT_READ);
-        let before = flight.kept.len();
-        tokio::select! {
-            () = closer.cancelled() => {
-                return Watched::Closed(super::connect::close_reason(
-                    &connected.backend_closer,
-                    &connected.backend.state,
-                ));
-            }
-            read = connected.stream.read(&mut response) => {
-                return match read {
-                    Ok(0) => Watched::Unanswered(Unanswered::Closed),
-                    Ok(read) => answer(client, &response[..read], &meter).await,
-                    Err(error) => Watched::Unanswered(Unanswered::Failed(error)),
-                };
-            }
-            read = client.read_buf(&mut flight.kept) => match read {
-                Ok(0) => return Watched::HandOver,
-                Ok(read) => {
-                    let sending = pass_on(&mut connected.stream, &flight.kept[before..]);
-                    match tokio::time::timeout(timeout, sending).await {
-                        Ok(Ok(())) => meter.record(Direction::ToBackend, read as u64),
-                        Ok(Err(error)) => return Watched::Unanswered(Unanswered::Failed(error)),
-                        Err(_) => return Watched::Unanswered(Unanswered::Silent(timeout)),
-                    }
-                    deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
-                }
-                Err(error) => return Watched::ClientFailed(error),
-            },
-            () = &mut deadline, if verdict == Verdict::Complete => {
-                return Watched::Unanswered(Unanswered::Silent(timeout));
-            }
-        }
-    }
+    meter.record(direction, moved as u64);
 }
 
-/// Writes the backend's first bytes to the client.
-async fn answer(client: &mut Stream, response: &[u8], meter: &SessionMeter<'_>) -> Watched {
-    match pass_on(client, response).await {
-        Ok(()) => {
-            meter.record(Direction::ToClient, response.len() as u64);
-            Watched::Answered
+/// The session was closed by the balancer while watching.
+fn closed_by_balancer(connected: &Connected) -> Watched {
+    Watched::Closed(super::connect::close_reason(
+        &connected.backend_closer,
+        &connected.backend.state,
+    ))
+}
+
+/// Reads what `socket` has now into the end of `into`; `None` when it has nothing (the
+/// readiness was spurious, and is cleared). The chunk lives on this call's stack, so the
+/// session's future never holds it.
+fn read_ready(socket: &TcpStream, into: &mut Vec<u8>) -> Option<io::Result<usize>> {
+    let mut chunk = [0; READ_CHUNK];
+    match socket.try_read(&mut chunk) {
+        Ok(read) => {
+            into.extend_from_slice(&chunk[..read]);
+            Some(Ok(read))
         }
-        Err(error) => Watched::ClientFailed(error),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
+        Err(error) => Some(Err(error)),
     }
 }
 
 /// Writes `bytes` and, through TLS, flushes them out as a record.
-async fn pass_on(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(bytes).await?;
-    if !matches!(stream, Stream::Tcp(_)) {
-        stream.flush().await?;
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block keeps its arguments once; an async fn copies them into its future a second time"
+)]
+fn pass_on(stream: &mut Stream, bytes: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
+    async move {
+        stream.write_all(bytes).await?;
+        if !matches!(stream, Stream::Tcp(_)) {
+            stream.flush().await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The PROXY header (through the backend's TLS, as gobetween sends it), then the first
@@ -296,12 +407,13 @@ async fn send(
     }
     if !first_flight.is_empty() {
         connected.stream.write_all(first_flight).await?;
-        let meter = SessionMeter {
-            backend: &connected.backend.state.stats.traffic,
-            server: &server.stats.traffic,
-            session: bytes,
-        };
-        meter.record(Direction::ToBackend, first_flight.len() as u64);
+        record(
+            server,
+            connected,
+            bytes,
+            Direction::ToBackend,
+            first_flight.len(),
+        );
     }
     if !matches!(connected.stream, Stream::Tcp(_)) {
         connected.stream.flush().await?;
@@ -312,11 +424,11 @@ async fn send(
 fn ended_sending(
     server: &Server,
     peer: SocketAddr,
-    connected: Connected,
+    connected: &Connected,
     error: &io::Error,
-) -> (Connected, SessionEnd) {
+) -> SessionEnd {
     debug!(server = server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header or the ClientHello");
-    (connected, SessionEnd::Error)
+    SessionEnd::Error
 }
 
 /// Counts a blamed backend's failure against its passive health, and says so.
@@ -351,10 +463,10 @@ fn report_unanswered(
 fn exhausted(
     server: &Server,
     peer: SocketAddr,
-    connected: Connected,
+    connected: &Connected,
     unanswered: &Unanswered,
     blamed: bool,
-) -> Result<Connected, (Connected, SessionEnd)> {
+) -> Result<(), SessionEnd> {
     if blamed {
         server
             .stats
@@ -373,9 +485,9 @@ fn exhausted(
         }
     }
     if matches!(unanswered, Unanswered::Silent(_)) {
-        return Ok(connected);
+        return Ok(());
     }
-    Err((connected, SessionEnd::Error))
+    Err(SessionEnd::Error)
 }
 
 #[cfg(test)]
@@ -384,7 +496,7 @@ mod tests {
 
     fn verdict(mode: ReplayMode, kept: &[u8]) -> Verdict {
         Flight {
-            kept: kept.to_vec(),
+            kept: &mut kept.to_vec(),
             mode,
         }
         .verdict()
@@ -403,6 +515,25 @@ mod tests {
             verdict(ReplayMode::Safe, b"GET / HTTP/1.1\r\n"),
             Verdict::Refused
         );
+    }
+
+    #[tokio::test]
+    async fn a_quiet_socket_gives_nothing_and_takes_no_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut kept = Vec::new();
+        assert!(read_ready(&accepted, &mut kept).is_none());
+        assert_eq!(kept.capacity(), 0);
+        client.write_all(b"hello").await.unwrap();
+        accepted.readable().await.unwrap();
+        assert_eq!(read_ready(&accepted, &mut kept).unwrap().unwrap(), 5);
+        assert_eq!(kept, b"hello");
+        drop(client);
+        accepted.readable().await.unwrap();
+        assert_eq!(read_ready(&accepted, &mut kept).unwrap().unwrap(), 0);
     }
 
     #[test]

@@ -32,6 +32,23 @@ pub(crate) struct Opened {
     pub(crate) replay: Vec<u8>,
 }
 
+impl Opened {
+    /// A plain TCP server's client, passed through as it is.
+    fn plain(client: TcpStream) -> Self {
+        Self {
+            client: Stream::Tcp(client),
+            server_name: None,
+            replay: Vec::new(),
+        }
+    }
+}
+
+/// Whether the server does anything with a client before picking its backend (`[tls]` or
+/// `[sni]`); when not, the client is passed through as it is.
+pub(crate) fn is_needed(server: &Server) -> bool {
+    server.tls_server.is_some() || server.sni.is_some()
+}
+
 /// Why a client was closed before it reached a backend.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpeningError {
@@ -102,13 +119,7 @@ pub(crate) async fn open(server: &Server, client: TcpStream) -> Result<Opened, O
                 replay,
             }
         }
-        None => {
-            return Ok(Opened {
-                client: Stream::Tcp(client),
-                server_name: None,
-                replay: Vec::new(),
-            });
-        }
+        None => return Ok(Opened::plain(client)),
     };
     server.stats.tls.handshakes.fetch_add(1, Ordering::Relaxed);
     Ok(opened)

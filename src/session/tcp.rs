@@ -17,7 +17,9 @@ use tracing::{debug, error, info};
 
 use super::connect::{Connected, Walk};
 use super::first_flight;
-use super::opening::{self, Opened};
+use super::opening;
+use super::two_phase::two_phase;
+use crate::client_limits::ClientGuard;
 use crate::config::ProxyProtocolVersion;
 use crate::forward::{self, ForwardError, Stream};
 use crate::logging::access::{Entry, Started};
@@ -27,132 +29,230 @@ use crate::stats::{ServerStats, SessionBytes, SessionEnd, SessionMeter, Slot};
 
 /// One admitted client, from connect to close.
 pub(crate) struct TcpSession {
-    server: Arc<Server>,
+    session: Session,
     client: TcpStream,
-    peer: SocketAddr,
-    _slot: Slot<ServerStats>,
 }
 
 impl TcpSession {
+    /// `client_slot` is the client's place under `[client_limits]`, held to the end.
     pub(crate) fn new(
         server: Arc<Server>,
         client: TcpStream,
         peer: SocketAddr,
         slot: Slot<ServerStats>,
+        client_slot: Option<ClientGuard>,
     ) -> Self {
         Self {
-            server,
+            session: Session {
+                server,
+                peer,
+                _slot: slot,
+                _client_slot: client_slot,
+            },
             client,
-            peer,
-            _slot: slot,
         }
     }
 
-    pub(crate) async fn run(self, close: CancellationToken) {
-        let Self {
-            server,
-            client,
-            peer,
-            _slot: slot,
-        } = self;
-        let started = Started::now();
+    /// The session's task: [`establish`](Self::establish), then relay. Chained rather than
+    /// written as one `async` block, so an idle session's task holds only the relay's state.
+    pub(crate) fn run(self, close: CancellationToken) -> impl Future<Output = ()> + Send {
+        let Self { session, client } = self;
+        let establishing = establish(session, Stream::Tcp(client), Started::now(), close);
+        two_phase(establishing, relay_phase)
+    }
+}
+
+/// Everything before the relay: opens the client, routes it, connects its backend with retry
+/// and sees its first flight through. `None` when the session ended before a backend was
+/// connected (counted and logged here).
+///
+/// An `async` block rather than an `async fn`, here and below, so its arguments are kept once
+/// and not copied into the future a second time; `client` is opened in place for the same
+/// reason.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block keeps its arguments once; an async fn copies them into its future a second time"
+)]
+fn establish(
+    session: Session,
+    mut client: Stream,
+    started: Started,
+    close: CancellationToken,
+) -> impl Future<Output = Option<Established>> + Send {
+    async move {
+        let server = &session.server;
         // Only a PROXY header carries it: a getsockname per session otherwise.
         let local = server
             .config
             .proxy_protocol
             .is_some()
-            .then(|| client.local_addr());
-        // Boxed: the opening is brief, and inline its state would stay in every idle session.
-        let opened = tokio::select! {
-            opened = Box::pin(opening::open(&server, client)) => opened,
-            () = close.cancelled() => return,
-        };
-        let mut opened = match opened {
-            Ok(opened) => opened,
-            Err(error) => {
-                server.stats.tls.failures.record(error.reason());
-                if let Some(suppressed) = server.log_limits.handshake.check() {
-                    info!(server = server.name(), client = %peer, reason = %error.reason(), %error, suppressed, "client closed before reaching a backend");
+            .then(|| client.socket().local_addr());
+        let (server_name, mut first_flight) = if opening::is_needed(server) {
+            // A session starts with its client's plain socket.
+            let Stream::Tcp(socket) = client else {
+                return None;
+            };
+            // Boxed: a TLS handshake is a large state, and only these servers need it.
+            let opened = tokio::select! {
+                opened = Box::pin(opening::open(server, socket)) => opened,
+                () = close.cancelled() => return None,
+            };
+            match opened {
+                Ok(opened) => {
+                    client = opened.client;
+                    (opened.server_name, opened.replay)
                 }
-                return;
+                Err(error) => {
+                    server.stats.tls.failures.record(error.reason());
+                    if let Some(suppressed) = server.log_limits.handshake.check() {
+                        info!(server = server.name(), client = %session.peer, reason = %error.reason(), %error, suppressed, "client closed before reaching a backend");
+                    }
+                    return None;
+                }
             }
+        } else {
+            (None, Vec::new())
         };
-        let session = Session {
-            server,
-            peer,
-            _slot: slot,
-        };
-        let Some(eligible) = session.route(&opened) else {
-            return;
-        };
-        let mut walk = Walk::new(&session.server, peer, eligible.as_deref());
+        let (header, mut walk) = session.prepare(server_name, local)?;
+        // Boxed, here and between candidates: a connect is a large state, held briefly.
         let connected = tokio::select! {
             connected = Box::pin(walk.connect()) => connected,
-            () = close.cancelled() => return,
+            () = close.cancelled() => return None,
         };
-        let Some(connected) = connected else {
-            session.report_unserved();
-            return;
+        let (mut connected, bytes, header) = match (connected, header) {
+            (None, _) => {
+                session.report_unserved();
+                return None;
+            }
+            (Some(connected), Err(error)) => {
+                debug!(server = server.name(), client = %session.peer, backend = %connected.backend.target, %error, "cannot send the PROXY header");
+                let bytes = server.access_log.as_ref().map(|_| SessionBytes::default());
+                session.finish(
+                    &connected,
+                    SessionEnd::Error,
+                    bytes.as_ref(),
+                    started,
+                    started.elapsed(),
+                );
+                return None;
+            }
+            // Counted per session only for the access log's line (boxed: a word when not).
+            (Some(connected), Ok(header)) => (
+                connected,
+                server
+                    .access_log
+                    .as_ref()
+                    .map(|_| Box::<SessionBytes>::default()),
+                header,
+            ),
         };
         let connect_time = started.elapsed();
-        // Counted per session only for the access log's line.
-        let bytes = session
-            .server
-            .access_log
-            .as_ref()
-            .map(|_| SessionBytes::default());
-        let bytes = bytes.as_ref();
-        let header = match session.proxy_header(&opened, local) {
-            Ok(header) => header,
-            Err(error) => {
-                debug!(server = session.server.name(), client = %peer, backend = %connected.backend.target, %error, "cannot send the PROXY header");
-                session.finish(&connected, SessionEnd::Error, bytes, started, connect_time);
-                return;
-            }
-        };
         // From here the backend's closer, a child of `close`, ends the session.
         drop(close);
-        let first_flight = std::mem::take(&mut opened.replay);
-        // Boxed for the same reason as the opening.
+        // Boxed: most sessions are through their first flight at once, and idle ones then
+        // hold only the relay's state.
         let answered = Box::pin(first_flight::first_response(
-            &session.server,
-            peer,
+            server,
+            &session.peer,
             &mut walk,
-            connected,
-            &mut opened.client,
+            &mut connected,
+            &mut client,
             &header,
-            first_flight,
-            bytes,
+            &mut first_flight,
+            bytes.as_deref(),
         ))
         .await;
-        let (connected, end) = match answered {
-            Ok(mut connected) => {
-                let end = session
-                    .relay(&mut opened.client, &mut connected, bytes)
-                    .await;
-                (connected, end)
-            }
-            Err(ended) => ended,
-        };
-        session.finish(&connected, end, bytes, started, connect_time);
+        Some(Established {
+            session,
+            client,
+            connected,
+            ended: answered.err(),
+            bytes,
+            started,
+            connect_time,
+        })
     }
 }
 
-/// A client that has a backend to go to.
+/// The session's second phase: relays until either side ends or the balancer closes it, then
+/// counts and logs how it ended. Holds the [`Established`] state in place, once.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async block keeps its arguments once; an async fn copies them into its future a second time"
+)]
+fn relay_phase(mut established: Option<Established>) -> impl Future<Output = ()> + Send {
+    async move {
+        let Some(established) = established.as_mut() else {
+            return;
+        };
+        let end = match established.ended {
+            Some(end) => end,
+            None => {
+                established
+                    .session
+                    .relay(
+                        &mut established.client,
+                        &mut established.connected,
+                        established.bytes.as_deref(),
+                    )
+                    .await
+            }
+        };
+        established.session.finish(
+            &established.connected,
+            end,
+            established.bytes.as_deref(),
+            established.started,
+            established.connect_time,
+        );
+    }
+}
+
+/// A session whose backend is connected and whose first flight is through: what the relay
+/// needs, and what its end is counted and logged with.
+struct Established {
+    session: Session,
+    client: Stream,
+    connected: Connected,
+    /// Set when the session ended before the relay (its last backend failed the first flight).
+    ended: Option<SessionEnd>,
+    bytes: Option<Box<SessionBytes>>,
+    started: Started,
+    connect_time: Duration,
+}
+
+/// An admitted client and the places it holds.
 struct Session {
     server: Arc<Server>,
     peer: SocketAddr,
     _slot: Slot<ServerStats>,
+    _client_slot: Option<ClientGuard>,
 }
 
 impl Session {
+    /// The PROXY header and the walk through the backends the client may reach; `None` when
+    /// it may reach none (see [`route`](Self::route)). Takes the server name, needed only
+    /// here, so that it stays out of the state kept while the session waits for a backend.
+    fn prepare(
+        &self,
+        server_name: Option<String>,
+        local: Option<io::Result<SocketAddr>>,
+    ) -> Option<(io::Result<Vec<u8>>, Walk<'_>)> {
+        let eligible = self.route(server_name.as_deref())?;
+        let header = self.proxy_header(server_name.as_deref(), local);
+        Some((
+            header,
+            Walk::new(&self.server, &self.peer, eligible.as_deref()),
+        ))
+    }
+
     /// With `[sni]`, the backends the client's server name may reach; `None` when there are
     /// none (the client is closed, and counted). `Some(None)`: every backend.
-    fn route(&self, opened: &Opened) -> Option<Option<Vec<bool>>> {
+    fn route(&self, server_name: Option<&str>) -> Option<Option<Vec<bool>>> {
         let Some(router) = &self.server.sni else {
             return Some(None);
         };
-        let route = router.route(&self.server.pool, opened.server_name.as_deref());
+        let route = router.route(&self.server.pool, server_name);
         if route.unmatched {
             self.server
                 .stats
@@ -162,7 +262,7 @@ impl Session {
         }
         if route.is_rejected() {
             if let Some(suppressed) = self.server.log_limits.sni_rejected.check() {
-                info!(server = self.server.name(), client = %self.peer, server_name = opened.server_name.as_deref().unwrap_or(""), suppressed, "no backend for the client's server name; client closed");
+                info!(server = self.server.name(), client = %self.peer, server_name = server_name.unwrap_or(""), suppressed, "no backend for the client's server name; client closed");
             }
             return None;
         }
@@ -174,7 +274,7 @@ impl Session {
     /// `local` is the client socket's own address, read only when the server sends a header.
     fn proxy_header(
         &self,
-        opened: &Opened,
+        server_name: Option<&str>,
         local: Option<io::Result<SocketAddr>>,
     ) -> io::Result<Vec<u8>> {
         let local = || local.unwrap_or_else(|| Err(io::ErrorKind::AddrNotAvailable.into()));
@@ -183,12 +283,9 @@ impl Session {
                 proxy_protocol::v1_header(self.peer, local()?).into_bytes()
             }
             // The name the client asked for (SNI) travels as the AUTHORITY TLV.
-            Some(ProxyProtocolVersion::V2) => proxy_protocol::v2_header(
-                Transport::Stream,
-                self.peer,
-                local()?,
-                opened.server_name.as_deref(),
-            ),
+            Some(ProxyProtocolVersion::V2) => {
+                proxy_protocol::v2_header(Transport::Stream, self.peer, local()?, server_name)
+            }
             None => Vec::new(),
         })
     }
@@ -250,8 +347,10 @@ impl Session {
         let closer = connected.closer().clone();
         let forwarding =
             forward::relay(client, &mut connected.stream, &self.server.forward, &meter);
+        // Pinned here, so that `select!` holds a reference and not a second copy of it.
+        tokio::pin!(forwarding);
         let outcome = tokio::select! {
-            outcome = forwarding => outcome.map_err(Interrupted::Failed),
+            outcome = &mut forwarding => outcome.map_err(Interrupted::Failed),
             () = closer.cancelled() => {
                 Err(Interrupted::Closed(super::connect::close_reason(
                     &connected.backend_closer,
