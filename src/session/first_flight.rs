@@ -240,11 +240,12 @@ fn watch(
             let input = if let (Stream::Tcp(client_socket), Stream::Tcp(backend_socket)) =
                 (&*client, &connected.stream)
             {
-                // Two plain sockets: wait on their own waker slots until either is readable, then
-                // read what it has without waiting, so that a session whose client and backend
-                // are both quiet (an idle client, most often) holds no buffer and no readiness
-                // future. Readiness can be spurious (every new client shows it once): then nothing
-                // is read and nothing is kept.
+                // Two plain sockets: wait on their own waker slots until either is readable,
+                // then read what it has without waiting, so that a session whose client and
+                // backend are both quiet (an idle client, most often) holds no buffer and no
+                // readiness future. Readiness can be assumed rather than seen (tokio marks an
+                // accepted socket readable before its first event): then nothing is read and
+                // nothing is kept.
                 let woken = std::future::poll_fn(|cx| {
                     if closed.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Woken::Closed);

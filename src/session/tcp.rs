@@ -53,7 +53,7 @@ impl TcpSession {
         }
     }
 
-    /// The session's task: [`establish`](Self::establish), then relay. Chained rather than
+    /// The session's task: [`establish`], then [`relay_phase`]. Chained rather than
     /// written as one `async` block, so an idle session's task holds only the relay's state.
     pub(crate) fn run(self, close: CancellationToken) -> impl Future<Output = ()> + Send {
         let Self { session, client } = self;
@@ -88,7 +88,7 @@ fn establish(
             .is_some()
             .then(|| client.socket().local_addr());
         let (server_name, mut first_flight) = if opening::is_needed(server) {
-            // A session starts with its client's plain socket.
+            // A session starts with its client's plain socket (`run`): never taken.
             let Stream::Tcp(socket) = client else {
                 return None;
             };
@@ -119,32 +119,24 @@ fn establish(
             connected = Box::pin(walk.connect()) => connected,
             () = close.cancelled() => return None,
         };
-        let (mut connected, bytes, header) = match (connected, header) {
+        // Counted per session only for the access log's line (boxed: a word when not).
+        let bytes = server
+            .access_log
+            .as_ref()
+            .map(|_| Box::<SessionBytes>::default());
+        let (mut connected, header) = match (connected, header) {
             (None, _) => {
                 session.report_unserved();
                 return None;
             }
             (Some(connected), Err(error)) => {
                 debug!(server = server.name(), client = %session.peer, backend = %connected.backend.target, %error, "cannot send the PROXY header");
-                let bytes = server.access_log.as_ref().map(|_| SessionBytes::default());
-                session.finish(
-                    &connected,
-                    SessionEnd::Error,
-                    bytes.as_ref(),
-                    started,
-                    started.elapsed(),
-                );
+                let connect_time = started.elapsed();
+                let end = SessionEnd::Error;
+                session.finish(&connected, end, bytes.as_deref(), started, connect_time);
                 return None;
             }
-            // Counted per session only for the access log's line (boxed: a word when not).
-            (Some(connected), Ok(header)) => (
-                connected,
-                server
-                    .access_log
-                    .as_ref()
-                    .map(|_| Box::<SessionBytes>::default()),
-                header,
-            ),
+            (Some(connected), Ok(header)) => (connected, header),
         };
         let connect_time = started.elapsed();
         // From here the backend's closer, a child of `close`, ends the session.
