@@ -102,6 +102,20 @@ async fn root(api: SocketAddr) -> serde_json::Value {
     reply.json()
 }
 
+/// Runs `betwixt check` with `args`: its exit code, and what it printed on both streams.
+async fn betwixt_check<const N: usize>(args: [String; N]) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(BINARY)
+        .arg("check")
+        .args(args)
+        .env_remove("GOBETWEEN")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
 async fn eventually_logged(daemon: &Fetching, what: &str, count: usize) -> String {
     eventually(what, || {
         daemon.log().matches("reload refused").count() >= count
@@ -234,20 +248,7 @@ async fn check_validates_a_config_from_consul() {
         &config(free_port(), free_port(), &[], "roundrobbin"),
     );
     let host = responder.authority();
-    let check = |key: &str| {
-        let args = ["check", "--consul", &host, "-k", key].map(str::to_owned);
-        async move {
-            let output = tokio::process::Command::new(BINARY)
-                .args(args)
-                .env_remove("GOBETWEEN")
-                .output()
-                .await
-                .unwrap();
-            let text = String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr);
-            (output.status.code(), text)
-        }
-    };
+    let check = |key: &str| betwixt_check(["--consul", &host, "-k", key].map(str::to_owned));
     let (code, text) = check("lb/good").await;
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("configuration is valid"), "{text}");
@@ -276,16 +277,10 @@ async fn check_validates_a_config_from_a_url() {
     let http = bodies.serve().await;
     let check = |path: &str| {
         let url = format!("http://{http}{path}");
+        let checked = betwixt_check(["--url".to_owned(), url.clone()]);
         async move {
-            let output = tokio::process::Command::new(BINARY)
-                .args(["check", "--url", &url])
-                .env_remove("GOBETWEEN")
-                .output()
-                .await
-                .unwrap();
-            let text = String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr);
-            (output.status.code(), text, url)
+            let (code, text) = checked.await;
+            (code, text, url)
         }
     };
     let (code, text, url) = check("/good.toml").await;

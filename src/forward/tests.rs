@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{Budget, Direction, Meter, Options, Transferred};
@@ -35,6 +35,28 @@ fn options(mode: ForwardingMode, budget: &Arc<Budget>) -> Arc<Options> {
     })
 }
 
+/// A backend that echoes what it reads until EOF, then shuts down its side.
+fn spawn_echo(backend: TcpStream) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        let (mut from_relay, mut to_relay) = backend.into_split();
+        tokio::io::copy(&mut from_relay, &mut to_relay).await?;
+        to_relay.shutdown().await
+    })
+}
+
+/// Writes `sent` and shuts down the write side while reading everything that comes back.
+async fn exchange<S: AsyncRead + AsyncWrite>(stream: S, sent: &[u8]) -> Vec<u8> {
+    let (mut from_relay, mut to_relay) = tokio::io::split(stream);
+    let send = async {
+        to_relay.write_all(sent).await.unwrap();
+        to_relay.shutdown().await.unwrap();
+    };
+    let mut received = Vec::with_capacity(sent.len());
+    let ((), read) = tokio::join!(send, from_relay.read_to_end(&mut received));
+    read.unwrap();
+    received
+}
+
 /// A client sends `len` random bytes through a relay to a backend that echoes them; returns
 /// what the client got back and what the relay reported.
 async fn echo_session(options: Arc<Options>, len: usize, seed: u64) -> (bool, Transferred) {
@@ -43,22 +65,10 @@ async fn echo_session(options: Arc<Options>, len: usize, seed: u64) -> (bool, Tr
     let relay = tokio::spawn(async move {
         super::bidirectional(&relay_client, &relay_backend, &options, &NoMeter).await
     });
-    let echo = tokio::spawn(async move {
-        let (mut from_relay, mut to_relay) = backend.into_split();
-        tokio::io::copy(&mut from_relay, &mut to_relay).await?;
-        to_relay.shutdown().await
-    });
+    let echo = spawn_echo(backend);
     let mut random = fastrand::Rng::with_seed(seed);
     let sent: Vec<u8> = std::iter::repeat_with(|| random.u8(..)).take(len).collect();
-    let (mut from_relay, mut to_relay) = client.into_split();
-    let send = async {
-        to_relay.write_all(&sent).await.unwrap();
-        to_relay.shutdown().await.unwrap();
-    };
-    let mut received = Vec::with_capacity(len);
-    let receive = from_relay.read_to_end(&mut received);
-    let ((), read) = tokio::join!(send, receive);
-    read.unwrap();
+    let received = exchange(client, &sent).await;
     echo.await.unwrap().unwrap();
     let transferred = relay.await.unwrap().unwrap();
     (received == sent, transferred)
@@ -175,11 +185,7 @@ async fn a_tls_session_moves_bulk_through_one_record_sized_buffer_per_direction(
             .await
             .map_err(std::io::Error::other)
     });
-    let echo = tokio::spawn(async move {
-        let (mut from_relay, mut to_relay) = backend.into_split();
-        tokio::io::copy(&mut from_relay, &mut to_relay).await?;
-        to_relay.shutdown().await
-    });
+    let echo = spawn_echo(backend);
     let len = 4 << 20;
     let mut random = fastrand::Rng::with_seed(7);
     let sent: Vec<u8> = std::iter::repeat_with(|| random.u8(..)).take(len).collect();
@@ -187,16 +193,7 @@ async fn a_tls_session_moves_bulk_through_one_record_sized_buffer_per_direction(
     let session = async {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let stream = connector.connect(name, client_tcp).await.unwrap();
-        let (mut from_relay, mut to_relay) = tokio::io::split(stream);
-        let send = async {
-            to_relay.write_all(&sent).await.unwrap();
-            to_relay.shutdown().await.unwrap();
-        };
-        let mut received = Vec::with_capacity(len);
-        let receive = from_relay.read_to_end(&mut received);
-        let ((), read) = tokio::join!(send, receive);
-        read.unwrap();
-        received
+        exchange(stream, &sent).await
     };
     let received = tokio::time::timeout(Duration::from_secs(60), session)
         .await
