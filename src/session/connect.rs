@@ -109,6 +109,22 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// The server walked.
+    pub(crate) fn server(&self) -> &'a Server {
+        self.server
+    }
+
+    /// The client the walk is for.
+    pub(crate) fn client(&self) -> &'a SocketAddr {
+        self.client
+    }
+
+    /// [`connect`](Self::connect), with the walk moved in and given back.
+    pub(crate) async fn into_connect(mut self) -> (Self, Option<Connected>) {
+        let connected = self.connect().await;
+        (self, connected)
+    }
+
     /// Connects to the next candidates until one accepts. `None` when every one failed or was
     /// tried, when `connect_attempts` are spent, or when every backend was down and the
     /// all-down budget ran out (see [`attempt_timeout`]). With `[backends_tls]`, a backend

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use super::connect::{Connected, Walk};
-use super::first_flight;
+use super::first_flight::{self, FirstFlight};
 use super::opening;
 use super::two_phase::two_phase;
 use crate::client_limits::ClientGuard;
@@ -87,7 +87,7 @@ fn establish(
             .proxy_protocol
             .is_some()
             .then(|| client.socket().local_addr());
-        let (server_name, mut first_flight) = if opening::is_needed(server) {
+        let (server_name, first_flight) = if opening::is_needed(server) {
             // A session starts with its client's plain socket (`run`): never taken.
             let Stream::Tcp(socket) = client else {
                 return None;
@@ -113,10 +113,12 @@ fn establish(
         } else {
             (None, Vec::new())
         };
-        let (header, mut walk) = session.prepare(server_name, local)?;
-        // Boxed, here and between candidates: a connect is a large state, held briefly.
-        let connected = tokio::select! {
-            connected = Box::pin(walk.connect()) => connected,
+        let (header, walk) = session.prepare(server_name, local)?;
+        // Boxed, here and between candidates: a connect is a large state, held briefly. The
+        // walk goes with it and comes back, never borrowed here: a local once borrowed keeps
+        // its room in this future to the end, the first flight's wait included.
+        let (walk, connected) = tokio::select! {
+            walked = Box::pin(walk.into_connect()) => walked,
             () = close.cancelled() => return None,
         };
         // Counted per session only for the access log's line (boxed: a word when not).
@@ -124,7 +126,7 @@ fn establish(
             .access_log
             .as_ref()
             .map(|_| Box::<SessionBytes>::default());
-        let (mut connected, header) = match (connected, header) {
+        let (connected, header) = match (connected, header) {
             (None, _) => {
                 session.report_unserved();
                 return None;
@@ -141,19 +143,20 @@ fn establish(
         let connect_time = started.elapsed();
         // From here the backend's closer, a child of `close`, ends the session.
         drop(close);
-        // Boxed: most sessions are through their first flight at once, and idle ones then
-        // hold only the relay's state.
-        let answered = Box::pin(first_flight::first_response(
-            server,
-            &session.peer,
-            &mut walk,
-            &mut connected,
-            &mut client,
-            &header,
-            &mut first_flight,
-            bytes.as_deref(),
-        ))
+        // Inline: an idle client waits here, and the wait fits in the room the relay takes
+        // in the session's task later.
+        let (flight, answered) = first_flight::first_response(FirstFlight {
+            walk,
+            connected,
+            client: &mut client,
+            header,
+            kept: first_flight,
+            bytes,
+        })
         .await;
+        let FirstFlight {
+            connected, bytes, ..
+        } = flight;
         Some(Established {
             session,
             client,
@@ -386,5 +389,94 @@ impl std::fmt::Display for Outcome<'_> {
             Err(Interrupted::Closed(end)) => write!(f, "closed by the balancer: {}", end.as_str()),
             Err(Interrupted::Failed(error)) => write!(f, "{error}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::snapshot::Snapshot;
+
+    /// Counts the bytes each thread allocates, so that a test can see what spawning one task
+    /// takes. In every unit test of the crate; it only adds a thread-local count.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is passed on to the system allocator with the same arguments; the
+    // count is a const-initialised thread-local `Cell`, which never allocates.
+    #[allow(unsafe_code, reason = "a global allocator is an unsafe trait")]
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|count| count.set(count.get() + layout.size()));
+            // SAFETY: the caller's contract for `alloc`, passed on unchanged.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System.alloc` with this `layout` (above).
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    fn allocated_by<T>(action: impl FnOnce() -> T) -> (usize, T) {
+        let before = ALLOCATED.with(Cell::get);
+        let made = action();
+        (ALLOCATED.with(Cell::get) - before, made)
+    }
+
+    /// An idle client waits in its first flight, after the connect: what it keeps there must
+    /// fit in the memory the relay takes anyway, so that waiting costs no more than relaying
+    /// (BENCHMARKS.md, "Memory per idle connection"). Measured as what spawning the task
+    /// allocates: tokio rounds a task up to 128 bytes, so this is the figure that counts.
+    #[test]
+    fn waiting_for_a_first_response_takes_no_more_memory_than_relaying() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let text = "[servers.api]\nbind = \"127.0.0.1:0\"\n\
+                [servers.api.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n";
+            let config = crate::config::load_str("test.toml", text, &Default::default())
+                .unwrap()
+                .config;
+            let snapshot = Snapshot::new(config, None, &CancellationToken::new()).unwrap();
+            let server = snapshot.server("api").unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let _client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (accepted, peer) = listener.accept().await.unwrap();
+            let slot = Slot::try_acquire(&server.stats, None).unwrap();
+            let session = TcpSession::new(Arc::clone(server), accepted, peer, slot, None);
+            // The scheduler's queue grows on the first spawns: past them, a spawn allocates
+            // its task alone.
+            for _ in 0..2 {
+                let warm: Vec<_> = (0..16).map(|_| tokio::spawn(async {})).collect();
+                for task in warm {
+                    task.await.unwrap();
+                }
+            }
+            let close = CancellationToken::new();
+            let (relaying, relay_task) =
+                allocated_by(|| tokio::spawn(two_phase(std::future::ready(None), relay_phase)));
+            let (session_bytes, session_task) = allocated_by(|| tokio::spawn(session.run(close)));
+            assert!(relaying > 0);
+            assert!(
+                session_bytes <= relaying,
+                "a session task takes {session_bytes} bytes, relaying alone {relaying}"
+            );
+            session_task.abort();
+            relay_task.abort();
+        });
     }
 }
