@@ -161,8 +161,11 @@ struct RunningListener {
     bind: BindAddr,
     udp: bool,
     local_addr: SocketAddr,
+    /// Passed by systemd: a drain pauses it instead of closing it.
+    inherited: bool,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// Ends with the TCP socket, once its queue is served.
+    task: JoinHandle<Option<std::net::TcpListener>>,
 }
 
 impl Supervisor {
@@ -242,7 +245,7 @@ impl Supervisor {
             bind,
             local_addr,
             socket,
-            inherited: _,
+            inherited,
         } = prepared;
         let stop = CancellationToken::new();
         let (shared, server) = (self.shared.clone(), name.as_str().into());
@@ -256,21 +259,23 @@ impl Supervisor {
                 )),
                 false,
             ),
-            ListeningSocket::Udp(socket) => (
-                tokio::spawn(listener::udp::receive_loop(
-                    server,
-                    socket,
-                    shared,
-                    stop.clone(),
-                )),
-                true,
-            ),
+            ListeningSocket::Udp(socket) => {
+                let receiving = listener::udp::receive_loop(server, socket, shared, stop.clone());
+                (
+                    tokio::spawn(async move {
+                        receiving.await;
+                        None
+                    }),
+                    true,
+                )
+            }
         };
         info!(server = %name, bind = %bind.text, address = %local_addr, udp, "listening");
         let running = RunningListener {
             bind,
             udp,
             local_addr,
+            inherited,
             stop,
             task,
         };
@@ -610,7 +615,7 @@ fn prepare_listener(
     };
     let (local_addr, socket, from_systemd) = match server.udp {
         None => {
-            let (local_addr, listener, from_systemd) = match inherited.take(bind) {
+            let (local_addr, listener, from_systemd) = match inherited.take(bind).map_err(error)? {
                 Some((local_addr, listener)) => (local_addr, listener, true),
                 None => {
                     let listener = net::bind_listener(bind, sharing).map_err(error)?;

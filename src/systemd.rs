@@ -5,18 +5,19 @@
 //! binary runs by hand, under systemd `Type=notify`/`notify-reload`, or in tests that play the
 //! service manager.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::BindAddr;
+use crate::net;
 
 /// Tells systemd that every listener is bound and the daemon serves.
 pub fn ready(status: &str) {
@@ -73,9 +74,15 @@ pub fn spawn_watchdog(stop: CancellationToken) {
 /// The supervisor takes the one matching a server's bind instead of binding itself, so a
 /// restart or an upgrade of the binary refuses no connection: the kernel queues clients on the
 /// socket systemd keeps open in between.
+///
+/// A socket given back by a drain is paused (see [`pause`](Self::pause)) rather than closed:
+/// systemd's copy would keep it listening, and clients would queue on it with nobody to accept
+/// them.
 #[derive(Debug, Default)]
 pub struct InheritedSockets {
     listeners: HashMap<SocketAddr, std::net::TcpListener>,
+    /// Those of `listeners` that stopped listening, to listen again when taken.
+    paused: HashSet<SocketAddr>,
 }
 
 impl InheritedSockets {
@@ -113,22 +120,50 @@ impl InheritedSockets {
                 }
             }
         }
-        Self { listeners }
+        Self {
+            listeners,
+            paused: HashSet::new(),
+        }
     }
 
     /// Removes and returns the passed socket for `bind`, with its address: the same address
     /// (`0.0.0.0:PORT` for a wildcard bind), or for a wildcard bind `[::]:PORT`.
-    pub fn take(&mut self, bind: &BindAddr) -> Option<(SocketAddr, std::net::TcpListener)> {
-        if let Some(listener) = self.listeners.remove(&bind.addr) {
-            return Some((bind.addr, listener));
+    ///
+    /// # Errors
+    /// A paused socket could not listen again; it is closed.
+    pub fn take(
+        &mut self,
+        bind: &BindAddr,
+    ) -> io::Result<Option<(SocketAddr, std::net::TcpListener)>> {
+        let v6_any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, bind.addr.port()));
+        let addr = if self.listeners.contains_key(&bind.addr) {
+            bind.addr
+        } else if bind.dual_stack && self.listeners.contains_key(&v6_any) {
+            v6_any
+        } else {
+            return Ok(None);
+        };
+        let Some(listener) = self.listeners.remove(&addr) else {
+            return Ok(None);
+        };
+        if self.paused.remove(&addr) {
+            SockRef::from(&listener).listen(net::LISTEN_BACKLOG)?;
+            info!(address = %addr, "a socket passed by systemd listens again");
         }
-        if !bind.dual_stack {
-            return None;
+        Ok(Some((addr, listener)))
+    }
+
+    /// Takes back a socket a drain stopped using, and stops it listening: `shutdown(SHUT_RD)`
+    /// on a listening socket closes its queue for every holder of the socket, systemd's copy
+    /// included, so clients are refused (and go to the other node) instead of waiting on a
+    /// queue nobody accepts from. The address stays bound, so [`take`](Self::take) can listen
+    /// on it again; HAProxy pauses its listeners the same way.
+    pub fn pause(&mut self, addr: SocketAddr, listener: std::net::TcpListener) {
+        if let Err(error) = SockRef::from(&listener).shutdown(std::net::Shutdown::Read) {
+            warn!(address = %addr, %error, "cannot stop a socket passed by systemd from listening");
         }
-        let port = bind.addr.port();
-        let v6_any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
-        let listener = self.listeners.remove(&v6_any)?;
-        Some((v6_any, listener))
+        self.paused.insert(addr);
+        self.listeners.insert(addr, listener);
     }
 
     /// Puts back a socket [`take`](Self::take) returned, for a start or reload that was refused.

@@ -28,16 +28,17 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Accepts connections for server `name` until `stop` is cancelled, then serves the connections
-/// already queued on the listener and closes it; established sessions go on.
+/// already queued on the listener and gives the socket back, for the caller to close (or, if
+/// systemd passed it, to pause); established sessions go on.
 pub async fn accept_loop(
     name: Arc<str>,
     listener: TcpListener,
     shared: Shared,
     stop: CancellationToken,
-) {
+) -> Option<std::net::TcpListener> {
     let Some(mut server) = shared.snapshot.load().server(&name).cloned() else {
         error!(server = %name, "listener started for a server missing from the config");
-        return;
+        return listener.into_std().ok();
     };
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
@@ -71,14 +72,17 @@ pub async fn accept_loop(
             }
         }
     }
-    let queued = match listener.into_std() {
-        Ok(listener) => drain_backlog(&listener, &server, &shared),
+    match listener.into_std() {
+        Ok(listener) => {
+            let queued = drain_backlog(&listener, &server, &shared);
+            info!(server = %name, queued, "listener closed");
+            Some(listener)
+        }
         Err(error) => {
             warn!(server = %name, %error, "cannot drain the listener's queue");
-            0
+            None
         }
-    };
-    info!(server = %name, queued, "listener closed");
+    }
 }
 
 /// Admits the connections the kernel had already completed for a listener being closed, so a

@@ -87,8 +87,14 @@ impl Supervisor {
         let listeners = std::mem::take(&mut *self.lock_listeners());
         for (name, listener) in listeners {
             listener.stop.cancel();
-            if let Err(error) = listener.task.await {
-                warn!(server = %name, %error, "listener task failed");
+            match listener.task.await {
+                Ok(Some(socket)) if listener.inherited => self
+                    .inherited
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pause(listener.local_addr, socket),
+                Ok(_) => {}
+                Err(error) => warn!(server = %name, %error, "listener task failed"),
             }
         }
         info!(
@@ -195,6 +201,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::systemd::InheritedSockets;
 
     async fn echo_backend() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -211,8 +218,12 @@ mod tests {
     }
 
     fn config(backend: SocketAddr) -> Config {
+        config_on("127.0.0.1:0", backend)
+    }
+
+    fn config_on(bind: &str, backend: SocketAddr) -> Config {
         let text = format!(
-            "[servers.k3s]\nbind = \"127.0.0.1:0\"\n\
+            "[servers.k3s]\nbind = \"{bind}\"\n\
              [servers.k3s.discovery]\nkind = \"static\"\nstatic_list = [\"{backend}\"]\n"
         );
         crate::config::load_str("test.toml", &text, &Default::default())
@@ -268,6 +279,54 @@ mod tests {
         let mut again = TcpStream::connect(addr).await.unwrap();
         echo(&mut again).await.unwrap();
         assert_eq!(supervisor.fitness(), Fitness::Fit);
+    }
+
+    /// With socket activation systemd keeps its own copy of the listening socket. A drain must
+    /// stop that socket listening, so clients are refused rather than queued where nobody
+    /// accepts, and an undrain must listen on it again rather than bind a second socket
+    /// beside it, which would leave part of the new clients on the first.
+    #[tokio::test]
+    async fn a_socket_passed_by_systemd_is_paused_by_a_drain_and_listens_again() {
+        use socket2::{Domain, Socket, Type};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // As systemd binds it for betwixt.socket: this port, SO_REUSEPORT.
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        socket.listen(128).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let _systemds_copy = socket.try_clone().unwrap();
+        let mut inherited = InheritedSockets::default();
+        inherited.give_back(addr, socket.into());
+        let backend = echo_backend().await;
+        let supervisor =
+            Supervisor::start_with_sockets(config_on(&addr.to_string(), backend), inherited)
+                .await
+                .unwrap();
+        assert_eq!(supervisor.local_addr("k3s"), Some(addr));
+        let mut session = TcpStream::connect(addr).await.unwrap();
+        echo(&mut session).await.unwrap();
+
+        supervisor.drain(Duration::from_secs(60)).await;
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "a drained node's passed socket still takes clients"
+        );
+        echo(&mut session).await.unwrap();
+
+        assert_eq!(supervisor.undrain().unwrap(), NodeDrain::Serving);
+        for _ in 0..32 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            echo(&mut client)
+                .await
+                .expect("every client after the undrain is served");
+        }
     }
 
     /// At the deadline the sessions still open are closed.
