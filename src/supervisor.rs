@@ -123,8 +123,9 @@ pub struct Supervisor {
     /// Serialises reloads (signals and API changes) and discovered lists, so two never
     /// interleave.
     reloading: Arc<tokio::sync::Mutex<()>>,
-    /// Sockets from systemd not used yet; a reload adding their server takes them.
-    inherited: Mutex<InheritedSockets>,
+    /// Sockets from systemd not used now (paused); a reload adding their server, or an
+    /// undrain, takes them.
+    inherited: Arc<Mutex<InheritedSockets>>,
     health: Arc<Monitor>,
     /// The tasks of servers whose backends are discovered.
     discovery: Arc<discovery::Runner>,
@@ -193,7 +194,7 @@ impl Supervisor {
             .servers()
             .map(|server| (&server.config, Sharing::Exclusive));
         let prepared = prepare_listeners(wanted, &mut inherited)?;
-        inherited.report_unused();
+        inherited.pause_unused();
         let events = Arc::clone(&snapshot.events);
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let (discovery, discovered_rx) = discovery::Runner::new();
@@ -205,7 +206,7 @@ impl Supervisor {
             },
             listeners: Mutex::new(BTreeMap::new()),
             reloading: Arc::new(tokio::sync::Mutex::new(())),
-            inherited: Mutex::new(inherited),
+            inherited: Arc::new(Mutex::new(inherited)),
             health: Arc::new(Monitor::new(snapshot, Arc::clone(&events))),
             discovery: Arc::new(discovery),
             events,
@@ -280,8 +281,27 @@ impl Supervisor {
             task,
         };
         if let Some(replaced) = self.lock_listeners().insert(name, running) {
-            replaced.stop.cancel();
+            self.retire(replaced);
         }
+    }
+
+    /// Stops a listener a reload replaced or removed. A socket systemd passed is paused and
+    /// kept, once its queue is served: closing betwixt's copy would leave systemd's listening,
+    /// with nobody to accept its clients.
+    fn retire(&self, listener: RunningListener) {
+        listener.stop.cancel();
+        if !listener.inherited {
+            return;
+        }
+        let inherited = Arc::clone(&self.inherited);
+        tokio::spawn(async move {
+            if let Ok(Some(socket)) = listener.task.await {
+                inherited
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pause(listener.local_addr, socket);
+            }
+        });
     }
 
     /// Applies a new config without dropping a connection.
@@ -408,7 +428,7 @@ impl Supervisor {
                 .collect()
         };
         for listener in removed {
-            listener.stop.cancel();
+            self.retire(listener);
         }
         close_removed_backends(&current, &self.snapshot());
         Ok(summary)

@@ -87,7 +87,8 @@ pub struct InheritedSockets {
 
 impl InheritedSockets {
     /// Takes ownership of the sockets systemd passed to this process, if any. Sockets that are
-    /// not listening TCP sockets are closed with a warning.
+    /// not TCP listeners are closed with a warning; one an earlier betwixt paused listens
+    /// again.
     ///
     /// Only the first call in a process adopts them; later calls find none (`sd_notify` leaves
     /// `LISTEN_FDS` set, and a descriptor must have one owner).
@@ -153,29 +154,39 @@ impl InheritedSockets {
         Ok(Some((addr, listener)))
     }
 
-    /// Takes back a socket a drain stopped using, and stops it listening: `shutdown(SHUT_RD)`
-    /// on a listening socket closes its queue for every holder of the socket, systemd's copy
-    /// included, so clients are refused (and go to the other node) instead of waiting on a
-    /// queue nobody accepts from. The address stays bound, so [`take`](Self::take) can listen
-    /// on it again; HAProxy pauses its listeners the same way.
-    pub fn pause(&mut self, addr: SocketAddr, listener: std::net::TcpListener) {
-        if let Err(error) = SockRef::from(&listener).shutdown(std::net::Shutdown::Read) {
-            warn!(address = %addr, %error, "cannot stop a socket passed by systemd from listening");
-        }
-        self.paused.insert(addr);
-        self.listeners.insert(addr, listener);
-    }
-
     /// Puts back a socket [`take`](Self::take) returned, for a start or reload that was refused.
     pub fn give_back(&mut self, addr: SocketAddr, listener: std::net::TcpListener) {
         self.listeners.insert(addr, listener);
     }
 
-    /// Logs the passed sockets no server asked for.
-    pub fn report_unused(&self) {
-        for addr in self.listeners.keys() {
-            warn!(address = %addr, "a socket passed by systemd matches no server; kept for a reload that adds one");
+    /// Takes back a socket a listener stopped using (a drain, or a reload that removed or
+    /// moved its server), and stops it listening: `shutdown(SHUT_RD)` on a listening socket
+    /// closes its queue for every holder of the socket, systemd's copy included, so clients
+    /// are refused (and go to the other node) instead of waiting on a queue nobody accepts
+    /// from. The address stays bound, so [`take`](Self::take) can listen on it again; HAProxy
+    /// pauses its listeners the same way.
+    pub fn pause(&mut self, addr: SocketAddr, listener: std::net::TcpListener) {
+        pause(addr, &listener);
+        self.paused.insert(addr);
+        self.listeners.insert(addr, listener);
+    }
+
+    /// Pauses the passed sockets no server asked for, and says so: until a reload adds their
+    /// server, their clients are refused rather than queued.
+    pub fn pause_unused(&mut self) {
+        for (addr, listener) in &self.listeners {
+            if self.paused.insert(*addr) {
+                pause(*addr, listener);
+                warn!(address = %addr, "a socket passed by systemd matches no server; it stops listening until a reload adds one");
+            }
         }
+    }
+}
+
+/// Stops `listener` listening, for every process that holds it (see [`InheritedSockets::pause`]).
+fn pause(addr: SocketAddr, listener: &std::net::TcpListener) {
+    if let Err(error) = SockRef::from(listener).shutdown(std::net::Shutdown::Read) {
+        warn!(address = %addr, %error, "cannot stop a socket passed by systemd from listening");
     }
 }
 
@@ -193,7 +204,17 @@ fn tcp_listener(socket: Socket) -> io::Result<(SocketAddr, std::net::TcpListener
         return Err(not_a_listener("not an IPv4 or IPv6 socket"));
     }
     if !socket.is_listener()? {
-        return Err(not_a_listener("not listening"));
+        // Bound and not connected: paused by the drain of an earlier betwixt, which keeps the
+        // address (`InheritedSockets::pause`), so it listens again. A connection (what
+        // `Accept=yes` passes) is not a listener.
+        let bound = socket
+            .local_addr()?
+            .as_socket()
+            .is_some_and(|addr| addr.port() != 0);
+        if !bound || socket.peer_addr().is_ok() {
+            return Err(not_a_listener("not listening"));
+        }
+        socket.listen(net::LISTEN_BACKLOG)?;
     }
     socket.set_nonblocking(true)?;
     let listener = std::net::TcpListener::from(socket);
@@ -229,14 +250,20 @@ mod tests {
     fn only_listening_tcp_sockets_are_used() {
         let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listening.local_addr().unwrap();
-        let (found, _) = tcp_listener(Socket::from(listening)).unwrap();
+        let (found, _listening) = tcp_listener(Socket::from(listening)).unwrap();
         assert_eq!(found, addr);
 
-        let bound = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        bound
+        // Paused by an earlier betwixt's drain: bound, not listening. It listens again.
+        let paused = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        paused
             .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
             .unwrap();
-        let error = tcp_listener(bound).unwrap_err();
+        let (found, listener) = tcp_listener(paused).unwrap();
+        std::net::TcpStream::connect(found).expect("listening again");
+        drop(listener);
+
+        let connection = std::net::TcpStream::connect(addr).unwrap();
+        let error = tcp_listener(Socket::from(connection)).unwrap_err();
         assert!(error.to_string().contains("not listening"), "{error}");
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -281,12 +281,9 @@ mod tests {
         assert_eq!(supervisor.fitness(), Fitness::Fit);
     }
 
-    /// With socket activation systemd keeps its own copy of the listening socket. A drain must
-    /// stop that socket listening, so clients are refused rather than queued where nobody
-    /// accepts, and an undrain must listen on it again rather than bind a second socket
-    /// beside it, which would leave part of the new clients on the first.
-    #[tokio::test]
-    async fn a_socket_passed_by_systemd_is_paused_by_a_drain_and_listens_again() {
+    /// A listening socket as systemd binds it for betwixt.socket (a fixed port, SO_REUSEPORT),
+    /// passed to betwixt, and the copy systemd keeps.
+    fn passed_socket() -> (SocketAddr, InheritedSockets, socket2::Socket) {
         use socket2::{Domain, Socket, Type};
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -294,16 +291,25 @@ mod tests {
             .unwrap()
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        // As systemd binds it for betwixt.socket: this port, SO_REUSEPORT.
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
         socket.set_reuse_address(true).unwrap();
         socket.set_reuse_port(true).unwrap();
         socket.bind(&addr.into()).unwrap();
         socket.listen(128).unwrap();
         socket.set_nonblocking(true).unwrap();
-        let _systemds_copy = socket.try_clone().unwrap();
+        let systemds_copy = socket.try_clone().unwrap();
         let mut inherited = InheritedSockets::default();
         inherited.give_back(addr, socket.into());
+        (addr, inherited, systemds_copy)
+    }
+
+    /// With socket activation systemd keeps its own copy of the listening socket. A drain must
+    /// stop that socket listening, so clients are refused rather than queued where nobody
+    /// accepts, and an undrain must listen on it again rather than bind a second socket
+    /// beside it, which would leave part of the new clients on the first.
+    #[tokio::test]
+    async fn a_socket_passed_by_systemd_is_paused_by_a_drain_and_listens_again() {
+        let (addr, inherited, _systemds_copy) = passed_socket();
         let backend = echo_backend().await;
         let supervisor =
             Supervisor::start_with_sockets(config_on(&addr.to_string(), backend), inherited)
@@ -326,6 +332,52 @@ mod tests {
             echo(&mut client)
                 .await
                 .expect("every client after the undrain is served");
+        }
+    }
+
+    /// A reload that moves the server of a socket systemd passed pauses the socket, so its
+    /// clients are refused rather than queued; one that moves the server back listens on it
+    /// again.
+    #[tokio::test]
+    async fn a_reload_pauses_the_socket_of_a_moved_server_and_takes_it_back() {
+        let (addr, inherited, _systemds_copy) = passed_socket();
+        let backend = echo_backend().await;
+        let supervisor =
+            Supervisor::start_with_sockets(config_on(&addr.to_string(), backend), inherited)
+                .await
+                .unwrap();
+        assert_eq!(supervisor.local_addr("k3s"), Some(addr));
+
+        // k3s moves to another port: its passed socket is paused once its queue is served.
+        supervisor
+            .reload(config_on("127.0.0.1:0", backend))
+            .await
+            .unwrap();
+        let mut refused = false;
+        for _ in 0..100 {
+            // Refused, not queued: a connect that hangs (a full queue) is not refused.
+            let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr));
+            refused = matches!(connect.await, Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused);
+            if refused {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            refused,
+            "the moved server's passed socket still takes clients"
+        );
+
+        supervisor
+            .reload(config_on(&addr.to_string(), backend))
+            .await
+            .unwrap();
+        assert_eq!(supervisor.local_addr("k3s"), Some(addr));
+        for _ in 0..32 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            echo(&mut client)
+                .await
+                .expect("every client after the reload is served");
         }
     }
 
