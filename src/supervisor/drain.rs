@@ -303,19 +303,36 @@ mod tests {
         (addr, inherited, systemds_copy)
     }
 
-    /// With socket activation systemd keeps its own copy of the listening socket. A drain must
-    /// stop that socket listening, so clients are refused rather than queued where nobody
-    /// accepts, and an undrain must listen on it again rather than bind a second socket
-    /// beside it, which would leave part of the new clients on the first.
-    #[tokio::test]
-    async fn a_socket_passed_by_systemd_is_paused_by_a_drain_and_listens_again() {
-        let (addr, inherited, _systemds_copy) = passed_socket();
+    /// A supervisor serving k3s (an echo backend) on a [`passed_socket`], and systemd's copy.
+    async fn serving_a_passed_socket() -> (SocketAddr, SocketAddr, Supervisor, socket2::Socket) {
+        let (addr, inherited, systemds_copy) = passed_socket();
         let backend = echo_backend().await;
         let supervisor =
             Supervisor::start_with_sockets(config_on(&addr.to_string(), backend), inherited)
                 .await
                 .unwrap();
         assert_eq!(supervisor.local_addr("k3s"), Some(addr));
+        (addr, backend, supervisor, systemds_copy)
+    }
+
+    /// Connects 32 clients one after another: each must get its echo, none may land on a
+    /// socket nobody accepts from.
+    async fn every_client_is_served(addr: SocketAddr, when: &str) {
+        for _ in 0..32 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            echo(&mut client)
+                .await
+                .unwrap_or_else(|error| panic!("a client {when} is not served: {error}"));
+        }
+    }
+
+    /// With socket activation systemd keeps its own copy of the listening socket. A drain must
+    /// stop that socket listening, so clients are refused rather than queued where nobody
+    /// accepts, and an undrain must listen on it again rather than bind a second socket
+    /// beside it, which would leave part of the new clients on the first.
+    #[tokio::test]
+    async fn a_socket_passed_by_systemd_is_paused_by_a_drain_and_listens_again() {
+        let (addr, _, supervisor, _systemds_copy) = serving_a_passed_socket().await;
         let mut session = TcpStream::connect(addr).await.unwrap();
         echo(&mut session).await.unwrap();
 
@@ -327,12 +344,7 @@ mod tests {
         echo(&mut session).await.unwrap();
 
         assert_eq!(supervisor.undrain().unwrap(), NodeDrain::Serving);
-        for _ in 0..32 {
-            let mut client = TcpStream::connect(addr).await.unwrap();
-            echo(&mut client)
-                .await
-                .expect("every client after the undrain is served");
-        }
+        every_client_is_served(addr, "after the undrain").await;
     }
 
     /// A reload that moves the server of a socket systemd passed pauses the socket, so its
@@ -340,13 +352,7 @@ mod tests {
     /// again.
     #[tokio::test]
     async fn a_reload_pauses_the_socket_of_a_moved_server_and_takes_it_back() {
-        let (addr, inherited, _systemds_copy) = passed_socket();
-        let backend = echo_backend().await;
-        let supervisor =
-            Supervisor::start_with_sockets(config_on(&addr.to_string(), backend), inherited)
-                .await
-                .unwrap();
-        assert_eq!(supervisor.local_addr("k3s"), Some(addr));
+        let (addr, backend, supervisor, _systemds_copy) = serving_a_passed_socket().await;
 
         // k3s moves to another port: its passed socket is paused once its queue is served.
         supervisor
@@ -373,12 +379,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(supervisor.local_addr("k3s"), Some(addr));
-        for _ in 0..32 {
-            let mut client = TcpStream::connect(addr).await.unwrap();
-            echo(&mut client)
-                .await
-                .expect("every client after the reload is served");
-        }
+        every_client_is_served(addr, "after the reload").await;
     }
 
     /// At the deadline the sessions still open are closed.
