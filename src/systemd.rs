@@ -137,14 +137,12 @@ impl InheritedSockets {
         bind: &BindAddr,
     ) -> io::Result<Option<(SocketAddr, std::net::TcpListener)>> {
         let v6_any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, bind.addr.port()));
-        let addr = if self.listeners.contains_key(&bind.addr) {
-            bind.addr
-        } else if bind.dual_stack && self.listeners.contains_key(&v6_any) {
-            v6_any
-        } else {
-            return Ok(None);
-        };
-        let Some(listener) = self.listeners.remove(&addr) else {
+        let candidates = [Some(bind.addr), bind.dual_stack.then_some(v6_any)];
+        let Some((addr, listener)) = candidates
+            .into_iter()
+            .flatten()
+            .find_map(|addr| Some((addr, self.listeners.remove(&addr)?)))
+        else {
             return Ok(None);
         };
         if self.paused.remove(&addr) {
