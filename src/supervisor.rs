@@ -169,6 +169,23 @@ struct RunningListener {
     task: JoinHandle<Option<std::net::TcpListener>>,
 }
 
+impl RunningListener {
+    /// Stops accepting and waits until the queued connections are served. A socket systemd
+    /// passed is then paused and kept: closing betwixt's copy would leave systemd's
+    /// listening, with nobody to accept its clients.
+    async fn retire(self, inherited: Arc<Mutex<InheritedSockets>>) {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(Some(socket)) if self.inherited => inherited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pause(self.local_addr, socket),
+            Ok(_) => {}
+            Err(error) => warn!(address = %self.local_addr, %error, "listener task failed"),
+        }
+    }
+}
+
 impl Supervisor {
     /// Binds one listener per server and starts accepting. Nothing is started unless every
     /// listener could be bound.
@@ -285,23 +302,11 @@ impl Supervisor {
         }
     }
 
-    /// Stops a listener a reload replaced or removed. A socket systemd passed is paused and
-    /// kept, once its queue is served: closing betwixt's copy would leave systemd's listening,
-    /// with nobody to accept its clients.
+    /// Stops a listener a reload replaced or removed, in the background (see
+    /// [`RunningListener::retire`]).
     fn retire(&self, listener: RunningListener) {
-        listener.stop.cancel();
-        if !listener.inherited {
-            return;
-        }
         let inherited = Arc::clone(&self.inherited);
-        tokio::spawn(async move {
-            if let Ok(Some(socket)) = listener.task.await {
-                inherited
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pause(listener.local_addr, socket);
-            }
-        });
+        tokio::spawn(listener.retire(inherited));
     }
 
     /// Applies a new config without dropping a connection.

@@ -11,7 +11,7 @@
 //! The state is one mutex-guarded value, touched only by the API and the deadline task; the
 //! data path never reads it.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -85,24 +85,15 @@ impl Supervisor {
             previous.cancel.cancel();
         }
         let listeners = std::mem::take(&mut *self.lock_listeners());
-        for (name, listener) in listeners {
-            listener.stop.cancel();
-            match listener.task.await {
-                Ok(Some(socket)) if listener.inherited => self
-                    .inherited
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pause(listener.local_addr, socket),
-                Ok(_) => {}
-                Err(error) => warn!(server = %name, %error, "listener task failed"),
-            }
+        for listener in listeners.into_values() {
+            listener.retire(Arc::clone(&self.inherited)).await;
         }
         info!(
             sessions = self.open_sessions(),
             ?deadline,
             "node draining: listeners closed"
         );
-        let snapshot = std::sync::Arc::clone(&self.shared.snapshot);
+        let snapshot = Arc::clone(&self.shared.snapshot);
         let sessions = self.shared.sessions.clone();
         tokio::spawn(async move {
             tokio::select! {
