@@ -287,8 +287,8 @@ enum Event {
     Done(Watched),
     /// Client bytes were added to the kept ones, to send on.
     Read,
-    /// The backend's first bytes were read and counted; those the client did not take at
-    /// once replace the kept bytes.
+    /// The backend's first bytes were read; those the client did not take at once (none if
+    /// only its TLS flush is due) replace the kept bytes.
     Answered,
 }
 
@@ -375,20 +375,23 @@ impl FirstFlight<'_, '_> {
             let answer = from_backend.filled();
             return Poll::Ready(match result {
                 Ok(()) if answer.is_empty() => Event::Done(Watched::Unanswered(Unanswered::Closed)),
-                Ok(()) => match poll_write_now(cx, self.client, answer) {
-                    Ok(written) => {
-                        self.record(Direction::ToClient, written);
-                        // Most often the client takes it all at once: nothing is copied.
-                        if written == answer.len() && matches!(self.client, Stream::Tcp(_)) {
-                            Event::Done(Watched::Answered)
-                        } else {
-                            self.kept.clear();
-                            self.kept.extend_from_slice(&answer[written..]);
-                            Event::Answered
+                Ok(()) => {
+                    let mut written = 0;
+                    match poll_write_parts(cx, self.client, [answer, &[]], &mut written) {
+                        Poll::Ready(Err(error)) => Event::Done(Watched::ClientFailed(error)),
+                        polled => {
+                            self.record(Direction::ToClient, written);
+                            // Most often the client takes it all at once: nothing is copied.
+                            if polled.is_ready() {
+                                Event::Done(Watched::Answered)
+                            } else {
+                                self.kept.clear();
+                                self.kept.extend_from_slice(&answer[written..]);
+                                Event::Answered
+                            }
                         }
                     }
-                    Err(error) => Event::Done(Watched::ClientFailed(error)),
-                },
+                }
                 Err(error) => Event::Done(Watched::Unanswered(Unanswered::Failed(error))),
             });
         }
@@ -505,20 +508,6 @@ fn poll_write_parts(
         offset += part.len();
     }
     Pin::new(stream).poll_flush(cx)
-}
-
-/// Writes what of `bytes` the stream takes without waiting; how much that was.
-fn poll_write_now(cx: &mut Context<'_>, stream: &mut Stream, bytes: &[u8]) -> io::Result<usize> {
-    let mut written = 0;
-    while written < bytes.len() {
-        match Pin::new(&mut *stream).poll_write(cx, &bytes[written..]) {
-            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Poll::Ready(Ok(wrote)) => written += wrote,
-            Poll::Ready(Err(error)) => return Err(error),
-            Poll::Pending => break,
-        }
-    }
-    Ok(written)
 }
 
 #[cfg(test)]
