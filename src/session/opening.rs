@@ -32,19 +32,8 @@ pub(crate) struct Opened {
     pub(crate) replay: Vec<u8>,
 }
 
-impl Opened {
-    /// A plain TCP server's client, passed through as it is.
-    fn plain(client: TcpStream) -> Self {
-        Self {
-            client: Stream::Tcp(client),
-            server_name: None,
-            replay: Vec::new(),
-        }
-    }
-}
-
 /// Whether the server does anything with a client before picking its backend (`[tls]` or
-/// `[sni]`); when not, the client is passed through as it is.
+/// `[sni]`); when not, the client is passed through as it is and [`open`] is not called.
 pub(crate) fn is_needed(server: &Server) -> bool {
     server.tls_server.is_some() || server.sni.is_some()
 }
@@ -90,8 +79,8 @@ fn tls_failure(error: &io::Error) -> HandshakeFailure {
     }
 }
 
-/// Terminates TLS or reads the ClientHello, as the server says; a plain TCP server's client
-/// is passed through as it is.
+/// Terminates TLS (`[tls]`), or else reads the ClientHello (`[sni]`): for a server that
+/// [`is_needed`].
 pub(crate) async fn open(server: &Server, client: TcpStream) -> Result<Opened, OpeningError> {
     let handshake_timeout = server
         .config
@@ -111,7 +100,7 @@ pub(crate) async fn open(server: &Server, client: TcpStream) -> Result<Opened, O
             };
             terminate(acceptor, client, deadlines).await?
         }
-        None if server.sni.is_some() => {
+        None => {
             let (client, server_name, replay) = read_client_hello(client, hello_timeout).await?;
             Opened {
                 client: Stream::Tcp(client),
@@ -119,7 +108,6 @@ pub(crate) async fn open(server: &Server, client: TcpStream) -> Result<Opened, O
                 replay,
             }
         }
-        None => return Ok(Opened::plain(client)),
     };
     server.stats.tls.handshakes.fetch_add(1, Ordering::Relaxed);
     Ok(opened)
