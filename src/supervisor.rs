@@ -162,7 +162,7 @@ struct RunningListener {
     bind: BindAddr,
     udp: bool,
     local_addr: SocketAddr,
-    /// Passed by systemd: a drain pauses it instead of closing it.
+    /// Passed by systemd: retiring it (a drain, a reload) pauses it instead of closing it.
     inherited: bool,
     stop: CancellationToken,
     /// Ends with the TCP socket, once its queue is served.
@@ -513,6 +513,8 @@ impl Supervisor {
 
     /// Stops accepting, lets sessions finish for up to `grace`, then closes the rest.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
+        // Closed, not retired: a socket systemd passed goes on listening in systemd's copy,
+        // and its clients wait there for the next betwixt.
         let listeners = std::mem::take(&mut *self.lock_listeners());
         for (name, listener) in listeners {
             listener.stop.cancel();
